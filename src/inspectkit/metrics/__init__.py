@@ -1,0 +1,32 @@
+"""Metrics for classification, anomaly detection and explanations (scikit-learn underneath).
+
+Every function here drops synthetic samples (``SampleMeta.synthetic``) before it
+computes anything, so generated data never inflates a figure.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY: dict[str, str] = {
+    # classification (classifier issue)
+    "classification_report": "inspectkit.metrics.classification",
+    # anomaly detection (anomaly issue)
+    "image_auroc": "inspectkit.metrics.anomaly",
+    "pixel_auroc": "inspectkit.metrics.anomaly",
+    "aupro": "inspectkit.metrics.anomaly",
+    "anomaly_report": "inspectkit.metrics.anomaly",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'inspectkit.metrics' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,297 @@
+"""Typed assembly of stages, fit/run, and safe persistence.
+
+Example:
+    >>> import inspectkit as ik
+    >>> from inspectkit.stages import Wrangle
+    >>> pipe = ik.Pipeline([Wrangle(size=32)])
+    >>> [s["name"] for s in pipe.spec()["stages"]]
+    ['wrangle']
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from inspectkit._version import __version__
+from inspectkit.errors import ConfigError, DataError, PersistenceError, PipelineError
+from inspectkit.records import Record
+from inspectkit.registry import get_stage, name_of
+from inspectkit.stage import Stage, check_state
+
+log = logging.getLogger(__name__)
+
+SPEC_FILE = "pipeline.json"
+FORMAT = "inspectkit.pipeline"
+FORMAT_VERSION = 1
+
+
+def _major(version: str) -> int:
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        raise PersistenceError(f"saved pipeline has an unreadable library version {version!r}") from None
+
+
+class Pipeline:
+    """A sequence of stages checked for type compatibility when built.
+
+    Args:
+        stages: Stage instances in order. Each stage must accept the record type the one
+            before it produces; otherwise :class:`PipelineError` names both stages.
+
+    Example:
+        >>> from inspectkit.stages import Wrangle
+        >>> Pipeline([Wrangle(size=64)])
+        Pipeline([Wrangle(...)])
+    """
+
+    def __init__(self, stages: Sequence[Stage[Any, Any]]) -> None:
+        stages = list(stages)
+        if not stages:
+            raise PipelineError("a pipeline needs at least one stage")
+        for i, st in enumerate(stages):
+            if not isinstance(st, Stage):
+                raise PipelineError(
+                    f"step {i} is a {type(st).__name__}, not a Stage instance "
+                    "(did you pass the class instead of calling it?)"
+                )
+        self.stages = stages
+        self.output_type = self._check_types()
+        for i, st in enumerate(stages):
+            st.attach(stages[:i])
+
+    def _check_types(self) -> type[Record]:
+        current: type[Record] = self.stages[0].input_type
+        prev: Stage[Any, Any] | None = None
+        for st in self.stages:
+            if prev is not None and not issubclass(current, st.input_type):
+                raise PipelineError(
+                    f"{type(prev).__name__} produces {current.__name__} but the next stage, "
+                    f"{type(st).__name__}, accepts {st.input_type.__name__}; reorder the stages "
+                    "or put a converting stage between them"
+                )
+            if not st.preserves_type:
+                current = st.output_type
+            prev = st
+        return current
+
+    # ------------------------------------------------------------------ running
+    def _check_data(self, data: Any) -> None:
+        first = self.stages[0]
+        if not isinstance(data, first.input_type):
+            raise DataError(
+                f"the pipeline starts with {type(first).__name__}, which accepts "
+                f"{first.input_type.__name__}; got {type(data).__name__}"
+            )
+
+    def fit(self, data: Record) -> Pipeline:
+        """Fit every stage in order on the output of the previous stage's ``fit_run``."""
+        self._check_data(data)
+        last = len(self.stages) - 1
+        for i, st in enumerate(self.stages):
+            t0 = time.perf_counter()
+            if i < last:
+                data = st.fit_run(data)
+            else:
+                st.fit(data)
+            log.info("fitted %s in %.2fs", type(st).__name__, time.perf_counter() - t0)
+        return self
+
+    def run(self, data: Record) -> Record:
+        """Run every stage's inference transform in order."""
+        self._check_data(data)
+        for st in self.stages:
+            data = st.run(data)
+        return data
+
+    def iter_run(self, data: Record, batch_size: int = 256) -> Iterator[Record]:
+        """Stream ``data`` through the pipeline batch by batch (lazy sets stay lazy)."""
+        self._check_data(data)
+        for batch in data.iter_batches(batch_size):  # type: ignore[attr-defined]
+            yield self.run(batch)
+
+    def fit_run(self, data: Record) -> Record:
+        """Fit then return the training-time output of the last stage."""
+        self._check_data(data)
+        for st in self.stages:
+            data = st.fit_run(data)
+        return data
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return len(self.stages)
+
+    def __getitem__(self, key: int | str) -> Stage[Any, Any]:
+        if isinstance(key, int):
+            return self.stages[key]
+        for st in self.stages:
+            if type(st).__name__ == key or st.registry_name() == key:
+                return st
+        raise KeyError(key)
+
+    def __repr__(self) -> str:
+        return "Pipeline([" + ", ".join(f"{type(s).__name__}(...)" for s in self.stages) + "])"
+
+    # ------------------------------------------------------------------ spec
+    def spec(self) -> dict[str, Any]:
+        """Stage names and configs as plain JSON (no learned state)."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "inspectkit_version": __version__,
+            "stages": [
+                {"name": name_of(st), "config": st.config.model_dump(mode="json")} for st in self.stages
+            ],
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Pipeline:
+        """Build an unfitted pipeline from names and configs (built-in or plugin stages).
+
+        Example:
+            >>> Pipeline.from_spec({"stages": [{"name": "wrangle", "config": {"size": 32}}]})
+            Pipeline([Wrangle(...)])
+        """
+        if not isinstance(spec, dict) or not isinstance(spec.get("stages"), list):
+            raise ConfigError('a pipeline spec is a dict with a "stages" list')
+        stages = []
+        for i, entry in enumerate(spec["stages"]):
+            if not isinstance(entry, dict) or "name" not in entry:
+                raise ConfigError(f'stage {i} of the spec needs a "name"')
+            stage_cls = get_stage(str(entry["name"]))
+            config = entry.get("config") or {}
+            if not isinstance(config, dict):
+                raise ConfigError(f"stage {i} ({entry['name']}): config must be a mapping")
+            stages.append(stage_cls(**config))
+        return cls(stages)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Save specs and learned state to folder ``path``, atomically.
+
+        Everything is written to a temporary sibling folder first and swapped in only
+        when complete, so a failure mid-save leaves a previous model at ``path`` intact.
+        State is written with ``torch.save`` and read back with ``weights_only=True``.
+        """
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise PersistenceError(f"{path} exists and is not a folder")
+        if path.is_dir() and any(path.iterdir()) and not (path / SPEC_FILE).exists():
+            raise PersistenceError(
+                f"{path} is a non-empty folder that holds no saved pipeline; refusing to replace it"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+        try:
+            spec = self.spec()
+            for i, (st, entry) in enumerate(zip(self.stages, spec["stages"])):
+                entry["fitted"] = bool(st.fitted)
+                state = st.get_state() if st.fitted else {}
+                try:
+                    check_state(state, f"{type(st).__name__} state")
+                except TypeError as exc:
+                    raise PersistenceError(str(exc)) from None
+                fname = f"stage-{i:02d}-{entry['name']}.pt"
+                torch.save(state, tmp / fname)
+                entry["state"] = fname
+            spec_path = tmp / SPEC_FILE
+            with open(spec_path, "w") as fh:
+                json.dump(spec, fh, indent=2)
+                fh.flush()
+                os.fsync(fh.fileno())
+            _swap_into_place(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log.info("saved pipeline to %s", path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Pipeline:
+        """Load a pipeline saved by :meth:`save` (no arbitrary objects are unpickled)."""
+        path = Path(path)
+        spec_path = path / SPEC_FILE
+        if not spec_path.is_file():
+            raise PersistenceError(f"{path} holds no saved pipeline (no {SPEC_FILE})")
+        try:
+            spec = json.loads(spec_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise PersistenceError(f"{spec_path} is not readable JSON: {exc}") from None
+        if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+            raise PersistenceError(f"{spec_path} is not an inspectkit pipeline spec")
+        saved_version = str(spec.get("inspectkit_version", "0"))
+        if _major(saved_version) > _major(__version__):
+            raise PersistenceError(
+                f"{path} was saved by inspectkit {saved_version}, newer than this {__version__}; "
+                "upgrade inspectkit to load it"
+            )
+        if int(spec.get("format_version", 0)) > FORMAT_VERSION:
+            raise PersistenceError(
+                f"{path} uses pipeline format {spec.get('format_version')}, newer than {FORMAT_VERSION}"
+            )
+        try:
+            pipe = cls.from_spec(spec)
+        except PipelineError as exc:
+            raise PersistenceError(f"cannot load {path}: {exc}") from exc
+        for st, entry in zip(pipe.stages, spec["stages"]):
+            if not entry.get("fitted", False):
+                continue
+            state_file = path / str(entry.get("state", ""))
+            if not state_file.is_file():
+                raise PersistenceError(f"{path}: state file {entry.get('state')!r} is missing")
+            try:
+                state = torch.load(state_file, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise PersistenceError(f"{state_file} cannot be read safely: {exc}") from None
+            st.set_state(state)
+            st.fitted = True
+        return pipe
+
+
+# ---------------------------------------------------------------------- atomic swap
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _renameat2_exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths on Linux; False when unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    if not path.exists():
+        os.rename(tmp, path)
+        return
+    if _renameat2_exchange(tmp, path):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old model
+        return
+    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(path, old)
+    os.rename(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = ["Pipeline"]

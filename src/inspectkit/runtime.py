@@ -1,0 +1,63 @@
+"""Runtime helpers shared by the training stages: device choice, seeding, progress bars."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from inspectkit.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when present, else CPU; other strings go to ``torch.device``.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but CUDA is not available here")
+    return dev
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; returns a CPU generator seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+def progress(iterable: Iterable[T], *, enabled: bool = True, **kwargs: Any) -> Iterator[T]:
+    """A tqdm progress bar over ``iterable`` that ``enabled=False`` (or INSPECTKIT_PROGRESS=0) hides."""
+    if os.environ.get("INSPECTKIT_PROGRESS", "1") == "0":
+        enabled = False
+    return iter(tqdm(iterable, disable=not enabled, leave=False, dynamic_ncols=True, **kwargs))
+
+
+def progress_bar(*, enabled: bool = True, **kwargs: Any) -> tqdm:
+    """A manual tqdm bar (``update``/``set_postfix``) honouring ``enabled``."""
+    if os.environ.get("INSPECTKIT_PROGRESS", "1") == "0":
+        enabled = False
+    return tqdm(disable=not enabled, leave=False, dynamic_ncols=True, **kwargs)
+
+
+__all__ = ["progress", "progress_bar", "resolve_device", "seed_everything"]

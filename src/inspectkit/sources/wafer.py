@@ -1,0 +1,207 @@
+"""Wafer-map loaders: the ragged ``.npz`` layout of WM-811K splits.
+
+Wafer maps use the LSWMD coding 0 = outside the wafer, 1 = passing die, 2 = failing die,
+and vary in size (22–212 × 15–204 in WM-811K). They are returned as a ragged list of
+``1×H×W`` uint8 tensors that share memory with the file's flat array; ``Wrangle``
+resizes them with nearest neighbour so the codes survive.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from inspectkit.errors import DataError
+from inspectkit.records import ImageSet, SampleMeta
+
+log = logging.getLogger(__name__)
+
+#: The nine WM-811K failure types, ``none`` meaning a map without a pattern.
+WM811K_CLASSES = [
+    "Center",
+    "Donut",
+    "Edge-Loc",
+    "Edge-Ring",
+    "Loc",
+    "Near-full",
+    "Random",
+    "Scratch",
+    "none",
+]
+
+OnError = Literal["raise", "skip"]
+Unlabelled = Literal["keep", "skip"]
+
+_NPZ_KEYS = ("flat", "shapes", "offsets", "failure_type")
+
+
+def _fail(path: Path, problem: str) -> DataError:
+    return DataError(f"{path}: {problem}")
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise _fail(path, "file not found")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in _NPZ_KEYS if k not in npz.files]
+            if missing:
+                raise _fail(
+                    path, f"not a wafer-map archive: keys {missing} missing (need {list(_NPZ_KEYS)})"
+                )
+            return {k: npz[k] for k in _NPZ_KEYS}
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise _fail(path, f"corrupt or truncated npz archive ({type(exc).__name__}: {exc})") from None
+
+
+def _check_layout(path: Path, arrs: dict[str, np.ndarray]) -> None:
+    flat, shapes, offsets, labels = (arrs[k] for k in _NPZ_KEYS)
+    if flat.ndim != 1:
+        raise _fail(path, f"'flat' must be 1-D, got shape {flat.shape}")
+    if not np.issubdtype(flat.dtype, np.integer):
+        raise _fail(path, f"'flat' must hold integer wafer codes, got {flat.dtype}")
+    if shapes.ndim != 2 or shapes.shape[1] != 2 or not np.issubdtype(shapes.dtype, np.integer):
+        raise _fail(path, f"'shapes' must be an N×2 integer array, got {shapes.shape} {shapes.dtype}")
+    n = shapes.shape[0]
+    if offsets.shape != (n + 1,) or not np.issubdtype(offsets.dtype, np.integer):
+        raise _fail(path, f"'offsets' must hold N+1={n + 1} integers, got {offsets.shape}")
+    if labels.shape != (n,) or labels.dtype.kind not in "US":
+        raise _fail(path, f"'failure_type' must hold N={n} strings, got {labels.shape} {labels.dtype}")
+    if (shapes <= 0).any():
+        raise _fail(path, "'shapes' holds a non-positive height or width")
+    if offsets[0] != 0 or offsets[-1] != flat.shape[0] or (np.diff(offsets) < 0).any():
+        raise _fail(path, "'offsets' do not partition 'flat' (truncated or inconsistent archive)")
+    sizes = shapes[:, 0].astype(np.int64) * shapes[:, 1].astype(np.int64)
+    bad = np.flatnonzero(np.diff(offsets) != sizes)
+    if bad.size:
+        raise _fail(path, f"map {int(bad[0])}: offsets disagree with its shape {tuple(shapes[bad[0]])}")
+
+
+def load_wafer_npz(
+    path: str | os.PathLike[str],
+    *,
+    on_error: OnError = "raise",
+    unlabelled: Unlabelled = "keep",
+    limit: int | None = None,
+    classes: list[str] | None = None,
+) -> ImageSet:
+    """Load wafer maps from the ragged ``.npz`` layout (keys flat/shapes/offsets/failure_type).
+
+    Args:
+        path: The ``.npz`` file.
+        on_error: ``"raise"`` stops at a map with codes outside {0, 1, 2};
+            ``"skip"`` leaves such maps out and lists them in ``ImageSet.skipped``.
+        unlabelled: Keep maps with an empty label (label ``None``) or skip them.
+        limit: Read only the first ``limit`` maps (quick looks, tests).
+        classes: Class list to use (default: the nine WM-811K types, plus any other
+            label found in the file).
+
+    Returns:
+        An ``ImageSet`` of kind ``"wafer"`` with ragged ``1×H×W`` uint8 maps.
+
+    Example:
+        >>> from inspectkit.sources import load_wafer_maps
+        >>> maps = load_wafer_maps("WM811K_test_data.npz")  # doctest: +SKIP
+    """
+    if on_error not in ("raise", "skip"):
+        raise DataError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if unlabelled not in ("keep", "skip"):
+        raise DataError(f"unlabelled must be 'keep' or 'skip', got {unlabelled!r}")
+    path = Path(path)
+    arrs = _read_npz(path)
+    _check_layout(path, arrs)
+    flat, shapes, offsets, labels = (arrs[k] for k in _NPZ_KEYS)
+    n = shapes.shape[0] if limit is None else min(limit, shapes.shape[0])
+    skipped: list[str] = []
+
+    # codes outside {0, 1, 2}: find the maps that hold them without a per-map loop
+    bad_pixels = np.flatnonzero(flat[: offsets[n]] > 2)
+    bad_maps = np.unique(np.searchsorted(offsets, bad_pixels, side="right") - 1)
+    if bad_maps.size:
+        first = int(bad_maps[0])
+        value = int(flat[offsets[first] : offsets[first + 1]].max())
+        if on_error == "raise":
+            raise _fail(
+                path,
+                f"map {first} holds wafer code {value}; codes must be 0 (outside), 1 (pass), "
+                f"2 (fail) — pass on_error='skip' to leave such maps out",
+            )
+        skipped += [f"{path.name}[{int(i)}]: wafer codes outside 0/1/2" for i in bad_maps]
+    bad_set = set(bad_maps.tolist())
+
+    canonical = {c.lower(): c for c in WM811K_CLASSES}
+    labels_list = [str(x).strip() for x in labels[:n].tolist()]
+    # the published splits spell the no-pattern class "None" or "none": one class, "none"
+    labels_list = [canonical.get(lab.lower(), lab) for lab in labels_list]
+    found = sorted({lab for lab in labels_list if lab})
+    class_list = list(classes) if classes is not None else list(WM811K_CLASSES)
+    extra = [c for c in found if c not in class_list]
+    if extra:
+        if classes is not None:
+            raise _fail(path, f"labels {extra} are not among the given classes {class_list}")
+        class_list += extra
+
+    flat_t = torch.from_numpy(np.ascontiguousarray(flat).astype(np.uint8, copy=False))
+    images: list[torch.Tensor] = []
+    samples: list[SampleMeta] = []
+    stem = path.stem
+    src = str(path)
+    for i in range(n):
+        if i in bad_set:
+            continue
+        label = labels_list[i] or None
+        if label is None and unlabelled == "skip":
+            continue
+        h, w = int(shapes[i, 0]), int(shapes[i, 1])
+        images.append(flat_t[offsets[i] : offsets[i + 1]].view(1, h, w))
+        # fields were validated above as a whole; skip per-object validation for speed
+        samples.append(
+            SampleMeta.model_construct(
+                id=f"{stem}:{i}",
+                source=src,
+                label=label,
+                split=None,
+                synthetic=False,
+                group=None,
+                meta={"index": i, "height": h, "width": w},
+            )
+        )
+    if not samples:
+        raise _fail(path, "no wafer maps left to load")
+    log.info("loaded %d wafer maps from %s (%d skipped)", len(samples), path, len(skipped))
+    return ImageSet.build(
+        images=images, samples=samples, classes=class_list, kind="wafer", skipped=skipped
+    )
+
+
+
+
+
+def load_wafer_maps(path: str | os.PathLike[str], **kwargs: object) -> ImageSet:
+    """Load wafer maps from a ragged ``.npz`` split or an original ``LSWMD.pkl``.
+
+    The format is chosen by the file's suffix; keyword arguments go to
+    :func:`load_wafer_npz` or :func:`inspectkit.sources.lswmd.load_lswmd`.
+
+    Example:
+        >>> from inspectkit.sources import load_wafer_maps
+        >>> train = load_wafer_maps("WM811K_train_29_split.npz")  # doctest: +SKIP
+    """
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".npz":
+        return load_wafer_npz(p, **kwargs)  # type: ignore[arg-type]
+    if suffix in (".pkl", ".pickle"):
+        from inspectkit.sources.lswmd import load_lswmd
+
+        return load_lswmd(p, **kwargs)  # type: ignore[arg-type]
+    raise DataError(f"{p}: unknown wafer-map format {suffix!r}; expected .npz or .pkl (LSWMD)")
+__all__ = ["WM811K_CLASSES", "load_wafer_maps", "load_wafer_npz"]
