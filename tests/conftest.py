@@ -30,7 +30,9 @@ def find_data_root() -> Path | None:
 def data_root() -> Path:
     root = find_data_root()
     if root is None:
-        pytest.skip("public data sets not found: set INSPECTKIT_DATA or place them in ../shared/data")
+        pytest.skip(
+            "public data sets not found: set INSPECTKIT_DATA or place them in ../shared/data"
+        )
     return root
 
 

@@ -36,7 +36,9 @@ def resize_batch(batch: torch.Tensor, size: tuple[int, int], mode: ResizeMode) -
             return out.to(batch.dtype)
         return F.interpolate(batch, size=size, mode="nearest-exact")
     if mode == "antialias":
-        return TF.resize(batch, list(size), interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+        return TF.resize(
+            batch, list(size), interpolation=TF.InterpolationMode.BILINEAR, antialias=True
+        )
     raise DataError(f"unknown resize mode {mode!r}; use 'nearest' or 'antialias'")
 
 

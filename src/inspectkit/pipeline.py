@@ -43,7 +43,9 @@ def _major(version: str) -> int:
     try:
         return int(str(version).split(".")[0])
     except ValueError:
-        raise PersistenceError(f"saved pipeline has an unreadable library version {version!r}") from None
+        raise PersistenceError(
+            f"saved pipeline has an unreadable library version {version!r}"
+        ) from None
 
 
 class Pipeline:
@@ -154,7 +156,8 @@ class Pipeline:
             "format_version": FORMAT_VERSION,
             "inspectkit_version": __version__,
             "stages": [
-                {"name": name_of(st), "config": st.config.model_dump(mode="json")} for st in self.stages
+                {"name": name_of(st), "config": st.config.model_dump(mode="json")}
+                for st in self.stages
             ],
         }
 

@@ -24,13 +24,14 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationError,
     field_validator,
     model_validator,
@@ -140,7 +141,21 @@ class LazyImages(Sequence[torch.Tensor]):
         return f"LazyImages(n={len(self)})"
 
 
-ImageData = torch.Tensor | list[torch.Tensor] | LazyImages
+def _image_data(value: Any) -> Any:
+    """Accept a tensor, LazyImages (untouched: never decoded here) or a list of tensors."""
+    if isinstance(value, torch.Tensor | LazyImages):
+        return value
+    if isinstance(value, list | tuple):
+        for i, t in enumerate(value):
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(f"item {i} is a {type(t).__name__}, not a tensor")
+        return list(value)
+    raise ValueError(
+        f"expected a N×C×H×W tensor, a list of C×H×W tensors or LazyImages, got {type(value).__name__}"
+    )
+
+
+ImageData = Annotated[torch.Tensor | list[torch.Tensor] | LazyImages, PlainValidator(_image_data)]
 
 
 def _check_float(t: torch.Tensor, what: str) -> None:
@@ -157,7 +172,9 @@ def _check_dtype(t: torch.Tensor, what: str) -> None:
 class Record(BaseModel):
     """Base of every record: pydantic model that may hold tensors."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", validate_assignment=False)
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True, extra="forbid", validate_assignment=False
+    )
 
     def replace(self, **changes: Any) -> Self:
         """A validated copy with some fields changed (records are treated as values)."""
@@ -267,12 +284,12 @@ class ImageSet(Record):
             raise ValueError(f"{len(masks)} masks but {n} images")
         if isinstance(masks, LazyImages) or isinstance(self.images, LazyImages):
             return
-        if isinstance(masks, torch.Tensor):
-            if masks.ndim != 4 or masks.shape[1] != 1:
-                raise ValueError(f"masks tensor must be N×1×H×W, got {tuple(masks.shape)}")
-        for i in range(n) if not isinstance(masks, torch.Tensor) else []:
-            if masks[i].ndim != 3 or masks[i].shape[0] != 1:
-                raise ValueError(f"mask {i} must be 1×H×W, got {tuple(masks[i].shape)}")
+        if isinstance(masks, torch.Tensor) and (masks.ndim != 4 or masks.shape[1] != 1):
+            raise ValueError(f"masks tensor must be N×1×H×W, got {tuple(masks.shape)}")
+        if not isinstance(masks, torch.Tensor):
+            for i in range(n):
+                if masks[i].ndim != 3 or masks[i].shape[0] != 1:
+                    raise ValueError(f"mask {i} must be 1×H×W, got {tuple(masks[i].shape)}")
         if isinstance(masks, torch.Tensor) and isinstance(self.images, torch.Tensor):
             if masks.shape[-2:] != self.images.shape[-2:]:
                 raise ValueError(
@@ -496,7 +513,11 @@ class Predictions(ImageSet):
             (below the classifier's ``reject_below``) and a person should look.
     """
 
-    per_sample_fields: ClassVar[tuple[str, ...]] = (*ImageSet.per_sample_fields, "probs", "predicted")
+    per_sample_fields: ClassVar[tuple[str, ...]] = (
+        *ImageSet.per_sample_fields,
+        "probs",
+        "predicted",
+    )
 
     probs: torch.Tensor
     predicted: list[str | None]
@@ -505,7 +526,9 @@ class Predictions(ImageSet):
     def _validate_predictions(self) -> Self:
         n, k = len(self.samples), len(self.classes)
         if self.probs.ndim != 2 or tuple(self.probs.shape) != (n, k):
-            raise ValueError(f"probs must be {n}×{k} (samples × classes), got {tuple(self.probs.shape)}")
+            raise ValueError(
+                f"probs must be {n}×{k} (samples × classes), got {tuple(self.probs.shape)}"
+            )
         if self.probs.dtype not in _FLOAT_DTYPES:
             raise ValueError(f"probs must be float, got {self.probs.dtype}")
         _check_float(self.probs, "probs")
@@ -523,7 +546,9 @@ class Predictions(ImageSet):
     def predicted_indices(self) -> torch.Tensor:
         """Predicted class indices, ``-1`` where rejected."""
         index = {c: i for i, c in enumerate(self.classes)}
-        return torch.tensor([index[p] if p is not None else -1 for p in self.predicted], dtype=torch.long)
+        return torch.tensor(
+            [index[p] if p is not None else -1 for p in self.predicted], dtype=torch.long
+        )
 
 
 class AnomalyScores(ImageSet):
@@ -566,9 +591,10 @@ class AnomalyScores(ImageSet):
                 raise ValueError("normalized scores must have one value per sample")
             if n and (float(self.normalized.min()) < 0 or float(self.normalized.max()) > 1):
                 raise ValueError("normalized scores must lie in [0, 1]")
-        if self.is_anomalous is not None:
-            if self.is_anomalous.dtype != torch.bool or tuple(self.is_anomalous.shape) != (n,):
-                raise ValueError("is_anomalous must be a bool tensor with one value per sample")
+        if self.is_anomalous is not None and (
+            self.is_anomalous.dtype != torch.bool or tuple(self.is_anomalous.shape) != (n,)
+        ):
+            raise ValueError("is_anomalous must be a bool tensor with one value per sample")
         if self.threshold is not None and not math.isfinite(self.threshold):
             raise ValueError("threshold must be finite")
         return self

@@ -55,7 +55,9 @@ def _load_target(target: str, origin: str) -> type[Stage[Any, Any]]:
     try:
         obj = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise PipelineError(f"stage {origin} points to {target!r}, which cannot be imported: {exc}") from exc
+        raise PipelineError(
+            f"stage {origin} points to {target!r}, which cannot be imported: {exc}"
+        ) from exc
     if not (isinstance(obj, type) and issubclass(obj, Stage)):
         raise PipelineError(f"stage {origin} ({target}) is not a Stage subclass")
     return obj
@@ -78,9 +80,13 @@ def get_stage(name: str) -> type[Stage[Any, Any]]:
         try:
             cls = eps[name].load()
         except Exception as exc:
-            raise PipelineError(f"plugin stage {name!r} ({eps[name].value}) failed to load: {exc}") from exc
+            raise PipelineError(
+                f"plugin stage {name!r} ({eps[name].value}) failed to load: {exc}"
+            ) from exc
         if not (isinstance(cls, type) and issubclass(cls, Stage)):
-            raise PipelineError(f"plugin stage {name!r} ({eps[name].value}) is not a Stage subclass")
+            raise PipelineError(
+                f"plugin stage {name!r} ({eps[name].value}) is not a Stage subclass"
+            )
         _registered[name] = cls
         return cls
     known = sorted(set(_registered) | set(BUILTIN_STAGES) | set(eps))
@@ -114,4 +120,11 @@ def name_of(stage: Stage[Any, Any]) -> str:
     )
 
 
-__all__ = ["BUILTIN_STAGES", "ENTRY_POINT_GROUP", "available_stages", "get_stage", "name_of", "register_stage"]
+__all__ = [
+    "BUILTIN_STAGES",
+    "ENTRY_POINT_GROUP",
+    "available_stages",
+    "get_stage",
+    "name_of",
+    "register_stage",
+]

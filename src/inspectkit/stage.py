@@ -154,7 +154,7 @@ class Stage(Generic[In, Out]):
 
 def check_state(state: Any, path: str = "state") -> None:
     """Raise ``TypeError`` unless ``state`` holds only tensors and plain values."""
-    if isinstance(state, torch.Tensor) or isinstance(state, PLAIN_TYPES):
+    if isinstance(state, torch.Tensor | PLAIN_TYPES):
         return
     if isinstance(state, dict):
         for k, v in state.items():
@@ -166,7 +166,9 @@ def check_state(state: Any, path: str = "state") -> None:
         for i, v in enumerate(state):
             check_state(v, f"{path}[{i}]")
         return
-    raise TypeError(f"{path} is a {type(state).__name__}; state may hold tensors and plain values only")
+    raise TypeError(
+        f"{path} is a {type(state).__name__}; state may hold tensors and plain values only"
+    )
 
 
 __all__ = ["In", "Out", "Stage", "StageConfig", "check_state"]
