@@ -154,7 +154,7 @@ class Stage(Generic[In, Out]):
 
 def check_state(state: Any, path: str = "state") -> None:
     """Raise ``TypeError`` unless ``state`` holds only tensors and plain values."""
-    if isinstance(state, torch.Tensor | PLAIN_TYPES):
+    if isinstance(state, (torch.Tensor, *PLAIN_TYPES)):
         return
     if isinstance(state, dict):
         for k, v in state.items():
