@@ -53,28 +53,38 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             missing = [k for k in _NPZ_KEYS if k not in npz.files]
             if missing:
                 raise _fail(
-                    path, f"not a wafer-map archive: keys {missing} missing (need {list(_NPZ_KEYS)})"
+                    path,
+                    f"not a wafer-map archive: keys {missing} missing (need {list(_NPZ_KEYS)})",
                 )
             return {k: npz[k] for k in _NPZ_KEYS}
     except DataError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        raise _fail(path, f"corrupt or truncated npz archive ({type(exc).__name__}: {exc})") from None
+        raise _fail(
+            path, f"corrupt or truncated npz archive ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _check_layout(path: Path, arrs: dict[str, np.ndarray]) -> None:
     flat, shapes, offsets, labels = (arrs[k] for k in _NPZ_KEYS)
     if flat.ndim != 1:
         raise _fail(path, f"'flat' must be 1-D, got shape {flat.shape}")
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        bad = int((~np.isfinite(flat)).sum())
+        raise _fail(path, f"'flat' holds {bad} NaN/inf values; wafer codes must be 0, 1 or 2")
     if not np.issubdtype(flat.dtype, np.integer):
         raise _fail(path, f"'flat' must hold integer wafer codes, got {flat.dtype}")
     if shapes.ndim != 2 or shapes.shape[1] != 2 or not np.issubdtype(shapes.dtype, np.integer):
-        raise _fail(path, f"'shapes' must be an N×2 integer array, got {shapes.shape} {shapes.dtype}")
+        raise _fail(
+            path, f"'shapes' must be an N×2 integer array, got {shapes.shape} {shapes.dtype}"
+        )
     n = shapes.shape[0]
     if offsets.shape != (n + 1,) or not np.issubdtype(offsets.dtype, np.integer):
         raise _fail(path, f"'offsets' must hold N+1={n + 1} integers, got {offsets.shape}")
     if labels.shape != (n,) or labels.dtype.kind not in "US":
-        raise _fail(path, f"'failure_type' must hold N={n} strings, got {labels.shape} {labels.dtype}")
+        raise _fail(
+            path, f"'failure_type' must hold N={n} strings, got {labels.shape} {labels.dtype}"
+        )
     if (shapes <= 0).any():
         raise _fail(path, "'shapes' holds a non-positive height or width")
     if offsets[0] != 0 or offsets[-1] != flat.shape[0] or (np.diff(offsets) < 0).any():
@@ -82,7 +92,9 @@ def _check_layout(path: Path, arrs: dict[str, np.ndarray]) -> None:
     sizes = shapes[:, 0].astype(np.int64) * shapes[:, 1].astype(np.int64)
     bad = np.flatnonzero(np.diff(offsets) != sizes)
     if bad.size:
-        raise _fail(path, f"map {int(bad[0])}: offsets disagree with its shape {tuple(shapes[bad[0]])}")
+        raise _fail(
+            path, f"map {int(bad[0])}: offsets disagree with its shape {tuple(shapes[bad[0]])}"
+        )
 
 
 def load_wafer_npz(
@@ -123,11 +135,17 @@ def load_wafer_npz(
     skipped: list[str] = []
 
     # codes outside {0, 1, 2}: find the maps that hold them without a per-map loop
-    bad_pixels = np.flatnonzero(flat[: offsets[n]] > 2)
+    head = flat[: offsets[n]]
+    bad_pixels = (
+        np.flatnonzero((head > 2) | (head < 0))
+        if head.dtype.kind == "i"
+        else np.flatnonzero(head > 2)
+    )
     bad_maps = np.unique(np.searchsorted(offsets, bad_pixels, side="right") - 1)
     if bad_maps.size:
         first = int(bad_maps[0])
-        value = int(flat[offsets[first] : offsets[first + 1]].max())
+        chunk = flat[offsets[first] : offsets[first + 1]]
+        value = int(chunk.max()) if chunk.max() > 2 else int(chunk.min())
         if on_error == "raise":
             raise _fail(
                 path,
@@ -182,9 +200,6 @@ def load_wafer_npz(
     )
 
 
-
-
-
 def load_wafer_maps(path: str | os.PathLike[str], **kwargs: object) -> ImageSet:
     """Load wafer maps from a ragged ``.npz`` split or an original ``LSWMD.pkl``.
 
@@ -204,4 +219,6 @@ def load_wafer_maps(path: str | os.PathLike[str], **kwargs: object) -> ImageSet:
 
         return load_lswmd(p, **kwargs)  # type: ignore[arg-type]
     raise DataError(f"{p}: unknown wafer-map format {suffix!r}; expected .npz or .pkl (LSWMD)")
+
+
 __all__ = ["WM811K_CLASSES", "load_wafer_maps", "load_wafer_npz"]

@@ -1,0 +1,219 @@
+"""Pieces shared by the image loaders: decoding through PIL, error policy, file listing.
+
+Every problem with one input file becomes a :class:`~inspectkit.errors.DataError` whose
+message starts with the file's path. A loader called with ``on_error="skip"`` catches
+those errors per file and records ``"<file>: <reason>"`` in ``ImageSet.skipped``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from inspectkit.errors import DataError
+
+log = logging.getLogger(__name__)
+
+OnError = Literal["raise", "skip"]
+
+#: File suffixes the folder loaders treat as images.
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+)
+
+_GRAY_MODES = frozenset({"1", "L", "LA", "P;L", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+_FLOAT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+
+T = TypeVar("T")
+
+
+def check_on_error(on_error: str) -> None:
+    if on_error not in ("raise", "skip"):
+        raise DataError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+
+
+def check_channels(channels: int | None) -> None:
+    if channels not in (None, 1, 3):
+        raise DataError(f"channels must be None (keep), 1 (gray) or 3 (RGB), got {channels!r}")
+
+
+def file_error(path: str | os.PathLike[str], problem: str) -> DataError:
+    """A :class:`DataError` whose message names the file first."""
+    return DataError(f"{path}: {problem}")
+
+
+class Collector:
+    """Applies the ``on_error`` policy: re-raise, or remember ``"<file>: <reason>"``."""
+
+    def __init__(self, on_error: OnError) -> None:
+        check_on_error(on_error)
+        self.on_error = on_error
+        self.skipped: list[str] = []
+
+    def attempt(self, func: Callable[[], T]) -> T | None:
+        """Call ``func``; on :class:`DataError` raise or record it and return ``None``."""
+        try:
+            return func()
+        except DataError as exc:
+            if self.on_error == "raise":
+                raise
+            self.skipped.append(str(exc))
+            log.warning("skipped %s", exc)
+            return None
+
+    def skip(self, path: str | os.PathLike[str], reason: str) -> None:
+        """Raise (``on_error="raise"``) or record a problem found without an exception."""
+        if self.on_error == "raise":
+            raise file_error(path, reason)
+        self.skipped.append(f"{path}: {reason}")
+        log.warning("skipped %s: %s", path, reason)
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise file_error(path, "file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise file_error(path, f"image too large to decode safely ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise file_error(path, f"not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(H, W)`` read from the file's header only (no pixel decoding)."""
+    p = Path(path)
+    with _open(p) as im:
+        w, h = im.size
+    if h < 1 or w < 1:
+        raise file_error(p, f"image has an empty size {w}x{h}")
+    return h, w
+
+
+def decode_array(path: str | os.PathLike[str], channels: int | None = None) -> np.ndarray:
+    """Decode one image file to an ``H×W`` or ``H×W×3`` NumPy array (see :func:`read_image`)."""
+    p = Path(path)
+    with _open(p) as im:
+        try:
+            im.load()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise file_error(
+                p, f"corrupt or truncated image ({type(exc).__name__}: {exc})"
+            ) from None
+        mode = im.mode
+        if mode in _FLOAT_MODES:
+            arr = np.asarray(im, dtype=np.float32)
+            if mode != "F":
+                arr = arr / (65535.0 if mode.startswith("I;16") else float(max(1, arr.max())))
+            elif not np.isfinite(arr).all():
+                bad = int((~np.isfinite(arr)).sum())
+                raise file_error(p, f"float image holds {bad} NaN/inf pixels")
+            if channels == 3:
+                arr = np.repeat(arr[..., None], 3, axis=2)
+            return arr
+        gray = mode in _GRAY_MODES or (mode == "P" and _palette_is_gray(im))
+        want = channels if channels is not None else (1 if gray else 3)
+        target = "L" if want == 1 else "RGB"
+        if mode != target:
+            im = im.convert(target)
+        return np.array(im, dtype=np.uint8)
+
+
+def read_image(path: str | os.PathLike[str], channels: int | None = None) -> torch.Tensor:
+    """Decode one image file to a ``C×H×W`` tensor.
+
+    8-bit files become uint8 (``channels=None`` keeps gray as 1 channel and turns every
+    colour mode into RGB). 16-bit and 32-bit integer files become float32 scaled to
+    [0, 1]; floating-point TIFFs stay float32 and must be finite.
+
+    Raises:
+        DataError: naming the file, for a missing, corrupt, truncated or non-finite image.
+
+    Example:
+        >>> from inspectkit.sources._common import read_image
+        >>> read_image("part.png", channels=1).shape  # doctest: +SKIP
+        torch.Size([1, 240, 320])
+    """
+    arr = decode_array(path, channels)
+    if arr.ndim == 2:
+        return torch.from_numpy(np.ascontiguousarray(arr[None]))
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def _palette_is_gray(im: Image.Image) -> bool:
+    pal = im.getpalette()
+    if not pal:
+        return True
+    rgb = np.asarray(pal, dtype=np.int32).reshape(-1, 3)
+    return bool((rgb[:, 0] == rgb[:, 1]).all() and (rgb[:, 1] == rgb[:, 2]).all())
+
+
+def read_mask(path: str | os.PathLike[str]) -> torch.Tensor:
+    """Decode a mask image to a ``1×H×W`` uint8 tensor of 0 (good) / 1 (defect).
+
+    Pixels of 128 or more (in the gray conversion) count as defect: masks saved as
+    0/255 PNGs and masks with soft, anti-aliased borders both binarise sensibly.
+    """
+    arr = decode_array(path, channels=1)
+    limit = 0.5 if arr.dtype.kind == "f" else 128
+    return torch.from_numpy((arr >= limit).astype(np.uint8)[None])
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name, hidden files ignored."""
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def require_dir(path: str | os.PathLike[str], what: str = "folder") -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise file_error(p, f"{what} not found")
+    if not p.is_dir():
+        raise file_error(p, f"{what} expected, but this is a file")
+    return p
+
+
+def ragged_or_stacked(tensors: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """One ``N×C×H×W`` tensor when every tensor has the same shape and dtype, else the list."""
+    if tensors and len({(tuple(t.shape), t.dtype) for t in tensors}) == 1:
+        return torch.stack(tensors)
+    return tensors
+
+
+def unify_dtypes(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Mixed 8-bit and float images: scale the uint8 ones to float in [0, 1] too."""
+    if len({t.dtype for t in tensors}) <= 1:
+        return tensors
+    return [t if t.dtype.is_floating_point else t.float() / 255.0 for t in tensors]
+
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "Collector",
+    "OnError",
+    "check_channels",
+    "check_on_error",
+    "decode_array",
+    "file_error",
+    "image_size",
+    "list_images",
+    "ragged_or_stacked",
+    "read_image",
+    "read_mask",
+    "require_dir",
+    "unify_dtypes",
+]

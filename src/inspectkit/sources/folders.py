@@ -1,0 +1,383 @@
+"""Folder layouts of photos: one sub-folder per class, MVTec AD, magnetic tile.
+
+All three read images through PIL (:func:`inspectkit.sources._common.read_image`) and
+return an :class:`~inspectkit.records.ImageSet` of kind ``"image"``: one ``N×C×H×W``
+tensor when every image has the same size, else a ragged list of ``C×H×W`` tensors.
+With ``lazy=True`` only file headers are read while loading and the pixels are decoded
+on demand (:class:`~inspectkit.records.LazyImages`); a file that turns out corrupt then
+raises :class:`~inspectkit.errors.DataError` naming it when it is first decoded.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from inspectkit.errors import DataError
+from inspectkit.records import ImageData, ImageSet, LazyImages, SampleMeta
+from inspectkit.sources._common import (
+    Collector,
+    OnError,
+    check_channels,
+    file_error,
+    image_size,
+    list_images,
+    ragged_or_stacked,
+    read_image,
+    read_mask,
+    require_dir,
+    unify_dtypes,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Item:
+    image: Path
+    label: str | None
+    id: str
+    mask: Path | None = None
+    empty_mask: bool = False
+    split: Literal["train", "val", "test"] | None = None
+    meta: dict[str, str | int | float | bool | None] | None = None
+
+
+def _zero_mask(path: Path) -> torch.Tensor:
+    h, w = image_size(path)
+    return torch.zeros((1, h, w), dtype=torch.uint8)
+
+
+def _load_mask_lazy(key: tuple[str, str]) -> torch.Tensor:
+    kind, path = key
+    return _zero_mask(Path(path)) if kind == "empty" else read_mask(path)
+
+
+def _materialize_items(
+    items: list[_Item],
+    *,
+    channels: int | None,
+    collector: Collector,
+    lazy: bool,
+    with_masks: bool,
+) -> tuple[ImageData, ImageData | None, list[_Item]]:
+    """Decode (or, lazily, check headers of) every item; drop failures per ``collector``."""
+    images: list[torch.Tensor] = []
+    masks: list[torch.Tensor] = []
+    kept: list[_Item] = []
+    for item in items:
+
+        def one(item: _Item = item) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+            if lazy:
+                size = image_size(item.image)
+                img = None
+            else:
+                img = read_image(item.image, channels)
+                size = (int(img.shape[-2]), int(img.shape[-1]))
+            mask = None
+            if with_masks:
+                if item.empty_mask:
+                    mask = None if lazy else torch.zeros((1, *size), dtype=torch.uint8)
+                else:
+                    assert item.mask is not None
+                    if lazy:
+                        msize = image_size(item.mask)
+                    else:
+                        mask = read_mask(item.mask)
+                        msize = (int(mask.shape[-2]), int(mask.shape[-1]))
+                    if msize != size:
+                        raise file_error(
+                            item.mask,
+                            f"mask is {msize[0]}x{msize[1]} (H×W) but its image "
+                            f"{item.image.name} is {size[0]}x{size[1]}",
+                        )
+            return img, mask
+
+        got = collector.attempt(one)
+        if got is None:
+            continue
+        img, mask = got
+        kept.append(item)
+        if not lazy:
+            assert img is not None
+            images.append(img)
+            if with_masks:
+                assert mask is not None
+                masks.append(mask)
+    if lazy:
+        loader = functools.partial(read_image, channels=channels)
+        image_data: ImageData = LazyImages([str(i.image) for i in kept], loader)
+        mask_data: ImageData | None = None
+        if with_masks:
+            keys = [
+                ("empty", str(i.image)) if i.empty_mask else ("mask", str(i.mask)) for i in kept
+            ]
+            mask_data = LazyImages(keys, _load_mask_lazy)
+        return image_data, mask_data, kept
+    images = unify_dtypes(images)
+    return ragged_or_stacked(images), (ragged_or_stacked(masks) if with_masks else None), kept
+
+
+def _build(
+    items: list[_Item],
+    classes: list[str],
+    *,
+    channels: int | None,
+    collector: Collector,
+    lazy: bool,
+    with_masks: bool,
+    where: Path,
+) -> ImageSet:
+    images, masks, kept = _materialize_items(
+        items, channels=channels, collector=collector, lazy=lazy, with_masks=with_masks
+    )
+    if not kept:
+        detail = f" ({len(collector.skipped)} skipped as unreadable)" if collector.skipped else ""
+        raise file_error(where, f"no readable images found{detail}")
+    samples = [
+        SampleMeta(
+            id=i.id,
+            source=str(i.image),
+            label=i.label,
+            split=i.split,
+            meta=dict(i.meta or {}),
+        )
+        for i in kept
+    ]
+    log.info("loaded %d images from %s (%d skipped)", len(kept), where, len(collector.skipped))
+    return ImageSet.build(
+        images=images, masks=masks, samples=samples, classes=classes, skipped=collector.skipped
+    )
+
+
+def _subfolders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def load_image_folder(
+    root: str | os.PathLike[str],
+    *,
+    classes: list[str] | None = None,
+    on_error: OnError = "raise",
+    lazy: bool = False,
+    channels: int | None = None,
+) -> ImageSet:
+    """Load ``root/<class>/<image>`` files: one sub-folder per class.
+
+    Args:
+        root: Folder holding one sub-folder per class.
+        classes: The expected class names (their order is kept). A sub-folder whose name
+            is not among them is an error (``on_error="skip"``: it is left out and listed
+            in ``skipped``). Default: every sub-folder, sorted.
+        on_error: ``"raise"`` stops at the first unreadable image; ``"skip"`` leaves it
+            out and records ``"<file>: <reason>"`` in ``ImageSet.skipped``.
+        lazy: Decode pixels on demand instead of now.
+        channels: 1 (gray) or 3 (RGB); ``None`` keeps gray files gray and makes every
+            colour file RGB.
+
+    Returns:
+        An ``ImageSet`` labelled by folder name; sample ids are ``"<class>/<file name>"``.
+
+    Raises:
+        DataError: missing or empty folder, unknown class folder, unreadable image.
+
+    Example:
+        >>> from inspectkit.sources import load_image_folder
+        >>> parts = load_image_folder("pcb/train", classes=["ok", "short"])  # doctest: +SKIP
+    """
+    check_channels(channels)
+    collector = Collector(on_error)
+    base = require_dir(root, "image folder")
+    folders = _subfolders(base)
+    if classes is not None:
+        if len(set(classes)) != len(classes) or not classes:
+            raise DataError(f"classes must be distinct and non-empty, got {classes}")
+        class_list = list(classes)
+        for f in folders:
+            if f.name not in class_list:
+                collector.skip(f, f"unknown class name {f.name!r}; expected one of {class_list}")
+        folders = [f for f in folders if f.name in class_list]
+    else:
+        class_list = [f.name for f in folders]
+    items: list[_Item] = []
+    for f in folders:
+        files = list_images(f)
+        if not files:
+            log.warning("class folder %s holds no images", f)
+        items += [_Item(image=p, label=f.name, id=f"{f.name}/{p.name}") for p in files]
+    if not items:
+        raise file_error(
+            base, "no images found: expected one sub-folder per class holding image files"
+        )
+    return _build(
+        items,
+        class_list,
+        channels=channels,
+        collector=collector,
+        lazy=lazy,
+        with_masks=False,
+        where=base,
+    )
+
+
+def load_mvtec(
+    root: str | os.PathLike[str],
+    category: str | None = None,
+    split: Literal["train", "test"] = "train",
+    *,
+    on_error: OnError = "raise",
+    lazy: bool = False,
+    channels: int | None = None,
+) -> ImageSet:
+    """Load one category of the MVTec AD layout.
+
+    Layout: ``train/good/*.png``, ``test/<defect>/*.png`` (``good`` among them) and
+    ``ground_truth/<defect>/<name>_mask.png``. Labels are ``"good"`` or the defect type;
+    every sample has a mask (empty for good images), binarised to 0/1, and
+    ``meta["anomalous"]``; ``SampleMeta.split`` is ``"train"`` or ``"test"``.
+
+    Args:
+        root: The data set root (with ``category``) or the category folder itself.
+        category: Category sub-folder name (``"bottle"``, ``"grid"``, ...).
+        split: ``"train"`` (good images only) or ``"test"``.
+        on_error: ``"raise"`` or ``"skip"`` (see :func:`load_image_folder`).
+        lazy: Decode pixels on demand.
+        channels: 1, 3 or ``None`` (keep).
+
+    Example:
+        >>> from inspectkit.sources import load_mvtec
+        >>> test = load_mvtec("mvtec_ad", "bottle", split="test")  # doctest: +SKIP
+    """
+    check_channels(channels)
+    if split not in ("train", "test"):
+        raise DataError(f"split must be 'train' or 'test', got {split!r}")
+    collector = Collector(on_error)
+    base = require_dir(Path(root) / category if category else root, "MVTec category folder")
+    split_dir = require_dir(base / split, f"MVTec {split} folder")
+    folders = _subfolders(split_dir)
+    if split == "train":
+        folders = [f for f in folders if f.name == "good"]
+        if not folders:
+            raise file_error(
+                split_dir, "no 'good' folder: MVTec training images live in train/good"
+            )
+    defects = sorted(f.name for f in folders if f.name != "good")
+    class_list = ["good", *defects]
+    items: list[_Item] = []
+    for f in folders:
+        good = f.name == "good"
+        for p in list_images(f):
+            mask = None if good else base / "ground_truth" / f.name / f"{p.stem}_mask.png"
+            items.append(
+                _Item(
+                    image=p,
+                    label=f.name,
+                    id=f"{split}/{f.name}/{p.name}",
+                    mask=mask,
+                    empty_mask=good,
+                    split=split,
+                    meta={"anomalous": not good, "category": base.name},
+                )
+            )
+    if not items:
+        raise file_error(split_dir, "no images found")
+    checked: list[_Item] = []
+    for item in items:
+        if item.mask is not None and not item.mask.is_file():
+            collector.skip(item.image, f"its mask {item.mask} is missing")
+            continue
+        checked.append(item)
+    return _build(
+        checked,
+        class_list,
+        channels=channels,
+        collector=collector,
+        lazy=lazy,
+        with_masks=True,
+        where=split_dir,
+    )
+
+
+def load_magnetic_tile(
+    root: str | os.PathLike[str],
+    *,
+    classes: list[str] | None = None,
+    on_error: OnError = "raise",
+    lazy: bool = False,
+    limit_per_class: int | None = None,
+) -> ImageSet:
+    """Load the magnetic-tile defect layout: ``MT_<Class>/Imgs/NAME.jpg`` + ``NAME.png`` mask.
+
+    Images are grayscale (1 channel, uint8) and vary in size, so ``images`` is a ragged
+    list unless every loaded image has one size; masks are ``1×H×W`` uint8 0/1 (a mask
+    pixel of 128 or more is defect). Labels are the folder names without ``MT_``
+    (``"Free"``, ``"Blowhole"``, ``"Break"``, ``"Crack"``, ``"Fray"``, ``"Uneven"``);
+    ``meta["anomalous"]`` is False for ``Free``.
+
+    Args:
+        root: Folder holding the ``MT_*`` folders.
+        classes: Load only these classes (e.g. ``["Free", "Blowhole"]``); a name with no
+            ``MT_<name>`` folder is an error. Default: every ``MT_*`` folder, sorted.
+        on_error: ``"raise"`` or ``"skip"`` (see :func:`load_image_folder`); a missing
+            mask or one whose size differs from its image counts as an error.
+        lazy: Decode pixels on demand.
+        limit_per_class: Read only the first ``n`` images (by file name) of each class.
+
+    Example:
+        >>> from inspectkit.sources import load_magnetic_tile
+        >>> tiles = load_magnetic_tile("data/magnetic_tile", classes=["Free", "Crack"])  # doctest: +SKIP
+    """
+    collector = Collector(on_error)
+    base = require_dir(root, "magnetic-tile folder")
+    found = {f.name[3:]: f for f in _subfolders(base) if f.name.startswith("MT_")}
+    if not found:
+        raise file_error(base, "no MT_<class> folders found (expected e.g. MT_Free/Imgs/*.jpg)")
+    if classes is not None:
+        unknown = [c for c in classes if c not in found]
+        if unknown:
+            raise file_error(
+                base, f"unknown class name(s) {unknown}; this folder has {sorted(found)}"
+            )
+        if len(set(classes)) != len(classes):
+            raise DataError(f"classes must be distinct, got {classes}")
+        class_list = list(classes)
+    else:
+        class_list = sorted(found)
+    if limit_per_class is not None and limit_per_class < 1:
+        raise DataError(f"limit_per_class must be at least 1, got {limit_per_class}")
+    items: list[_Item] = []
+    for name in class_list:
+        folder = found[name] / "Imgs"
+        if not folder.is_dir():
+            folder = found[name]
+        files = [p for p in list_images(folder) if p.suffix.lower() != ".png"]
+        if limit_per_class is not None:
+            files = files[:limit_per_class]
+        if not files:
+            collector.skip(folder, "no images (.jpg) found in this class folder")
+        for p in files:
+            mask = p.with_suffix(".png")
+            if not mask.is_file():
+                collector.skip(p, f"its mask {mask.name} is missing")
+                continue
+            items.append(
+                _Item(
+                    image=p,
+                    label=name,
+                    id=f"{name}/{p.stem}",
+                    mask=mask,
+                    meta={"anomalous": name != "Free"},
+                )
+            )
+    return _build(
+        items, class_list, channels=1, collector=collector, lazy=lazy, with_masks=True, where=base
+    )
+
+
+__all__ = ["load_image_folder", "load_magnetic_tile", "load_mvtec"]
