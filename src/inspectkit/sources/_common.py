@@ -112,7 +112,7 @@ def decode_array(path: str | os.PathLike[str], channels: int | None = None) -> n
             ) from None
         mode = im.mode
         if mode in _FLOAT_MODES:
-            arr = np.asarray(im, dtype=np.float32)
+            arr = np.array(im, dtype=np.float32)
             if mode != "F":
                 arr = arr / (65535.0 if mode.startswith("I;16") else float(max(1, arr.max())))
             elif not np.isfinite(arr).all():
