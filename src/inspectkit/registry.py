@@ -32,6 +32,8 @@ BUILTIN_STAGES: dict[str, str] = {
     "classifier": "inspectkit.stages.classify:Classifier",
     "anomaly_detector": "inspectkit.anomaly.stage:AnomalyDetector",
     "explain": "inspectkit.xai.stage:Explain",
+    "gradcam": "inspectkit.xai.gradcam:GradCAM",
+    "sise": "inspectkit.xai.sise:SISE",
     "continual_classifier": "inspectkit.continual.stage:ContinualClassifier",
 }
 

@@ -256,13 +256,16 @@ def insertion_auc(
     """Insertion AUC per image (RISE): higher means the heatmap found what the model uses.
 
     Starting from ``baseline`` (default: the input blurred with a Gaussian of σ = 5 px,
-    kernel 11, as in RISE), pixels of the input are inserted in order of decreasing heat.
+    kernel 11 (smaller for tiny inputs), as in RISE), pixels of the input are inserted in order of decreasing heat.
 
     Args: as :func:`deletion_auc`.
     """
     x = check_inputs(inputs).float()
     if baseline is None:
-        base = TF.gaussian_blur(x, kernel_size=[11, 11], sigma=[5.0, 5.0])
+        k = min(
+            11, 2 * min(int(x.shape[2]), int(x.shape[3])) - 1
+        )  # reflect padding needs k//2 < size
+        base = TF.gaussian_blur(x, kernel_size=[k, k], sigma=[5.0, 5.0]) if k > 1 else x.clone()
     else:
         base = torch.as_tensor(baseline, dtype=x.dtype).expand_as(x)
     return _curve_auc(_causal_curves(model, x, heatmaps, target, base, x, steps, batch_size))

@@ -24,6 +24,7 @@ from pydantic import Field
 from torch import nn
 
 from inspectkit.errors import ConfigError, DataError, NotFittedError, PipelineError
+from inspectkit.ops import resize_images
 from inspectkit.records import Explained, Predictions
 from inspectkit.runtime import progress
 from inspectkit.stage import Stage, StageConfig
@@ -150,12 +151,20 @@ class Explain(Stage[Predictions, Explained]):
         return [t] * len(data)
 
     def _preprocess(self, batch: Predictions) -> torch.Tensor:
+        """The classifier's input for ``batch``: resized to its input size, then preprocessed."""
         if self._source is None:
             raise PipelineError(
                 f"{type(self).__name__} needs a Classifier before it in the pipeline to "
                 "preprocess images; outside a pipeline call attribute(inputs) instead"
             )
-        x = self._source.preprocess(batch)  # type: ignore[attr-defined]
+        images = batch.images
+        size = getattr(self._source, "input_size", None)
+        mode: Literal["nearest", "antialias"] = "nearest" if batch.kind == "wafer" else "antialias"
+        if isinstance(size, tuple) and len(size) == 2 and min(size) > 0:
+            images = resize_images(images, (int(size[0]), int(size[1])), mode)  # type: ignore[arg-type]
+        elif not isinstance(images, torch.Tensor):
+            images = batch.image_tensor()
+        x = self._source.preprocess(images)  # type: ignore[attr-defined]
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
             raise PipelineError(
                 f"{type(self._source).__name__}.preprocess returned "
