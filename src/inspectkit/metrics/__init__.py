@@ -17,6 +17,7 @@ _LAZY: dict[str, str] = {
     "pixel_auroc": "inspectkit.metrics.anomaly",
     "aupro": "inspectkit.metrics.anomaly",
     "anomaly_report": "inspectkit.metrics.anomaly",
+    "threshold_metrics": "inspectkit.metrics.anomaly",
 }
 
 __all__ = sorted(_LAZY)

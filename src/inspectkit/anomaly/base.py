@@ -1,0 +1,152 @@
+"""What every good-only detector shares: batching, map smoothing, state with dynamic shapes.
+
+A detector is a plain ``nn.Module`` (no pipeline glue): ``fit(images)`` learns from good
+images only, ``score(images)`` returns image scores and anomaly maps. ``images`` is an
+``N×C×H×W`` tensor (uint8 0-255 or float in [0, 1]) already at the working size;
+:class:`~inspectkit.anomaly.stage.AnomalyDetector` does the resizing. Everything a
+detector learned lives in its ``state_dict`` (parameters and buffers), so it travels
+with a saved pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.transforms.v2 import functional as TF
+
+from inspectkit.errors import DataError, NotFittedError
+from inspectkit.ops import to_float
+from inspectkit.runtime import progress, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur ``N×H×W`` maps with a Gaussian of ``sigma`` pixels (kernel 2·⌊4σ+0.5⌋+1)."""
+    if sigma <= 0:
+        return maps
+    k = 2 * int(4 * sigma + 0.5) + 1
+    k = min(k, 2 * (min(maps.shape[-2:]) // 2) - 1) if min(maps.shape[-2:]) < k else k
+    if k < 3:
+        return maps
+    return TF.gaussian_blur(maps.unsqueeze(1), [k, k], [sigma, sigma]).squeeze(1)
+
+
+def check_images(images: Any, what: str = "images") -> torch.Tensor:
+    """Refuse anything but a non-empty ``N×C×H×W`` tensor."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise DataError(f"{what} must be an N×C×H×W tensor, got {shape}; resize ragged sets first")
+    if images.shape[0] == 0:
+        raise DataError(f"no {what} given; a detector needs at least one good image")
+    return images
+
+
+class AnomalyModel(nn.Module):
+    """Base class of the detectors: a torch module with ``fit`` and ``score``.
+
+    Subclasses implement ``_fit(images)`` and ``_score_batch(x) -> (scores, maps)``
+    where ``x`` is a float batch in [0, 1] on the model's device.
+
+    Attributes:
+        batch_size: Images per forward pass.
+        sigma: Gaussian smoothing of anomaly maps, in pixels.
+        device: Where computations run (``"auto"`` = CUDA when present).
+        show_progress: tqdm bars on loops a person waits for.
+    """
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 32,
+        sigma: float = 4.0,
+        device: str = "auto",
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise DataError(f"batch_size must be at least 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.sigma = float(sigma)
+        self.show_progress = progress
+        self._device = resolve_device(device)
+        self.register_buffer("fitted_flag", torch.zeros((), dtype=torch.bool))
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.fitted_flag)
+
+    def batches(self, images: torch.Tensor, desc: str = "") -> Iterator[torch.Tensor]:
+        """Float batches in [0, 1] on the device, converted one batch at a time."""
+        n = images.shape[0]
+        starts = range(0, n, self.batch_size)
+        for s in progress(starts, enabled=self.show_progress and n > self.batch_size, desc=desc):
+            yield to_float(images[s : s + self.batch_size]).to(self._device)
+
+    def upsample_smooth(self, patch_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``N×h×w`` patch scores → ``N×H×W`` maps: bilinear upsampling then Gaussian blur."""
+        maps = torch.nn.functional.interpolate(
+            patch_maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False
+        ).squeeze(1)
+        return gaussian_smooth(maps, self.sigma)
+
+    # ------------------------------------------------------------------ API
+    def fit(self, images: torch.Tensor) -> AnomalyModel:
+        """Learn from good images only (``N×C×H×W``, uint8 or float in [0, 1])."""
+        images = check_images(images, "training images")
+        self.to(self._device)
+        self._fit(images)
+        self.fitted_flag.fill_(True)
+        return self
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image scores (``N``) and anomaly maps (``N×H×W``, the input's size); higher = worse."""
+        if not self.is_fitted:
+            raise NotFittedError(
+                f"{type(self).__name__} must be fitted on good images before scoring"
+            )
+        images = check_images(images)
+        self.to(self._device)
+        self.eval()
+        scores, maps = [], []
+        for x in self.batches(images, desc=f"{type(self).__name__} scoring"):
+            s, m = self._score_batch(x)
+            scores.append(s.float().cpu())
+            maps.append(m.float().cpu())
+        return torch.cat(scores), torch.cat(maps)
+
+    def _fit(self, images: torch.Tensor) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _score_batch(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ state
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a ``state_dict`` whose buffers may have other shapes than the fresh module's.
+
+        Learned buffers (memory bank, Gaussian statistics) are created empty and get their
+        size at ``fit``; here they are replaced wholesale before the strict load.
+        """
+        buffers = dict(self.named_buffers())
+        for name, tensor in state.items():
+            if name in buffers and tuple(buffers[name].shape) != tuple(tensor.shape):
+                owner_name, _, leaf = name.rpartition(".")
+                owner = self.get_submodule(owner_name) if owner_name else self
+                owner._buffers[leaf] = torch.empty_like(tensor)
+        self.load_state_dict(state, strict=True)
+
+
+__all__ = ["AnomalyModel", "check_images", "gaussian_smooth"]

@@ -1,0 +1,130 @@
+"""PaDiM: a multivariate Gaussian per feature-map position, Mahalanobis scoring.
+
+Defard et al., "PaDiM: a Patch Distribution Modeling Framework for Anomaly Detection and
+Localization", ICPR 2021. Features of three backbone layers are brought to the first
+layer's grid and concatenated; a fixed random subset of ``n_features`` channels is kept;
+each position gets its own mean and covariance (+ ``eps``·I). The statistics are
+accumulated batch by batch in float64 (float32 per batch; sums and sums of outer products), so memory does
+not grow with the number of training images.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inspectkit.anomaly.base import AnomalyModel
+from inspectkit.errors import ConfigError, DataError
+from inspectkit.models.features import FeatureExtractor
+
+log = logging.getLogger(__name__)
+
+
+class PaDiM(AnomalyModel):
+    """PaDiM detector as a plain torch module.
+
+    Args:
+        backbone: torchvision / registered name, or any ``nn.Module``.
+        layers: Layers whose features are concatenated (first one sets the grid).
+        weights: Local state-dict file for the backbone; ``None`` = seeded random init.
+        n_features: Channels kept by the random subset (paper: 100 for ResNet-18).
+        eps: Regularisation added to every covariance diagonal.
+        sigma: Gaussian smoothing of the maps in pixels.
+        seed: Seed of backbone init and channel subset.
+        batch_size, device, progress: See :class:`AnomalyModel`.
+
+    Example:
+        >>> import torch
+        >>> pd = PaDiM(n_features=20, progress=False).fit(torch.rand(6, 1, 64, 64))
+        >>> pd.score(torch.rand(1, 1, 64, 64))[1].shape
+        torch.Size([1, 64, 64])
+    """
+
+    def __init__(
+        self,
+        backbone: str | nn.Module = "resnet18",
+        layers: Sequence[str] = ("layer1", "layer2", "layer3"),
+        weights: str | os.PathLike[str] | None = None,
+        *,
+        n_features: int | None = 100,
+        eps: float = 0.01,
+        sigma: float = 4.0,
+        seed: int = 0,
+        batch_size: int = 32,
+        device: str = "auto",
+        progress: bool = True,
+        extractor: FeatureExtractor | None = None,
+    ) -> None:
+        super().__init__(batch_size=batch_size, sigma=sigma, device=device, progress=progress)
+        if eps <= 0:
+            raise ConfigError(f"eps must be positive, got {eps}")
+        self.extractor = extractor or FeatureExtractor(backbone, layers, weights, seed=seed)
+        total = sum(self.extractor.out_channels().values())
+        d = total if not n_features else min(int(n_features), total)
+        if d < 1:
+            raise ConfigError(f"n_features must be positive, got {n_features}")
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(total, generator=g)[:d].sort().values
+        self.register_buffer("channel_index", idx)
+        self.eps = float(eps)
+        self.register_buffer("mean", torch.zeros(0, 0))
+        self.register_buffer("inv_cov", torch.zeros(0, 0, 0))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Selected features ``N×d×h×w`` on the first layer's grid."""
+        feats = list(self.extractor(x).values())
+        size = feats[0].shape[-2:]
+        feats = [
+            f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="nearest")
+            for f in feats
+        ]
+        return torch.cat(feats, 1)[:, self.channel_index]
+
+    @torch.no_grad()
+    def _fit(self, images: torch.Tensor) -> None:
+        self.eval()
+        n = 0
+        s1: torch.Tensor | None = None
+        s2: torch.Tensor | None = None
+        for x in self.batches(images, desc="PaDiM fit"):
+            e = self.embed(x)  # B×d×h×w
+            b, d, h, w = e.shape
+            e = e.permute(2, 3, 0, 1).reshape(h * w, b, d).contiguous()  # P×B×d
+            if s1 is None:
+                s1 = torch.zeros(h * w, d, dtype=torch.float64, device=e.device)
+                s2 = torch.zeros(h * w, d, d, dtype=torch.float64, device=e.device)
+                self._grid = (h, w)
+            assert s2 is not None
+            s1 += e.sum(1).double()
+            s2 += torch.bmm(e.transpose(1, 2), e).double()  # float32 per batch, float64 sums
+            n += b
+        assert s1 is not None and s2 is not None
+        if n < 2:
+            raise DataError("PaDiM needs at least 2 good images to estimate covariances")
+        mean = s1 / n
+        cov = (s2 - n * mean.unsqueeze(2) * mean.unsqueeze(1)) / (n - 1)
+        cov += self.eps * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+        self.mean = mean.float()
+        self.inv_cov = torch.linalg.inv(cov).float()
+
+    def _score_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e = self.embed(x)
+        b, d, h, w = e.shape
+        if h * w != self.mean.shape[0]:
+            raise DataError(
+                f"feature grid {h}×{w} differs from the one PaDiM was fitted on; "
+                "score images of the training size"
+            )
+        delta = e.permute(2, 3, 0, 1).reshape(h * w, b, d) - self.mean.unsqueeze(1)  # P×B×d
+        m = torch.einsum("pbd,pde,pbe->pb", delta, self.inv_cov, delta).clamp_min_(0).sqrt_()
+        patch_maps = m.T.reshape(b, h, w)
+        maps = self.upsample_smooth(patch_maps, tuple(x.shape[-2:]))
+        return maps.flatten(1).amax(1), maps
+
+
+__all__ = ["PaDiM"]

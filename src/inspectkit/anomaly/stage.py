@@ -1,0 +1,320 @@
+"""``AnomalyDetector``: the pipeline stage around the good-only detectors.
+
+Fit on good parts only, run to get :class:`~inspectkit.records.AnomalyScores`.
+
+* Which samples are good: ``meta["anomalous"]`` when a source set it (the magnetic-tile
+  and MVTec loaders do), else the label — unlabelled samples and labels in
+  ``good_labels`` are good, every other label is a defect. Defects in the training set
+  are refused (``on_defective="raise"``) or dropped with a warning (``"drop"``).
+* Sizes: every image is resized (antialiased, aspect not kept) to ``size`` before the
+  detector sees it, so ragged sets such as magnetic tiles are accepted; anomaly maps are
+  returned at that working size (``N×H×W``), and the metrics resize masks to it.
+* Calibration: ``calibration_fraction`` of the good images is held out of fitting, scored,
+  and the threshold set so that ``target_false_alarm_rate`` of them would be flagged.
+  :meth:`AnomalyDetector.calibrate` re-calibrates on other data: F1-optimal when it holds
+  labelled defects, at the target rate otherwise. Threshold and normalisation statistics
+  are part of the saved state.
+
+Example:
+    >>> import torch
+    >>> from inspectkit.records import ImageSet, SampleMeta
+    >>> good = ImageSet(images=torch.rand(10, 1, 64, 64),
+    ...                 samples=[SampleMeta(id=str(i)) for i in range(10)])
+    >>> det = AnomalyDetector(method="padim", size=64, progress=False).fit(good)
+    >>> out = det.run(good)
+    >>> tuple(out.maps.shape), out.threshold is not None
+    ((10, 64, 64), True)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator
+
+from inspectkit.anomaly.autoencoder import AutoEncoder
+from inspectkit.anomaly.base import AnomalyModel
+from inspectkit.anomaly.padim import PaDiM
+from inspectkit.anomaly.patchcore import PatchCore
+from inspectkit.anomaly.selfsupervised import SelfSupervised
+from inspectkit.anomaly.threshold import (
+    check_rate,
+    f1_optimal_threshold,
+    normalize,
+    threshold_at_false_alarm_rate,
+)
+from inspectkit.errors import ConfigError, DataError
+from inspectkit.metrics.anomaly import DEFAULT_GOOD_LABELS
+from inspectkit.ops import resize_images
+from inspectkit.records import AnomalyScores, ImageSet, SampleMeta
+from inspectkit.stage import Stage, StageConfig
+
+log = logging.getLogger(__name__)
+
+
+METHODS: dict[str, type[AnomalyModel]] = {
+    "patchcore": PatchCore,
+    "padim": PaDiM,
+    "autoencoder": AutoEncoder,
+    "selfsupervised": SelfSupervised,
+}
+
+
+def is_defective(sample: SampleMeta, good_labels: list[str]) -> bool:
+    """True when a sample is known to show a defect (see module docs for the rule)."""
+    flag = sample.meta.get("anomalous")
+    if isinstance(flag, bool):
+        return flag
+    return sample.label is not None and sample.label not in good_labels
+
+
+class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
+    """Good-only anomaly detection as a pipeline stage.
+
+    Args:
+        method: ``"patchcore"``, ``"padim"``, ``"autoencoder"`` or ``"selfsupervised"``.
+        backbone: torchvision or registered backbone name (not used by the autoencoder).
+        weights: Local state-dict file for the backbone (``None`` = seeded random init).
+        layers: Backbone layers; ``None`` = the method's default.
+        size: Working size ``(H, W)`` (or one int) every image is resized to.
+        good_labels: Labels that mean "good"; unlabelled samples are good too.
+        on_defective: ``"raise"`` or ``"drop"`` (with a warning) for defects in ``fit``.
+        target_false_alarm_rate: Share of good parts the threshold may flag, in (0, 1).
+        calibration_fraction: Share of good training images held out for calibration
+            (0 = none; the stage then reports no threshold until :meth:`calibrate`).
+        options: Further keyword arguments of the detector class (e.g.
+            ``{"coreset_ratio": 0.01}`` for PatchCore, ``{"steps": 500}`` for CutPaste).
+        batch_size: Images per forward pass.
+        seed: Seed of initialisation, hold-out split and sampling.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
+        progress: Progress bars.
+
+    Example:
+        >>> AnomalyDetector(method="patchcore", size=128).config.size
+        (128, 128)
+    """
+
+    name = "anomaly_detector"
+    stateful = True
+
+    class Config(StageConfig):
+        method: Literal["patchcore", "padim", "autoencoder", "selfsupervised"] = "patchcore"
+        backbone: str = "resnet18"
+        weights: str | None = None
+        layers: list[str] | None = None
+        size: tuple[int, int] = (256, 256)
+        good_labels: list[str] = Field(default_factory=lambda: list(DEFAULT_GOOD_LABELS))
+        on_defective: Literal["raise", "drop"] = "raise"
+        target_false_alarm_rate: float = 0.005
+        calibration_fraction: float = Field(0.2, ge=0, lt=1)
+        options: dict[str, Any] = Field(default_factory=dict)
+        batch_size: int = Field(32, ge=1)
+        seed: int = 0
+        device: str = "auto"
+        progress: bool = True
+
+        @field_validator("size", mode="before")
+        @classmethod
+        def _square(cls, v: Any) -> Any:
+            if isinstance(v, int) and not isinstance(v, bool):
+                v = (v, v)
+            return v
+
+        @field_validator("size")
+        @classmethod
+        def _positive(cls, v: tuple[int, int]) -> tuple[int, int]:
+            if v[0] < 16 or v[1] < 16 or v[0] > 4096 or v[1] > 4096:
+                raise ValueError(f"size must be between 16 and 4096 pixels, got {v}")
+            return v
+
+        @field_validator("target_false_alarm_rate")
+        @classmethod
+        def _rate(cls, v: float) -> float:
+            if not 0 < v < 1:
+                raise ValueError(
+                    f"target_false_alarm_rate must lie strictly between 0 and 1 (e.g. 0.005), got {v}"
+                )
+            return v
+
+    config: Config
+
+    def __init__(self, config: Any = None, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self.detector: AnomalyModel | None = None
+        self.in_channels: int | None = None
+        self.threshold: float | None = None
+        self.low = 0.0
+        self.high = 1.0
+        if self.config.method != "autoencoder":
+            self.detector = self._build(self.config.weights, in_channels=1)
+
+    # ------------------------------------------------------------------ building
+    def _build(self, weights: str | None, in_channels: int) -> AnomalyModel:
+        cfg = self.config
+        kwargs: dict[str, Any] = {
+            "seed": cfg.seed,
+            "batch_size": cfg.batch_size,
+            "device": cfg.device,
+            "progress": cfg.progress,
+        }
+        if cfg.method == "autoencoder":
+            kwargs["in_channels"] = in_channels
+        else:
+            kwargs.update(backbone=cfg.backbone, weights=weights)
+            if cfg.layers is not None:
+                kwargs["layers"] = cfg.layers
+        kwargs.update(cfg.options)
+        try:
+            return METHODS[cfg.method](**kwargs)
+        except TypeError as exc:
+            raise ConfigError(
+                f"AnomalyDetector options {sorted(cfg.options)} do not fit {cfg.method}: {exc}"
+            ) from None
+
+    # ------------------------------------------------------------------ data
+    def _prepare(self, data: ImageSet) -> torch.Tensor:
+        """All images at the working size, as one ``N×C×H×W`` tensor (built batch by batch)."""
+        size = self.config.size
+        parts = []
+        for batch in data.iter_batches(256):
+            imgs = batch.images
+            if isinstance(imgs, torch.Tensor) or len({tuple(t.shape) for t in imgs}) == 1:
+                imgs = imgs if isinstance(imgs, torch.Tensor) else torch.stack(list(imgs))
+                parts.append(resize_images(imgs, size, "antialias"))
+            else:
+                parts.append(resize_images(list(imgs), size, "antialias"))
+        out = torch.cat(parts)
+        if self.in_channels is not None and out.shape[1] != self.in_channels:
+            raise DataError(
+                f"the detector was fitted on {self.in_channels}-channel images, got {out.shape[1]}"
+            )
+        return out
+
+    def _good_only(self, data: ImageSet) -> ImageSet:
+        bad = [i for i, s in enumerate(data.samples) if is_defective(s, self.config.good_labels)]
+        if not bad:
+            return data
+        labels = sorted({str(data.samples[i].label) for i in bad})
+        if self.config.on_defective == "raise":
+            raise DataError(
+                f"{len(bad)} of {len(data)} training samples are labelled defective ({labels}); "
+                "fit on good parts only, list their label in good_labels, or pass "
+                "on_defective='drop'"
+            )
+        log.warning("dropping %d defective samples (%s) from anomaly training", len(bad), labels)
+        dropped = set(bad)
+        keep = [i for i in range(len(data)) if i not in dropped]
+        if not keep:
+            raise DataError(
+                "every training sample is labelled defective; nothing good to learn from"
+            )
+        return data.subset(keep)
+
+    # ------------------------------------------------------------------ lifecycle
+    def fit(self, data: ImageSet) -> AnomalyDetector:
+        """Learn from the good samples of ``data``; hold some out to set the threshold."""
+        self.check_input(data)
+        data = self._good_only(data)
+        images = self._prepare(data)
+        self.in_channels = int(images.shape[1])
+        if self.config.method == "autoencoder":
+            self.detector = self._build(None, in_channels=self.in_channels)
+        n = images.shape[0]
+        frac = self.config.calibration_fraction
+        n_cal = round(frac * n) if frac > 0 else 0
+        n_cal = min(n_cal, n - 2) if n_cal else 0
+        if frac > 0 and n_cal < 1:
+            log.warning("only %d good images: none held out for calibration", n)
+        g = torch.Generator().manual_seed(self.config.seed)
+        order = torch.randperm(n, generator=g)
+        train_idx, cal_idx = order[n_cal:].sort().values, order[:n_cal].sort().values
+        assert self.detector is not None
+        self.detector.fit(images[train_idx])
+        self.fitted = True
+        self.threshold = None
+        if n_cal:
+            scores, _ = self.detector.score(images[cal_idx])
+            self._set_threshold(
+                scores, threshold_at_false_alarm_rate(scores, self.config.target_false_alarm_rate)
+            )
+        return self
+
+    def _set_threshold(self, scores: torch.Tensor, threshold: float) -> None:
+        s = scores.double()
+        self.threshold = float(threshold)
+        self.low = float(s.min())
+        spread = max(self.threshold - self.low, 1e-6)
+        self.high = max(float(s.max()), self.threshold + spread)
+
+    def calibrate(
+        self, data: ImageSet, target_false_alarm_rate: float | None = None
+    ) -> AnomalyDetector:
+        """Set the threshold from ``data`` (images not used in fitting).
+
+        With both good and labelled defective samples the F1-optimal threshold is taken;
+        with good samples only, the one that flags ``target_false_alarm_rate`` of them.
+
+        Example:
+            >>> det.calibrate(held_out_good, target_false_alarm_rate=0.01)  # doctest: +SKIP
+        """
+        self.check_fitted()
+        self.check_input(data)
+        rate = check_rate(
+            self.config.target_false_alarm_rate
+            if target_false_alarm_rate is None
+            else target_false_alarm_rate
+        )
+        assert self.detector is not None
+        scores, _ = self.detector.score(self._prepare(data))
+        bad = torch.tensor([is_defective(s, self.config.good_labels) for s in data.samples])
+        if bad.any() and not bad.all():
+            thr = f1_optimal_threshold(scores, bad)
+            self._set_threshold(scores[~bad], thr)
+            self.high = max(self.high, float(scores.max()))
+        elif bad.all():
+            raise DataError("calibration data holds only defective samples; add good ones")
+        else:
+            self._set_threshold(scores, threshold_at_false_alarm_rate(scores, rate))
+        return self
+
+    def run(self, data: ImageSet) -> AnomalyScores:
+        """Score ``data``: image scores, anomaly maps (working size), normalised score, verdict."""
+        self.check_fitted()
+        self.check_input(data)
+        assert self.detector is not None
+        scores, maps = self.detector.score(self._prepare(data))
+        fields: dict[str, Any] = {"scores": scores, "maps": maps}
+        if self.threshold is not None:
+            fields["threshold"] = self.threshold
+            fields["normalized"] = normalize(scores, self.threshold, self.low, self.high)
+            fields["is_anomalous"] = scores > self.threshold
+        return AnomalyScores.build(**data.base_fields(), **fields)
+
+    # ------------------------------------------------------------------ state
+    def get_state(self) -> dict[str, Any]:
+        assert self.detector is not None
+        calib = torch.tensor(
+            [self.threshold if self.threshold is not None else float("nan"), self.low, self.high],
+            dtype=torch.float64,
+        )
+        return {
+            "detector": {k: v.detach().cpu() for k, v in self.detector.state_dict().items()},
+            "calibration": calib,
+            "calibrated": self.threshold is not None,
+            "in_channels": int(self.in_channels or 1),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.in_channels = int(state["in_channels"])
+        # The saved state holds the backbone weights, so no weights file is needed here.
+        self.detector = self._build(None, in_channels=self.in_channels)
+        self.detector.load_state(state["detector"])
+        calib = state["calibration"].tolist()
+        self.threshold = float(calib[0]) if state["calibrated"] else None
+        self.low, self.high = float(calib[1]), float(calib[2])
+        self.fitted = True
+
+
+__all__ = ["DEFAULT_GOOD_LABELS", "AnomalyDetector", "is_defective"]

@@ -1,0 +1,217 @@
+"""Anomaly-detection metrics: image AUROC, pixel AUROC, AUPRO, F1 and false-alarm rate.
+
+Ground truth per image comes from the samples (``meta["anomalous"]``, else the label:
+unlabelled or a label in ``good_labels`` = good), per pixel from the masks (non-zero =
+defect), resized with nearest neighbour to the anomaly maps' working size. Synthetic
+samples are dropped first. scikit-learn computes the curves; AUPRO follows Bergmann et
+al. (MVTec AD, IJCV 2021): the mean per-region overlap integrated over false-positive
+rates up to 0.3, divided by 0.3.
+
+Example:
+    >>> import torch
+    >>> image_auroc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1]))
+    0.75
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+from sklearn.metrics import auc, f1_score, roc_auc_score
+
+from inspectkit.errors import DataError
+from inspectkit.ops import resize_images
+from inspectkit.records import AnomalyScores, Report
+
+#: Labels that count as "good" (MVTec "good", magnetic tile "Free", WM-811K "none").
+DEFAULT_GOOD_LABELS = ["good", "Free", "ok", "OK", "normal", "none"]
+
+
+def _is_defective(result: AnomalyScores, good_labels: Sequence[str]) -> np.ndarray:
+    out = []
+    for s in result.samples:
+        flag = s.meta.get("anomalous")
+        out.append(
+            flag if isinstance(flag, bool) else (s.label is not None and s.label not in good_labels)
+        )
+    return np.asarray(out, dtype=bool)
+
+
+def _scores_and_truth(
+    scores: AnomalyScores | torch.Tensor | np.ndarray | Sequence[float],
+    truth: torch.Tensor | np.ndarray | Sequence[int] | None,
+    good_labels: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(scores, AnomalyScores):
+        real = scores.real()
+        s = real.scores.double().numpy()
+        y = _is_defective(real, good_labels) if truth is None else np.asarray(truth, dtype=bool)
+    else:
+        if truth is None:
+            raise DataError("give the ground truth (1 = defective) with raw scores")
+        s = np.asarray(torch.as_tensor(scores, dtype=torch.float64))
+        y = np.asarray(torch.as_tensor(truth)).astype(bool)
+    if s.shape != y.shape:
+        raise DataError(f"{s.shape[0]} scores but {y.shape[0]} ground-truth values")
+    return s, y
+
+
+def _need_both(y: np.ndarray) -> bool:
+    return bool(y.any()) and not bool(y.all())
+
+
+def image_auroc(
+    scores: AnomalyScores | torch.Tensor | np.ndarray | Sequence[float],
+    truth: torch.Tensor | np.ndarray | Sequence[int] | None = None,
+    *,
+    good_labels: Sequence[str] = DEFAULT_GOOD_LABELS,
+) -> float:
+    """Area under the ROC curve of image scores vs. defective/good; NaN if one class is absent."""
+    s, y = _scores_and_truth(scores, truth, good_labels)
+    if not _need_both(y):
+        return float("nan")
+    return float(roc_auc_score(y, s))
+
+
+def _pixel_arrays(
+    maps: AnomalyScores | torch.Tensor, masks: torch.Tensor | Sequence[torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(maps, AnomalyScores):
+        real = maps.real()
+        if real.maps is None:
+            raise DataError("these AnomalyScores carry no anomaly maps")
+        if masks is None:
+            if real.masks is None:
+                raise DataError("pixel metrics need defect masks; the set has none")
+            masks = real.masks if not real.is_lazy else list(real.masks)
+        m = real.maps
+    else:
+        m = torch.as_tensor(maps)
+        if masks is None:
+            raise DataError("pixel metrics need defect masks")
+    if m.ndim != 3:
+        raise DataError(f"anomaly maps must be N×H×W, got {tuple(m.shape)}")
+    if isinstance(masks, torch.Tensor) and masks.ndim == 3:
+        masks = masks.unsqueeze(1)
+    if len(masks) != m.shape[0]:
+        raise DataError(f"{len(masks)} masks but {m.shape[0]} maps")
+    gt = resize_images(
+        masks if isinstance(masks, torch.Tensor) else list(masks), tuple(m.shape[-2:]), "nearest"
+    )
+    return m.float(), gt[:, 0] > 0
+
+
+def pixel_auroc(
+    maps: AnomalyScores | torch.Tensor, masks: torch.Tensor | Sequence[torch.Tensor] | None = None
+) -> float:
+    """ROC AUC of every pixel's anomaly value vs. its mask (masks resized to the maps)."""
+    m, gt = _pixel_arrays(maps, masks)
+    y = gt.flatten().numpy()
+    if not _need_both(y):
+        return float("nan")
+    return float(roc_auc_score(y, m.flatten().numpy()))
+
+
+def aupro(
+    maps: AnomalyScores | torch.Tensor,
+    masks: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    *,
+    max_fpr: float = 0.3,
+    num_thresholds: int = 1000,
+) -> float:
+    """Area under the per-region-overlap curve up to ``max_fpr``, normalised to [0, 1].
+
+    Each connected defect region counts equally, so small defects weigh as much as large
+    ones. Thresholds are ``num_thresholds`` quantiles of the map values.
+    """
+    if not 0 < max_fpr <= 1:
+        raise DataError(f"max_fpr must be in (0, 1], got {max_fpr}")
+    m, gt = _pixel_arrays(maps, masks)
+    values = m.numpy()
+    gt_np = gt.numpy()
+    if not _need_both(gt_np.flatten()):
+        return float("nan")
+    qs = np.linspace(0, 1, num_thresholds)
+    thresholds = np.unique(np.quantile(values, qs))
+    edges = np.concatenate([thresholds, [np.inf]])
+    # share of good pixels at or above each threshold
+    good_hist = np.histogram(values[~gt_np], bins=edges)[0]
+    fpr = good_hist[::-1].cumsum()[::-1] / max(1, (~gt_np).sum())
+    pros = []
+    for i in range(values.shape[0]):
+        labelled, n_regions = ndimage.label(gt_np[i])
+        for r in range(1, n_regions + 1):
+            region = values[i][labelled == r]
+            hist = np.histogram(region, bins=edges)[0]
+            pros.append(hist[::-1].cumsum()[::-1] / region.size)
+    pro = np.mean(pros, axis=0)
+    order = np.argsort(fpr)
+    fpr, pro = fpr[order], pro[order]
+    keep = fpr <= max_fpr
+    x = np.concatenate([fpr[keep], [max_fpr]])
+    y = np.concatenate([pro[keep], [np.interp(max_fpr, fpr, pro)]])
+    if x.size < 2:
+        return float("nan")
+    return float(auc(x, y) / max_fpr)
+
+
+def threshold_metrics(
+    result: AnomalyScores, *, good_labels: Sequence[str] = DEFAULT_GOOD_LABELS
+) -> dict[str, float]:
+    """F1 (defect = positive), false-alarm rate (good flagged) and miss rate at the threshold."""
+    real = result.real()
+    if real.is_anomalous is None:
+        raise DataError("these scores have no threshold; calibrate the detector first")
+    y = _is_defective(real, good_labels)
+    pred = real.is_anomalous.numpy().astype(bool)
+    out = {
+        "f1": float(f1_score(y, pred, zero_division=0)) if y.any() else float("nan"),
+        "false_alarm_rate": float(pred[~y].mean()) if (~y).any() else float("nan"),
+        "miss_rate": float((~pred[y]).mean()) if y.any() else float("nan"),
+    }
+    return out
+
+
+def anomaly_report(
+    result: AnomalyScores,
+    *,
+    good_labels: Sequence[str] = DEFAULT_GOOD_LABELS,
+    title: str = "anomaly detection",
+) -> Report:
+    """Every anomaly metric the record supports, as a :class:`~inspectkit.records.Report`.
+
+    Example:
+        >>> report = anomaly_report(scores)  # doctest: +SKIP
+        >>> report.metrics["image_auroc"]  # doctest: +SKIP
+    """
+    real = result.real()
+    y = _is_defective(real, good_labels)
+    metrics: dict[str, float] = {"image_auroc": image_auroc(real, good_labels=good_labels)}
+    notes: list[str] = []
+    if real.maps is not None and real.masks is not None:
+        metrics["pixel_auroc"] = pixel_auroc(real)
+        metrics["aupro"] = aupro(real)
+    else:
+        notes.append("no masks or maps: pixel metrics not computed")
+    if real.is_anomalous is not None:
+        metrics.update(threshold_metrics(real, good_labels=good_labels))
+        assert real.threshold is not None
+        metrics["threshold"] = float(real.threshold)
+    else:
+        notes.append("no threshold: F1 and false-alarm rate not computed")
+    counts = {"good": int((~y).sum()), "defective": int(y.sum())}
+    if real.is_anomalous is not None:
+        counts["flagged"] = int(real.is_anomalous.sum())
+    return Report(
+        title=title,
+        metrics={k: (v if math.isfinite(v) else float("nan")) for k, v in metrics.items()},
+        counts=counts,
+        notes=notes,
+    )
+
+
+__all__ = ["anomaly_report", "aupro", "image_auroc", "pixel_auroc", "threshold_metrics"]

@@ -1,0 +1,255 @@
+"""Feature extractors for the anomaly detectors: intermediate layers of a backbone.
+
+A backbone is a torchvision model name (``"resnet18"``, ``"wide_resnet50_2"``, ...), a
+name registered with :func:`register_backbone`, or any ``nn.Module``. Features come out
+of named submodules (``"layer2"``, ``"layer3"``): through
+``torchvision.models.feature_extraction.create_feature_extractor`` (which drops the
+layers that are not needed) and, where a model cannot be traced, through forward hooks.
+
+No weights are downloaded: a backbone starts from a seeded random initialisation or from
+a local weights file (a ``state_dict`` saved with ``torch.save``), loaded strictly so a
+file for another architecture is refused with a :class:`~inspectkit.errors.ConfigError`.
+
+Example:
+    >>> import torch
+    >>> from inspectkit.models.features import FeatureExtractor
+    >>> fx = FeatureExtractor("resnet18", layers=["layer2", "layer3"])
+    >>> {k: tuple(v.shape) for k, v in fx(torch.rand(1, 1, 64, 64)).items()}
+    {'layer2': (1, 128, 8, 8), 'layer3': (1, 256, 4, 4)}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from inspectkit.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_BACKBONES: dict[str, Callable[[], nn.Module]] = {}
+
+
+def register_backbone(name: str, factory: Callable[[], nn.Module]) -> None:
+    """Make a custom architecture available by name (e.g. in a stage's config).
+
+    ``factory()`` returns a freshly initialised module; weights come from a local file
+    given separately. Registered names take precedence over torchvision names.
+
+    Example:
+        >>> from torch import nn
+        >>> register_backbone("tiny", lambda: nn.Sequential(nn.Conv2d(3, 4, 3)))
+        >>> isinstance(build_backbone("tiny"), nn.Sequential)
+        True
+    """
+    if not name or not callable(factory):
+        raise ConfigError("register_backbone needs a non-empty name and a callable factory")
+    _BACKBONES[name] = factory
+
+
+def available_backbones() -> list[str]:
+    """Registered names plus torchvision's classification models."""
+    return sorted(set(_BACKBONES) | set(torchvision.models.list_models(torchvision.models)))
+
+
+def load_weights(
+    module: nn.Module, weights: str | os.PathLike[str], *, what: str = "backbone"
+) -> None:
+    """Load a local ``state_dict`` file into ``module`` strictly (names and shapes must agree).
+
+    The file may hold the state dict itself or a dict with a ``"state_dict"`` or
+    ``"model"`` entry. It is read with ``torch.load(weights_only=True)``.
+
+    Raises:
+        ConfigError: The file is missing, unreadable, or made for another architecture.
+    """
+    path = Path(weights)
+    if not path.is_file():
+        raise ConfigError(f"{what} weights file {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(
+            f"{what} weights file {str(path)!r} cannot be read safely: {exc}"
+        ) from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(
+            f"{what} weights file {str(path)!r} does not hold a state_dict of tensors"
+        )
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} tensors missing (e.g. {missing[:3]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        if mismatched:
+            detail.append(f"{len(mismatched)} of another shape (e.g. {mismatched[:2]})")
+        raise ConfigError(
+            f"{what} weights file {str(path)!r} does not match the architecture: "
+            + "; ".join(detail)
+            + ". Use weights saved from the same backbone (model.state_dict())."
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def build_backbone(
+    backbone: str | nn.Module, weights: str | os.PathLike[str] | None = None, seed: int = 0
+) -> nn.Module:
+    """A backbone module: registered name, torchvision name, or a module passed through.
+
+    Random initialisation is seeded (same ``seed`` ⇒ same weights) and leaves the global
+    random state untouched. ``weights`` is a local state-dict file, never a download.
+    """
+    if isinstance(backbone, nn.Module):
+        model = backbone
+    elif isinstance(backbone, str):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if backbone in _BACKBONES:
+                model = _BACKBONES[backbone]()
+            else:
+                try:
+                    model = torchvision.models.get_model(backbone, weights=None)
+                except ValueError:
+                    raise ConfigError(
+                        f"unknown backbone {backbone!r}; use a torchvision model name "
+                        "(resnet18, wide_resnet50_2, ...), register_backbone(), or pass an nn.Module"
+                    ) from None
+    else:
+        raise ConfigError(f"backbone must be a name or an nn.Module, got {type(backbone).__name__}")
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+class _Stop(Exception):
+    """Raised by the last hook to skip the rest of a forward pass."""
+
+
+class FeatureExtractor(nn.Module):
+    """Outputs of named layers of a backbone, for float images in [0, 1].
+
+    Gray images are replicated to three channels and ImageNet mean/std normalisation is
+    applied (``normalize=False`` turns it off), because that is what torchvision
+    backbones and ImageNet weights expect.
+
+    Args:
+        backbone: torchvision / registered name, or any ``nn.Module``.
+        layers: Names of submodules whose outputs to return (``dict(model.named_modules())``).
+        weights: Local state-dict file for the backbone, or ``None`` for random init.
+        seed: Seed of the random initialisation.
+        normalize: Apply ImageNet normalisation.
+
+    Example:
+        >>> fx = FeatureExtractor("resnet18", layers=["layer1"])
+        >>> fx.out_channels()
+        {'layer1': 64}
+    """
+
+    def __init__(
+        self,
+        backbone: str | nn.Module = "resnet18",
+        layers: Sequence[str] = ("layer2", "layer3"),
+        weights: str | os.PathLike[str] | None = None,
+        seed: int = 0,
+        normalize: bool = True,
+    ) -> None:
+        super().__init__()
+        layers = list(layers)
+        if not layers:
+            raise ConfigError("name at least one backbone layer to take features from")
+        model = build_backbone(backbone, weights, seed)
+        names = dict(model.named_modules())
+        unknown = [name for name in layers if name not in names]
+        if unknown:
+            top = [n for n in names if n and "." not in n]
+            raise ConfigError(f"backbone has no layer(s) {unknown}; its top-level layers are {top}")
+        self.layers = layers
+        self.normalize = normalize
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self._hooked = False
+        try:
+            self.body: nn.Module = create_feature_extractor(
+                model, return_nodes={n: n for n in layers}
+            )
+        except Exception as exc:  # models that torch.fx cannot trace
+            log.info("tracing the backbone failed (%s); using forward hooks", exc)
+            self.body = model
+            self._hooked = True
+            self._outputs: dict[str, torch.Tensor] = {}
+            for name in layers:
+                names[name].register_forward_hook(self._make_hook(name))
+        self.body.eval()
+        self._channels: dict[str, int] | None = None
+
+    def _make_hook(self, name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+            self._outputs[name] = out
+            if len(self._outputs) == len(self.layers):
+                raise _Stop
+
+        return hook
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if self.normalize:
+            x = (x - self.mean) / self.std
+        if not self._hooked:
+            return dict(self.body(x))
+        self._outputs = {}
+        with contextlib.suppress(_Stop):
+            self.body(x)
+        out, self._outputs = self._outputs, {}
+        missing = [n for n in self.layers if n not in out]
+        if missing:
+            raise ConfigError(f"layers {missing} were never called in the backbone's forward pass")
+        return {n: out[n] for n in self.layers}
+
+    @torch.no_grad()
+    def out_channels(self, size: int = 64) -> dict[str, int]:
+        """Channels of each requested layer (found with one small forward pass)."""
+        if self._channels is None:
+            was_training = self.training
+            self.eval()
+            feats = self(torch.zeros(1, 3, size, size, device=self.mean.device))
+            self.train(was_training)
+            self._channels = {k: int(v.shape[1]) for k, v in feats.items()}
+        return dict(self._channels)
+
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "FeatureExtractor",
+    "available_backbones",
+    "build_backbone",
+    "load_weights",
+    "register_backbone",
+]
