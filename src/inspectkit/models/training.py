@@ -317,7 +317,7 @@ def train_epochs(
                 result.best_epoch = epoch
             result.history.append(entry)
             log.info("%s epoch %d: %s", desc, epoch + 1, entry)
-            if patience is not None and validate is not None and stale > patience:
+            if patience is not None and validate is not None and stale >= max(patience, 1):
                 result.stopped_early = True
                 break
             if time_budget is not None and time.perf_counter() - t0 > time_budget:

@@ -1,0 +1,136 @@
+"""Network builders: parameter budgets, channel/class adaptation, embeddings, weights files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from inspectkit.errors import ConfigError, InspectkitError, PersistenceError
+from inspectkit.models import (
+    ARCHITECTURES,
+    ClassifierNet,
+    build_classifier,
+    count_parameters,
+    train_epochs,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("budget", [20_000, 50_000, 100_000])
+def test_compact_respects_the_parameter_budget(budget: int) -> None:
+    net = build_classifier("compact", 3, 9, input_size=(64, 64), max_params=budget)
+    assert count_parameters(net) <= budget
+    # the budget is used, not ignored: a smaller budget gives a smaller network
+    assert count_parameters(net) > budget // 4
+
+
+def test_compact_impossible_budget_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="max_params"):
+        build_classifier("compact", 3, 9, max_params=500)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_architecture_adapts_channels_and_classes(arch: str, channels: int) -> None:
+    net = build_classifier(arch, channels, 5, input_size=(64, 64))
+    assert isinstance(net, ClassifierNet)
+    x = torch.randn(2, channels, 64, 64)
+    net.eval()
+    with torch.no_grad():
+        logits = net(x)
+        emb = net.embed(x)
+    assert logits.shape == (2, 5)
+    assert emb.shape == (2, net.embed_dim)
+    assert torch.allclose(net.head(emb), logits, atol=1e-5)
+    assert isinstance(net.last_conv, torch.nn.Conv2d)
+    assert net.get_submodule(net.last_conv_name) is net.last_conv
+
+
+def test_compact_adapts_depth_to_input_size() -> None:
+    small = build_classifier("compact", 1, 3, input_size=(16, 16), max_params=10_000)
+    big = build_classifier("compact", 1, 3, input_size=(128, 128), max_params=10_000)
+    for net, side in ((small, 16), (big, 128)):
+        with torch.no_grad():
+            fmap = net.features(torch.zeros(1, 1, side, side))
+        assert 2 <= fmap.shape[-1] <= 8
+
+
+def test_local_torchvision_weights_are_loaded_and_adapted(tmp_path) -> None:
+    ref = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(ref.state_dict(), path)
+    net = build_classifier("resnet18", 1, 4, weights=path)
+    # a 3-channel stem becomes a 1-channel one that answers gray input like RGB gray input
+    gray = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        a = net.features[0](gray)
+        b = ref.conv1(gray.expand(-1, 3, -1, -1))
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.equal(net.features[4][0].conv1.weight, ref.layer1[0].conv1.weight)
+    assert net.head.out_features == 4
+
+
+def test_weights_file_that_does_not_match_is_refused(tmp_path) -> None:
+    wrong = tmp_path / "mobilenet.pth"
+    torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), wrong)
+    with pytest.raises(PersistenceError, match="does not match torchvision's resnet18"):
+        build_classifier("resnet18", 3, 2, weights=wrong)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(PersistenceError, match="cannot be read"):
+        build_classifier("resnet18", 3, 2, weights=junk)
+    with pytest.raises(PersistenceError, match="not found"):
+        build_classifier("efficientnet_b0", 3, 2, weights=tmp_path / "missing.pth")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"arch": "vgg16", "in_channels": 3, "num_classes": 2},
+        {"arch": "compact", "in_channels": 0, "num_classes": 2},
+        {"arch": "compact", "in_channels": 3, "num_classes": 1},
+        {"arch": "compact", "in_channels": 3, "num_classes": 2, "input_size": (4, 4)},
+        {"arch": "compact", "in_channels": 3, "num_classes": 2, "bogus": 1},
+        {"arch": "compact", "in_channels": 3, "num_classes": 2, "weights": "x.pth"},
+    ],
+)
+def test_bad_builder_arguments_are_clear_errors(kwargs: dict) -> None:
+    with pytest.raises(InspectkitError):
+        build_classifier(**kwargs)
+
+
+def test_train_epochs_learns_and_restores_the_best_epoch() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(256, 1, 16, 16)
+    y = (x[:, :, :8].mean((1, 2, 3)) > x[:, :, 8:].mean((1, 2, 3))).long()
+    net = build_classifier("compact", 1, 2, input_size=(16, 16), max_params=5_000)
+    loader = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 256, 32)]
+    scores = iter([0.5, 0.9, 0.1, 0.2, 0.3, 0.4])
+    snapshots = []
+
+    def validate(model: torch.nn.Module) -> float:
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(scores)
+
+    result = train_epochs(
+        net, loader, epochs=6, lr=1e-2, validate=validate, patience=2, progress=False
+    )
+    assert result.best_epoch == 1 and result.best_score == 0.9
+    assert result.stopped_early and result.epochs_run == 4
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, snapshots[1][k])
+    assert result.history[0]["loss"] > 0
+
+    fresh = build_classifier("compact", 1, 2, input_size=(16, 16), max_params=5_000)
+    train_epochs(fresh, loader, epochs=15, lr=1e-2, progress=False)
+    with torch.no_grad():
+        acc = (fresh.eval()(x).argmax(1) == y).float().mean()
+    assert acc > 0.9
