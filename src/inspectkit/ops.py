@@ -12,11 +12,17 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
 
 from inspectkit.errors import DataError
 
 ResizeMode = Literal["nearest", "antialias"]
+
+
+def _tf():  # type: ignore[no-untyped-def]
+    """torchvision's functional transforms, imported on first use (the import costs ~160 MB RSS)."""
+    from torchvision.transforms.v2 import functional
+
+    return functional
 
 
 def _group_by_size(images: Sequence[torch.Tensor]) -> dict[tuple[int, ...], list[int]]:
@@ -36,8 +42,9 @@ def resize_batch(batch: torch.Tensor, size: tuple[int, int], mode: ResizeMode) -
             return out.to(batch.dtype)
         return F.interpolate(batch, size=size, mode="nearest-exact")
     if mode == "antialias":
-        return TF.resize(
-            batch, list(size), interpolation=TF.InterpolationMode.BILINEAR, antialias=True
+        tf = _tf()
+        return tf.resize(
+            batch, list(size), interpolation=tf.InterpolationMode.BILINEAR, antialias=True
         )
     raise DataError(f"unknown resize mode {mode!r}; use 'nearest' or 'antialias'")
 
@@ -80,9 +87,9 @@ def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     if channels == 3 and c == 1:
         return images.expand(-1, 3, -1, -1).contiguous()
     if channels == 1 and c == 3:
-        return TF.rgb_to_grayscale(images, num_output_channels=1)
+        return _tf().rgb_to_grayscale(images, num_output_channels=1)
     if channels == 1 and c == 4:
-        return TF.rgb_to_grayscale(images[:, :3], num_output_channels=1)
+        return _tf().rgb_to_grayscale(images[:, :3], num_output_channels=1)
     if channels == 3 and c == 4:
         return images[:, :3].contiguous()
     raise DataError(f"cannot convert {c}-channel images to {channels} channels")
