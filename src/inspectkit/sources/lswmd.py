@@ -334,6 +334,7 @@ def load_lswmd(
     images: list[torch.Tensor] = []
     samples: list[SampleMeta] = []
     stem = p.stem
+    template = SampleMeta(id=stem or "map", source=str(p))  # copied per row, see wafer.py
     for i in range(n):
         where = f"{p.name}[row {i}]"
         label = _first_str(types[i])
@@ -359,14 +360,13 @@ def load_lswmd(
             "lswmd_split": _first_str(splits[i]),
         }
         samples.append(
-            SampleMeta.model_construct(
-                id=f"{stem}:{i}",
-                source=str(p),
-                label=label,
-                split=None,
-                synthetic=False,
-                group=None if lot is None else str(lot),
-                meta=meta,
+            template.model_copy(
+                update={
+                    "id": f"{stem}:{i}",
+                    "label": label,
+                    "group": None if lot is None else str(lot),
+                    "meta": meta,
+                }
             )
         )
         images.append(wafer)
