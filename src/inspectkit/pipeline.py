@@ -189,8 +189,14 @@ class Pipeline:
         Everything is written to a temporary sibling folder first and swapped in only
         when complete, so a failure mid-save leaves a previous model at ``path`` intact.
         State is written with ``torch.save`` and read back with ``weights_only=True``.
+        In a ``torchrun`` job only rank 0 writes; other ranks return ``path`` untouched.
         """
         path = Path(path)
+        from inspectkit.models.distributed import is_main_process
+
+        if not is_main_process():
+            log.info("not rank 0 of a distributed job: leaving %s to rank 0", path)
+            return path
         if path.exists() and not path.is_dir():
             raise PersistenceError(f"{path} exists and is not a folder")
         if path.is_dir() and any(path.iterdir()) and not (path / SPEC_FILE).exists():
