@@ -124,9 +124,11 @@ def decode_array(path: str | os.PathLike[str], channels: int | None = None) -> n
         gray = mode in _GRAY_MODES or (mode == "P" and _palette_is_gray(im))
         want = channels if channels is not None else (1 if gray else 3)
         target = "L" if want == 1 else "RGB"
-        if mode != target:
-            im = im.convert(target)
-        return np.array(im, dtype=np.uint8)
+        try:
+            converted = im.convert(target) if mode != target else im
+            return np.array(converted, dtype=np.uint8)
+        except (OSError, ValueError) as exc:
+            raise file_error(p, f"cannot convert {mode} image to {target} ({exc})") from None
 
 
 def read_image(path: str | os.PathLike[str], channels: int | None = None) -> torch.Tensor:
