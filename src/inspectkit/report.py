@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -49,9 +50,6 @@ from inspectkit.ops import to_float
 from inspectkit.records import AnomalyScores, Explained, ImageSet, Predictions, Report
 
 log = logging.getLogger(__name__)
-
-#: Labels that mean "no defect" when a sample carries no ``meta["anomalous"]`` flag.
-GOOD_LABELS = frozenset({"good", "ok", "free", "normal", "none", "pass"})
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -150,19 +148,25 @@ def _matrix_figure(
 
 
 # ---------------------------------------------------------------------- ground truth
-def anomaly_truth(data: ImageSet) -> np.ndarray | None:
-    """True where a sample is a known defect, False where known good; ``None`` if unknown.
+def anomaly_truth(data: ImageSet, good_labels: Sequence[str] | None = None) -> np.ndarray:
+    """True where a sample shows a defect, by the rule the anomaly metrics use.
 
-    Uses ``meta["anomalous"]`` when every real sample has it, else the labels (a label in
-    :data:`GOOD_LABELS` is good, any other label is a defect).
+    ``meta["anomalous"]`` when a source set it, else the label: unlabelled samples and
+    labels in ``good_labels`` (default :data:`inspectkit.metrics.anomaly.DEFAULT_GOOD_LABELS`)
+    are good, every other label is a defect.
     """
-    flags = [s.meta.get("anomalous") for s in data.samples]
-    if all(isinstance(f, bool) for f in flags):
-        return np.array(flags, dtype=bool)
-    labels = [s.label for s in data.samples]
-    if all(lab is not None for lab in labels):
-        return np.array([str(lab).lower() not in GOOD_LABELS for lab in labels], dtype=bool)
-    return None
+    if good_labels is None:
+        from inspectkit.metrics.anomaly import DEFAULT_GOOD_LABELS
+
+        good_labels = DEFAULT_GOOD_LABELS
+    good = set(good_labels)
+    out = []
+    for s in data.samples:
+        flag = s.meta.get("anomalous")
+        out.append(
+            flag if isinstance(flag, bool) else (s.label is not None and s.label not in good)
+        )
+    return np.asarray(out, dtype=bool)
 
 
 # ---------------------------------------------------------------------- sections
@@ -192,13 +196,17 @@ def _confusion_section(report: Report) -> str:
         m,
         report.classes,
         report.classes,
-        title="Confusion matrix (colour = share of the true class)",
+        title="Confusion matrix",
         xlabel="predicted",
         ylabel="true",
         normalise_rows=True,
         fmt="d",
     )
-    return "<h2>Confusion matrix</h2>" + _img_tag(uri, "confusion matrix")
+    return (
+        "<h2>Confusion matrix</h2>"
+        '<p class="sub">Rows: true class, columns: predicted; numbers are sample counts, '
+        "colour is the share of the true class.</p>" + _img_tag(uri, "confusion matrix")
+    )
 
 
 def _shade(v: float) -> str:
@@ -271,25 +279,18 @@ def _scores_figures(scores: AnomalyScores) -> str:
     fig = _figure(5.5, 4.0)
     ax = fig.add_subplot(1, 1, 1)
     bins = np.histogram_bin_edges(s, bins=min(40, max(8, len(s) // 4)))
-    if truth is not None:
-        if (~truth).any():
-            ax.hist(
-                s[~truth],
-                bins=bins,
-                alpha=0.6,
-                color="tab:green",
-                label=f"good ({int((~truth).sum())})",
-            )
-        if truth.any():
-            ax.hist(
-                s[truth],
-                bins=bins,
-                alpha=0.6,
-                color="tab:red",
-                label=f"defect ({int(truth.sum())})",
-            )
-    else:
-        ax.hist(s, bins=bins, alpha=0.7, color="tab:blue", label=f"samples ({len(s)})")
+    if (~truth).any():
+        ax.hist(
+            s[~truth],
+            bins=bins,
+            alpha=0.6,
+            color="tab:green",
+            label=f"good ({int((~truth).sum())})",
+        )
+    if truth.any():
+        ax.hist(
+            s[truth], bins=bins, alpha=0.6, color="tab:red", label=f"defect ({int(truth.sum())})"
+        )
     if scores.threshold is not None:
         ax.axvline(
             scores.threshold,
@@ -303,7 +304,7 @@ def _scores_figures(scores: AnomalyScores) -> str:
     ax.set_title("Anomaly scores")
     ax.legend(fontsize=8)
     parts.append(_img_tag(_fig_uri(fig), "anomaly-score histogram"))
-    if truth is not None and truth.any() and (~truth).any():
+    if truth.any() and (~truth).any():
         fpr, tpr, _ = roc_curve(truth, s)
         fig = _figure(5.5, 4.5)
         ax = fig.add_subplot(1, 1, 1)
@@ -342,10 +343,9 @@ def _thumbnail(
     return img
 
 
-def _normalise_map(m: torch.Tensor) -> torch.Tensor:
-    m = m.float()
-    lo, hi = float(m.min()), float(m.max())
-    return (m - lo) / (hi - lo) if hi > lo else torch.zeros_like(m)
+def _normalise_map(m: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Map values to [0, 1] on one scale shared by every map shown (so good parts stay cool)."""
+    return ((m.float() - lo) / (hi - lo)).clamp(0, 1) if hi > lo else torch.zeros_like(m.float())
 
 
 def _mistakes_predictions(pred: Predictions, limit: int) -> str:
@@ -382,7 +382,7 @@ def _mistakes_predictions(pred: Predictions, limit: int) -> str:
 def _mistakes_scores(scores: AnomalyScores, limit: int) -> str:
     real = [i for i, s in enumerate(scores.samples) if not s.synthetic]
     truth_all = anomaly_truth(scores)
-    if truth_all is None or scores.threshold is None:
+    if scores.threshold is None:
         return ""
     s = scores.scores.double().numpy()
     flagged = s >= scores.threshold
@@ -394,9 +394,12 @@ def _mistakes_scores(scores: AnomalyScores, limit: int) -> str:
     if not picked:
         return "<p>No mistake at the threshold.</p>"
     sub = scores.subset(picked).materialize()
+    lo = hi = 0.0
+    if scores.maps is not None:
+        lo, hi = float(scores.maps.min()), float(scores.maps.max())
     cells = []
     for j, smp in enumerate(sub.samples):
-        hm = _normalise_map(sub.maps[j]) if sub.maps is not None else None
+        hm = _normalise_map(sub.maps[j], lo, hi) if sub.maps is not None else None
         img = _thumbnail(sub.images[j], hm, sub.kind)
         verdict = "missed defect" if truth_all[picked[j]] else "false alarm"
         cap = f"{_esc(smp.id)}<br><b>{verdict}</b> ({_esc(smp.label)}), score {float(sub.scores[j]):.3g}"
@@ -576,4 +579,4 @@ def write_html(
     return path
 
 
-__all__ = ["GOOD_LABELS", "anomaly_truth", "render_html", "write_html"]
+__all__ = ["anomaly_truth", "render_html", "write_html"]
