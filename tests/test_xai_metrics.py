@@ -198,3 +198,36 @@ def test_write_overlays(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(DataError, match="not a folder"):
         write_overlays(ex, tmp_path / "file")
+
+
+def test_metrics_are_reachable_from_inspectkit_metrics():
+    import inspectkit.metrics as m
+
+    assert m.energy_pointing_game is energy_pointing_game
+    assert m.explanation_report is explanation_report
+
+
+@pytest.mark.realdata
+def test_real_ground_truth_neu_boxes_and_tile_masks(neu_det_dir, magnetic_tile_dir):
+    from inspectkit.sources.folders import load_magnetic_tile
+    from inspectkit.sources.voc import load_voc
+
+    neu = load_voc(neu_det_dir / "IMAGES", neu_det_dir / "ANNOTATIONS", channels=1, limit=6)
+    gt = torch.stack([boxes_to_mask(b, neu.size) for b in neu.boxes])
+    assert gt.shape == (6, 200, 200) and bool(gt.flatten(1).any(1).all())
+    # a heatmap equal to the box mask is perfect; its complement scores 0
+    assert torch.allclose(
+        energy_pointing_game(gt.float(), neu.boxes), torch.ones(6, dtype=torch.float64)
+    )
+    assert torch.allclose(mask_l1(gt.float(), neu.boxes), torch.zeros(6, dtype=torch.float64))
+    assert torch.allclose(
+        energy_pointing_game(1 - gt.float(), neu.boxes), torch.zeros(6, dtype=torch.float64)
+    )
+    tiles = load_magnetic_tile(magnetic_tile_dir, classes=["Blowhole", "Free"], limit_per_class=2)
+    h, w = tiles.masks[0].shape[-2:]
+    first = tiles.masks[0].reshape(1, h, w)
+    assert float(mask_l1(first.float().clamp(0, 1), first)) == 0.0
+    free = next(i for i, s in enumerate(tiles.samples) if s.label == "Free")
+    fm = tiles.masks[free]
+    with pytest.raises(DataError, match="empty"):  # Free tiles have no defect region
+        energy_pointing_game(torch.rand(1, *fm.shape[-2:]), fm)

@@ -18,6 +18,13 @@ _LAZY: dict[str, str] = {
     "aupro": "inspectkit.metrics.anomaly",
     "anomaly_report": "inspectkit.metrics.anomaly",
     "threshold_metrics": "inspectkit.metrics.anomaly",
+    # explanations (xai issue)
+    "energy_pointing_game": "inspectkit.xai.metrics",
+    "mask_l1": "inspectkit.xai.metrics",
+    "deletion_auc": "inspectkit.xai.metrics",
+    "insertion_auc": "inspectkit.xai.metrics",
+    "boxes_to_mask": "inspectkit.xai.metrics",
+    "explanation_report": "inspectkit.xai.metrics",
 }
 
 __all__ = sorted(_LAZY)

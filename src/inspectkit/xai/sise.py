@@ -22,8 +22,10 @@ Four phases, per image and target class:
    scored about half the energy-pointing-game on our tests.)
 
 Cost: one forward/backward pass plus at most ``max_blocks × max_masks`` masked forward
-passes per image. With the defaults (4 blocks × 24 masks) a ResNet-18 on a 200×200 image
-takes about 1 s on 2 CPU cores (``benchmarks/bench_xai.py`` measures it).
+passes per image (defaults 4 × 16 = 64). Measured CPU time per 200×200 image, one
+thread (``benchmarks/bench_xai.py``, BENCHMARKS.md "Explanations"): about 2.4 s for a
+ResNet-18 (so about 1.2-1.5 s on 2 idle cores) and 0.3 s for the compact CNN. Lower
+``max_masks`` for a faster, coarser map.
 
 Example:
     >>> import torch
@@ -119,7 +121,7 @@ def compute_sise(
     target: int | Sequence[int] | torch.Tensor | None = None,
     *,
     layers: Sequence[str] | None = None,
-    max_masks: int = 24,
+    max_masks: int = 16,
     max_blocks: int = 4,
     batch_size: int = 32,
 ) -> torch.Tensor:
@@ -263,7 +265,7 @@ class SISE(Explain):
     class Config(StageConfig):
         method: Literal["sise"] = "sise"
         blocks: list[str] | None = None
-        max_masks: int = Field(24, ge=1, le=4096)
+        max_masks: int = Field(16, ge=1, le=4096)
         max_blocks: int = Field(4, ge=1, le=16)
         target: Literal["predicted"] | int = "predicted"
         batch_size: int = Field(32, ge=1)

@@ -61,7 +61,7 @@ class Explain(Stage[Predictions, Explained]):
         method: Literal["gradcam", "sise"] = "gradcam"
         layer: str | None = None
         blocks: list[str] | None = None
-        max_masks: int = Field(24, ge=1, le=4096)
+        max_masks: int = Field(16, ge=1, le=4096)
         max_blocks: int = Field(4, ge=1, le=16)
         target: Literal["predicted"] | int = "predicted"
         batch_size: int = Field(32, ge=1)
