@@ -1,0 +1,379 @@
+"""Benchmark: continual replay on WM-811K streams, inspectkit vs Avalanche.
+
+Streams (data from ``INSPECTKIT_DATA`` or ``../shared/data``):
+
+* class-incremental: train ``WM811K_train_29_split.npz``, test ``WM811K_test_data.npz``,
+  64×64, four experiences {none, Center, Edge-Ring}, {Edge-Loc, Loc}, {Scratch, Random},
+  {Donut, Near-full};
+* domain-incremental: the same files split into three experiences by wafer-map die count
+  ``H×W`` (small < 676 ≤ medium < 1353 ≤ large), all classes in each.
+
+To fit the 2-core development machine, every method trains on a seeded subsample of
+at most ``--per-class`` maps per class and experience (``--domain-per-class`` for the
+domain stream), is evaluated on at most ``--test-per-class`` test maps per class and
+experience, and runs a fixed number of ``--epochs``; all methods share the same compact
+network (same initial weights), optimiser, batch sizes and epochs.
+
+Methods: fine-tune, ER-reservoir, ER-class-balanced, ER-SNNL, batch-level ER + review,
+ER-SNNL + ensemble (the ensemble of the ER-SNNL run's per-experience models), joint
+training, and Avalanche's replay (``ReplayPlugin`` + ``ReservoirSamplingBuffer``) run
+through ``benchmarks/peers/avalanche_replay.py`` in ``bench-venvs/avalanche``.
+
+Usage::
+
+    flock /tmp/inspectkit-bench.lock python benchmarks/bench_continual.py > benchmarks/results/continual.json
+    python benchmarks/bench_continual.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+
+from inspectkit.continual import (
+    ContinualClassifier,
+    class_incremental_stream,
+    continual_summary,
+    domain_incremental_stream,
+    size_bucket,
+)
+from inspectkit.continual.streams import Experience
+from inspectkit.records import ImageSet
+from inspectkit.runtime import seed_everything
+from inspectkit.sources import load_wafer_maps
+from inspectkit.stages import Wrangle
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER_PY = ROOT / "bench-venvs" / "avalanche" / "bin" / "python"
+PEER_SCRIPT = ROOT / "benchmarks" / "peers" / "avalanche_replay.py"
+
+CLASS_ORDER = [["none", "Center", "Edge-Ring"], ["Edge-Loc", "Loc"], ["Scratch", "Random"], ["Donut", "Near-full"]]
+SIZE_EDGES = [676, 1353]
+
+log = logging.getLogger("bench_continual")
+
+
+def data_root() -> Path:
+    env = os.environ.get("INSPECTKIT_DATA")
+    root = Path(env) if env else ROOT.parent / "shared" / "data"
+    if not (root / "wm811k").is_dir():
+        sys.exit(f"wm811k not found under {root}; set INSPECTKIT_DATA")
+    return root / "wm811k"
+
+
+def cap_per_class(data: ImageSet, n: int, seed: int, key: Any = None) -> ImageSet:
+    """At most ``n`` samples per class (per class and ``key(sample)`` when given), seeded."""
+    rng = np.random.default_rng(seed)
+    groups: dict[Any, list[int]] = {}
+    for i, s in enumerate(data.samples):
+        groups.setdefault((s.label, key(s) if key else None), []).append(i)
+    keep: list[int] = []
+    for _, idx in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        keep += rng.choice(idx, size=min(n, len(idx)), replace=False).tolist()
+    return data.subset(sorted(keep))
+
+
+def wrangle_stream(stream: list[Experience], size: int) -> list[Experience]:
+    w = Wrangle(size=size)
+    for e in stream:
+        e.train = w.run(e.train)
+        e.test = w.run(e.test)
+    return stream
+
+
+def joined_test(stream: list[Experience]) -> tuple[ImageSet, np.ndarray]:
+    test = ImageSet.concat([e.test for e in stream])
+    exp_of = np.concatenate([np.full(len(e.test), e.index) for e in stream])
+    return test.replace(classes=list(stream[-1].seen_classes)), exp_of
+
+
+def accuracies(pred: list[str], truth: list[str], exp_of: np.ndarray, n_exp: int) -> list[float]:
+    p, t = np.asarray(pred, dtype=object), np.asarray(truth, dtype=object)
+    return [float((p[exp_of == i] == t[exp_of == i]).mean()) for i in range(n_exp)]
+
+
+def predicted_names(clf: ContinualClassifier, test: ImageSet, ensemble: bool | None) -> list[str]:
+    probs = clf.predict_proba(test, ensemble=ensemble)
+    return [clf.classes[i] for i in probs.argmax(1).tolist()]
+
+
+def summarise(R: list[list[float]], pred: list[str], truth: list[str], seconds: float) -> dict[str, Any]:
+    labels = sorted(set(truth))
+    out: dict[str, Any] = {
+        **{k: round(v, 4) for k, v in continual_summary(R).items()},
+        "macro_f1": round(float(f1_score(truth, pred, labels=labels, average="macro", zero_division=0)), 4),
+        "train_seconds": round(seconds, 1),
+        "R": [[round(x, 4) for x in row] for row in R],
+    }
+    return out
+
+
+def run_ours(
+    stream: list[Experience], test: ImageSet, exp_of: np.ndarray, cfg: dict[str, Any], with_ensemble: bool = False
+) -> dict[str, dict[str, Any]]:
+    clf = ContinualClassifier(**cfg)
+    truth = [str(x) for x in test.labels]
+    n = len(stream)
+    R: list[list[float]] = []
+    R_ens: list[list[float]] = []
+    seconds = 0.0
+    pred: list[str] = []
+    pred_ens: list[str] = []
+    for t, e in enumerate(stream):
+        t0 = time.perf_counter()
+        if t == 0:
+            clf.fit(e.train)
+        else:
+            clf.update(e.train)
+        seconds += time.perf_counter() - t0
+        pred = predicted_names(clf, test, ensemble=False)
+        R.append(accuracies(pred, truth, exp_of, n))
+        if with_ensemble:
+            pred_ens = predicted_names(clf, test, ensemble=True)
+            R_ens.append(accuracies(pred_ens, truth, exp_of, n))
+    out = {"single": summarise(R, pred, truth, seconds)}
+    if with_ensemble:
+        out["ensemble"] = summarise(R_ens, pred_ens, truth, seconds)
+    return out
+
+
+def run_joint(stream: list[Experience], test: ImageSet, exp_of: np.ndarray, cfg: dict[str, Any]) -> dict[str, Any]:
+    train = ImageSet.concat([e.train for e in stream]).replace(classes=list(stream[-1].seen_classes))
+    clf = ContinualClassifier(**{**cfg, "buffer": "none"})
+    t0 = time.perf_counter()
+    clf.fit(train)
+    seconds = time.perf_counter() - t0
+    truth = [str(x) for x in test.labels]
+    pred = predicted_names(clf, test, ensemble=False)
+    acc = accuracies(pred, truth, exp_of, len(stream))
+    labels = sorted(set(truth))
+    return {
+        "final_avg_accuracy": round(float(np.mean(acc)), 4),
+        "macro_f1": round(float(f1_score(truth, pred, labels=labels, average="macro", zero_division=0)), 4),
+        "forgetting": None,
+        "bwt": None,
+        "train_seconds": round(seconds, 1),
+        "per_experience_accuracy": [round(a, 4) for a in acc],
+    }
+
+
+def run_avalanche(
+    stream: list[Experience], test: ImageSet, exp_of: np.ndarray, cfg: dict[str, Any], mem: int, workdir: Path
+) -> dict[str, Any]:
+    if not PEER_PY.exists():
+        return {"error": f"{PEER_PY} missing; run benchmarks/peers/avalanche.sh"}
+    from inspectkit.models import build_classifier
+
+    k0 = len(stream[0].seen_classes)
+    size = stream[0].train.size
+    assert size is not None
+    seed_everything(cfg["seed"])  # the same initial weights as ContinualClassifier.fit
+    init = build_classifier("compact", 3, k0, input_size=size, max_params=cfg["max_params"])
+    torch.save(init.state_dict(), workdir / "init.pt")
+    final = stream[-1].seen_classes
+    index = {c: i for i, c in enumerate(final)}
+    torch.save(
+        {
+            "train_x": [e.train.image_tensor() for e in stream],
+            "train_y": [torch.tensor([index[str(s.label)] for s in e.train.samples]) for e in stream],
+            "test_x": test.image_tensor(),
+            "test_y": torch.tensor([index[str(s.label)] for s in test.samples]),
+            "test_exp": torch.as_tensor(exp_of),
+            "num_classes": [len(e.seen_classes) for e in stream],
+            "build_classes": k0,
+            "size": list(size),
+        },
+        workdir / "stream.pt",
+    )
+    b = cfg["batch_size"]
+    b_mem = max(1, round(b * cfg["replay_ratio"] / (1 - cfg["replay_ratio"])))
+    cmd = [
+        str(PEER_PY), str(PEER_SCRIPT),
+        "--stream", str(workdir / "stream.pt"), "--init", str(workdir / "init.pt"),
+        "--out", str(workdir / "peer.json"), "--mem-size", str(mem), "--epochs", str(cfg["epochs"]),
+        "--batch-size", str(b), "--batch-size-mem", str(b_mem), "--lr", str(cfg["lr"]),
+        "--max-params", str(cfg["max_params"]), "--seed", str(cfg["seed"]),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return {"error": proc.stderr[-2000:]}
+    res = json.loads((workdir / "peer.json").read_text())
+    truth = [str(x) for x in test.labels]
+    pred = [final[i] for i in res["predicted"]]
+    return summarise(res["R"], pred, truth, res["train_seconds"])
+
+
+def bench_stream(
+    name: str, stream: list[Experience], buffers: list[int], cfg: dict[str, Any], peer: bool
+) -> dict[str, Any]:
+    test, exp_of = joined_test(stream)
+    res: dict[str, Any] = {
+        "experiences": [
+            {"name": e.name, "new_classes": e.classes, "train": len(e.train), "test": len(e.test)} for e in stream
+        ],
+        "methods": {},
+    }
+    m = res["methods"]
+    t0 = time.perf_counter()
+    log.warning("[%s] fine-tune", name)
+    m["finetune"] = run_ours(stream, test, exp_of, {**cfg, "buffer": "none"})["single"]
+    log.warning("[%s] joint", name)
+    m["joint"] = run_joint(stream, test, exp_of, cfg)
+    for mem in buffers:
+        log.warning("[%s] buffer %d: ER-reservoir", name, mem)
+        m[f"er_reservoir@{mem}"] = run_ours(stream, test, exp_of, {**cfg, "buffer": "reservoir", "capacity": mem})[
+            "single"
+        ]
+        log.warning("[%s] buffer %d: ER-class-balanced", name, mem)
+        m[f"er_class_balanced@{mem}"] = run_ours(
+            stream, test, exp_of, {**cfg, "buffer": "class_balanced", "capacity": mem}
+        )["single"]
+        log.warning("[%s] buffer %d: ER-SNNL (+ ensemble)", name, mem)
+        snnl = run_ours(stream, test, exp_of, {**cfg, "buffer": "snnl", "capacity": mem, "ensemble": True}, True)
+        m[f"er_snnl@{mem}"] = snnl["single"]
+        m[f"er_snnl_ensemble@{mem}"] = snnl["ensemble"]
+        log.warning("[%s] buffer %d: batch-level ER + review", name, mem)
+        m[f"batch_er_review@{mem}"] = run_ours(
+            stream,
+            test,
+            exp_of,
+            {**cfg, "buffer": "reservoir", "capacity": mem, "mode": "batch", "review_epochs": 1},
+        )["single"]
+        if peer:
+            log.warning("[%s] buffer %d: Avalanche replay", name, mem)
+            with tempfile.TemporaryDirectory() as tmp:
+                m[f"avalanche_replay@{mem}"] = run_avalanche(stream, test, exp_of, cfg, mem, Path(tmp))
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    return res
+
+
+def targets(res: dict[str, Any], buffers: list[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for sname, s in res.items():
+        m = s["methods"]
+        acc = {k: v.get("final_avg_accuracy") for k, v in m.items() if isinstance(v, dict)}
+        t: dict[str, Any] = {}
+        small, large = min(buffers), max(buffers)
+        if f"er_snnl@{small}" in acc:
+            d = (acc[f"er_snnl@{small}"] - acc[f"er_reservoir@{small}"]) * 100
+            t[f"snnl_minus_reservoir_pts@{small}"] = round(d, 2)
+            t["snnl_beats_reservoir_by_2pts"] = d >= 2
+        replay = {k: v for k, v in acc.items() if k.endswith(f"@{large}") and v is not None}
+        if replay:
+            best = max(replay, key=lambda k: replay[k])
+            gap = (acc["joint"] - replay[best]) * 100
+            t[f"best_replay@{large}"] = best
+            t[f"joint_minus_best_replay_pts@{large}"] = round(gap, 2)
+            t["best_replay_within_5pts_of_joint"] = gap <= 5
+        for mem in buffers:
+            peer = m.get(f"avalanche_replay@{mem}", {})
+            ours = m.get(f"er_reservoir@{mem}", {})
+            if "final_avg_accuracy" in peer and "final_avg_accuracy" in ours:
+                diff = (ours["final_avg_accuracy"] - peer["final_avg_accuracy"]) * 100
+                speed = peer["train_seconds"] / max(ours["train_seconds"], 1e-9)
+                t[f"reservoir_minus_avalanche_pts@{mem}"] = round(diff, 2)
+                t[f"speedup_vs_avalanche@{mem}"] = round(speed, 2)
+                t[f"matches_avalanche_within_1pt@{mem}"] = abs(diff) <= 1
+                t[f"at_least_1.5x_faster@{mem}"] = speed >= 1.5
+        out[sname] = t
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--per-class", type=int, default=120, help="train maps per class (class-incremental)")
+    ap.add_argument("--domain-per-class", type=int, default=40, help="train maps per class and size bucket")
+    ap.add_argument("--test-per-class", type=int, default=100, help="test maps per class (and bucket)")
+    ap.add_argument("--buffers", type=int, nargs="+", default=[200, 1000])
+    ap.add_argument("--max-params", type=int, default=30_000)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--streams", nargs="+", default=["class_incremental", "domain_incremental"])
+    args = ap.parse_args()
+    if args.quick:
+        args.epochs, args.per_class, args.domain_per_class, args.test_per_class = 1, 20, 8, 10
+        args.buffers = [50]
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr)
+    os.environ.setdefault("INSPECTKIT_PROGRESS", "0")
+    started = time.perf_counter()
+    load0 = os.getloadavg()
+    wm = data_root()
+    train = load_wafer_maps(wm / "WM811K_train_29_split.npz")
+    test = load_wafer_maps(wm / "WM811K_test_data.npz")
+    cfg = {
+        "arch": "compact",
+        "max_params": args.max_params,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "replay_ratio": 0.5,
+        "seed": args.seed,
+        "device": "cpu",
+        "progress": False,
+    }
+    results: dict[str, Any] = {}
+    if "class_incremental" in args.streams:
+        ci = class_incremental_stream(
+            train,
+            cap_per_class(test, args.test_per_class, args.seed),
+            CLASS_ORDER,
+            max_train_per_class=args.per_class,
+            seed=args.seed,
+        )
+        results["class_incremental"] = bench_stream(
+            "class", wrangle_stream(ci, 64), args.buffers, cfg, not args.no_peer
+        )
+    if "domain_incremental" in args.streams:
+        bucket = size_bucket(SIZE_EDGES)
+        di = domain_incremental_stream(
+            train,
+            cap_per_class(test, args.test_per_class, args.seed, key=bucket),
+            bucket,
+            order=["small", "medium", "large"],
+            max_train_per_class=args.domain_per_class,
+            seed=args.seed,
+        )
+        results["domain_incremental"] = bench_stream(
+            "domain", wrangle_stream(di, 64), args.buffers, cfg, not args.no_peer
+        )
+    out = {
+        "benchmark": "continual",
+        "command": "python " + " ".join(sys.argv),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "loadavg_start": [round(x, 2) for x in load0],
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        },
+        "settings": {**cfg, **{k: getattr(args, k) for k in ("per_class", "domain_per_class", "test_per_class", "buffers")}},
+        "streams": results,
+        "targets": targets(results, args.buffers),
+        "total_seconds": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,386 @@
+"""``ContinualClassifier``: a classifier stage that keeps learning with experience replay.
+
+``fit`` learns the first experience; :meth:`ContinualClassifier.update` learns each next
+one, growing the class list when new defect types arrive, while a replay buffer keeps a
+small memory of the past. Model, buffer and ensemble members are the stage's state, so
+they save and load with the pipeline (tensors only, ``weights_only=True``).
+
+An update works on copies of the model and the buffer and swaps them in only when it has
+finished: a failed update leaves the stage — and anything saved from it — as it was.
+
+Example:
+    >>> import inspectkit as ik
+    >>> from inspectkit.stages import Wrangle
+    >>> from inspectkit.continual import ContinualClassifier, update_pipeline
+    >>> pipe = ik.Pipeline([Wrangle(size=64), ContinualClassifier(buffer="snnl", capacity=200)])
+    >>> pipe.fit(first_experience)  # doctest: +SKIP
+    >>> update_pipeline(pipe, next_experience)  # doctest: +SKIP
+    >>> pipe.save("models/wafer-continual")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+from typing_extensions import Self
+
+from inspectkit.continual.buffers import ReplayBuffer, buffer_from_state, make_buffer
+from inspectkit.continual.trainer import ReplayTrainer, expand_head, input_channels, num_outputs
+from inspectkit.errors import ConfigError, DataError, PersistenceError
+from inspectkit.records import ImageSet, Predictions
+from inspectkit.runtime import seed_everything
+from inspectkit.stage import Stage, StageConfig
+
+log = logging.getLogger(__name__)
+
+BufferPolicy = Literal["reservoir", "class_balanced", "snnl", "herding", "none"]
+
+
+def merge_classes(current: list[str], incoming: list[str]) -> list[str]:
+    """The class list after learning data whose class list is ``incoming``.
+
+    The classes the model already knows must appear in ``incoming`` in the same relative
+    order, and new classes must come after them (a stream's class list only grows at the
+    end); otherwise the two lists collide and :class:`DataError` says so.
+
+    Example:
+        >>> merge_classes(["none", "Center"], ["none", "Center", "Loc"])
+        ['none', 'Center', 'Loc']
+        >>> merge_classes(["a", "b"], ["c"])
+        ['a', 'b', 'c']
+    """
+    known = [c for c in incoming if c in current]
+    new = [c for c in incoming if c not in current]
+    order_ok = known == [c for c in current if c in known]
+    new_last = all(
+        incoming.index(c) > max((incoming.index(k) for k in known), default=-1) for c in new
+    )
+    if not (order_ok and new_last):
+        raise DataError(
+            f"the experience's class list {incoming} collides with the model's class list {current}: "
+            "shared classes must keep the model's order and new classes must come last — build the "
+            f"experience with classes={current} + [new classes]"
+        )
+    return list(current) + new
+
+
+class ContinualClassifier(Stage[ImageSet, Predictions]):
+    """Image classifier that learns a stream of experiences with experience replay.
+
+    Args:
+        arch: Network from :func:`inspectkit.models.build_classifier` (``"compact"``...).
+        max_params: Parameter budget of the compact network.
+        buffer: Replay policy: ``"snnl"``, ``"reservoir"``, ``"class_balanced"``,
+            ``"herding"`` or ``"none"`` (plain fine-tuning).
+        capacity: Replay memory size in samples (≥ 1).
+        temperature: SNNL temperature (``buffer="snnl"``).
+        epochs: Epochs per experience.
+        batch_size: New samples per mini-batch.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        replay_ratio: Share of each mini-batch replayed from memory.
+        mode: ``"experience"`` (ER) or ``"batch"`` (batch-level ER).
+        review_epochs: Review epochs on the memory alone after each experience.
+        review_lr_factor: Learning-rate factor of the review.
+        ensemble: Keep one model per experience and average their probabilities.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
+        seed: Seed of initialisation, batch order and buffer choices.
+        progress: Progress bars.
+
+    Example:
+        >>> clf = ContinualClassifier(buffer="reservoir", capacity=500, epochs=2)
+        >>> clf.config.capacity
+        500
+    """
+
+    name = "continual_classifier"
+    stateful = True
+
+    class Config(StageConfig):
+        arch: str = "compact"
+        max_params: int = Field(100_000, ge=1000)
+        buffer: BufferPolicy = "snnl"
+        capacity: int = 200
+        temperature: float = Field(0.1, gt=0)
+        epochs: int = Field(3, ge=1)
+        batch_size: int = Field(64, ge=2)
+        lr: float = Field(1e-3, gt=0)
+        weight_decay: float = Field(0.0, ge=0)
+        replay_ratio: float = Field(0.5, ge=0, le=0.9)
+        mode: Literal["experience", "batch"] = "experience"
+        review_epochs: int = Field(0, ge=0)
+        review_lr_factor: float = Field(0.1, gt=0, le=1)
+        ensemble: bool = False
+        device: str = "auto"
+        seed: int = 0
+        progress: bool = True
+
+        @field_validator("capacity")
+        @classmethod
+        def _capacity(cls, v: int) -> int:
+            if v <= 0:
+                raise ValueError(
+                    f"replay capacity must be at least 1 sample, got {v}; for plain fine-tuning use buffer='none'"
+                )
+            return v
+
+    config: Config
+
+    def __init__(self, config: Any = None, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self.classes: list[str] = []
+        self.kind = "image"
+        self.channels = 0
+        self.size: tuple[int, int] = (0, 0)
+        self.build_classes = 0
+        self.model: nn.Module | None = None
+        self.buffer: ReplayBuffer | None = None
+        self.members: list[nn.Module] = []
+        self.experiences = 0
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ building
+    def _build_model(self, num_classes: int) -> nn.Module:
+        from inspectkit.models import build_classifier
+
+        cfg = self.config
+        kwargs: dict[str, Any] = {"max_params": cfg.max_params} if cfg.arch == "compact" else {}
+        return build_classifier(
+            cfg.arch,
+            input_channels(self.channels, self.kind),
+            num_classes,
+            input_size=self.size,
+            **kwargs,
+        )
+
+    def _new_buffer(self) -> ReplayBuffer | None:
+        cfg = self.config
+        if cfg.buffer == "none":
+            return None
+        params: dict[str, Any] = {"temperature": cfg.temperature} if cfg.buffer == "snnl" else {}
+        return make_buffer(cfg.buffer, cfg.capacity, seed=cfg.seed, **params)
+
+    def _trainer(
+        self, model: nn.Module, buffer: ReplayBuffer | None, members: list[nn.Module]
+    ) -> ReplayTrainer:
+        cfg = self.config
+        tr = ReplayTrainer(
+            model,
+            buffer=buffer,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            replay_ratio=cfg.replay_ratio,
+            mode=cfg.mode,
+            review_epochs=cfg.review_epochs,
+            review_lr_factor=cfg.review_lr_factor,
+            ensemble=cfg.ensemble,
+            kind=self.kind,
+            device=cfg.device,
+            seed=cfg.seed,
+            progress=cfg.progress,
+        )
+        tr.members = members
+        tr.experiences_seen = self.experiences
+        return tr
+
+    # ------------------------------------------------------------------ checks
+    def _images_labels(
+        self, data: ImageSet, classes: list[str], what: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check_input(data)
+        data = data.materialize()
+        missing = sum(s.label is None for s in data.samples)
+        if missing:
+            raise DataError(
+                f"{what}: {missing} samples have no label; every training sample needs one"
+            )
+        images = data.image_tensor()
+        index = {c: i for i, c in enumerate(classes)}
+        labels = torch.tensor([index[str(s.label)] for s in data.samples], dtype=torch.long)
+        return images, labels
+
+    def _check_like_fitted(self, data: ImageSet) -> None:
+        if data.kind != self.kind:
+            raise DataError(f"the model was trained on {self.kind!r} sets, got a {data.kind!r} set")
+        size = data.size
+        if size is not None and tuple(size) != tuple(self.size):
+            raise DataError(
+                f"images are {size[0]}×{size[1]} but the model was trained on {self.size[0]}×{self.size[1]}; "
+                "put the same Wrangle(size=...) before this stage"
+            )
+        if data.channels is not None and data.channels != self.channels:
+            raise DataError(
+                f"images have {data.channels} channels, the model was trained on {self.channels}"
+            )
+
+    # ------------------------------------------------------------------ lifecycle
+    def fit(self, data: ImageSet) -> Self:
+        """Start over and learn ``data`` as the first experience."""
+        self.check_input(data)
+        if len(data.classes) < 2:
+            raise DataError(
+                f"the first experience needs at least two classes, got {data.classes}; "
+                "add a second class (e.g. the good/'none' class) before fitting"
+            )
+        cfg = self.config
+        seed_everything(cfg.seed)
+        self.kind = data.kind
+        size = data.materialize().image_tensor().shape
+        self.channels, self.size = int(size[1]), (int(size[2]), int(size[3]))
+        images, labels = self._images_labels(data, list(data.classes), "fit")
+        self.classes = list(data.classes)
+        self.build_classes = len(self.classes)
+        self.experiences = 0
+        self.history = []
+        model = self._build_model(self.build_classes)
+        buffer = self._new_buffer()
+        trainer = self._trainer(model, buffer, [])
+        stats = trainer.train_experience(images, labels, len(self.classes))
+        self._commit(trainer, stats)
+        self.fitted = True
+        return self
+
+    def update(self, data: ImageSet) -> Self:
+        """Learn the next experience, replaying the memory; grows the class list.
+
+        Works on copies: if anything fails, the stage keeps its previous model, buffer
+        and class list.
+
+        Raises:
+            NotFittedError: ``update`` before ``fit``.
+            DataError: empty or unlabelled experience, another image size or kind, or a
+                class list that collides with the model's.
+        """
+        self.check_fitted()
+        self.check_input(data)
+        self._check_like_fitted(data)
+        classes = merge_classes(self.classes, list(data.classes))
+        images, labels = self._images_labels(data, classes, "update")
+        assert self.model is not None
+        model = copy.deepcopy(self.model)
+        buffer = self.buffer.copy() if self.buffer is not None else None
+        trainer = self._trainer(model, buffer, list(self.members))
+        torch.manual_seed(self.config.seed + self.experiences)
+        stats = trainer.train_experience(images, labels, len(classes))
+        # everything succeeded: swap the new state in
+        self.classes = classes
+        self._commit(trainer, stats)
+        return self
+
+    def _commit(self, trainer: ReplayTrainer, stats: dict[str, Any]) -> None:
+        self.model = trainer.model.eval()
+        self.buffer = trainer.buffer
+        self.members = list(trainer.members)
+        self.experiences = trainer.experiences_seen
+        self.history.append({k: v for k, v in stats.items() if isinstance(v, int | float | str)})
+
+    def predict_proba(self, data: ImageSet, *, ensemble: bool | None = None) -> torch.Tensor:
+        """``N×K`` probabilities over :attr:`classes`.
+
+        Args:
+            data: Samples to predict.
+            ensemble: Average the per-experience members (default: the ``ensemble``
+                setting); ``False`` uses the latest model alone.
+        """
+        self.check_fitted()
+        self.check_input(data)
+        self._check_like_fitted(data)
+        assert self.model is not None
+        images = data.materialize().image_tensor()
+        trainer = self._trainer(self.model, self.buffer, self.members)
+        return trainer.predict_proba(images, ensemble=ensemble)
+
+    def run(self, data: ImageSet) -> Predictions:
+        """Predict every sample. Classes of ``data`` the model has not learned yet are
+        appended to the output class list with probability 0."""
+        t0 = time.perf_counter()
+        probs = self.predict_proba(data)
+        extra = [c for c in data.classes if c not in self.classes]
+        classes = self.classes + extra
+        if extra:
+            probs = torch.cat([probs, torch.zeros(probs.shape[0], len(extra))], dim=1)
+        top = probs.argmax(1).tolist()
+        fields = data.base_fields()
+        fields["classes"] = classes
+        out = Predictions.build(**fields, probs=probs, predicted=[classes[i] for i in top])
+        log.debug("predicted %d samples in %.2fs", len(data), time.perf_counter() - t0)
+        return out
+
+    # ------------------------------------------------------------------ state
+    def get_state(self) -> dict[str, Any]:
+        self.check_fitted()
+        assert self.model is not None
+        return {
+            "classes": list(self.classes),
+            "kind": self.kind,
+            "channels": self.channels,
+            "size": list(self.size),
+            "build_classes": self.build_classes,
+            "experiences": self.experiences,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "buffer": self.buffer.get_state() if self.buffer is not None else None,
+            "members": [
+                {
+                    "num_classes": num_outputs(m),
+                    "weights": {k: v.detach().cpu() for k, v in m.state_dict().items()},
+                }
+                for m in self.members
+            ],
+            "history": [dict(h) for h in self.history],
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        try:
+            self.classes = [str(c) for c in state["classes"]]
+            self.kind = str(state["kind"])
+            self.channels = int(state["channels"])
+            self.size = (int(state["size"][0]), int(state["size"][1]))
+            self.build_classes = int(state["build_classes"])
+            self.experiences = int(state["experiences"])
+            self.model = self._restore(state["model"], len(self.classes))
+            self.buffer = (
+                buffer_from_state(state["buffer"]) if state.get("buffer") is not None else None
+            )
+            self.members = [
+                self._restore(m["weights"], int(m["num_classes"])).requires_grad_(False)
+                for m in state["members"]
+            ]
+            self.history = list(state.get("history", []))
+        except (KeyError, TypeError, ValueError, RuntimeError, ConfigError) as exc:
+            raise PersistenceError(
+                f"ContinualClassifier state is incomplete or does not match its config: {exc}"
+            ) from None
+        self.fitted = True
+
+    def _restore(self, weights: dict[str, torch.Tensor], num_classes: int) -> nn.Module:
+        model = self._build_model(self.build_classes)
+        expand_head(model, num_classes, seed=self.config.seed)
+        model.load_state_dict(weights)
+        return model.eval()
+
+
+def update_pipeline(pipe: Any, data: ImageSet) -> Any:
+    """Run ``data`` through the stages before the pipeline's :class:`ContinualClassifier`
+    (their inference transforms, e.g. ``Wrangle``) and ``update`` it with the result.
+
+    Example:
+        >>> update_pipeline(pipe, next_experience)  # doctest: +SKIP
+    """
+    for i, st in enumerate(pipe.stages):
+        if isinstance(st, ContinualClassifier):
+            for before in pipe.stages[:i]:
+                data = before.run(data)
+            st.update(data)
+            return pipe
+    raise ConfigError("the pipeline has no ContinualClassifier stage to update")
+
+
+__all__ = ["ContinualClassifier", "merge_classes", "update_pipeline"]

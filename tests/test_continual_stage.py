@@ -1,0 +1,258 @@
+"""ReplayTrainer and ContinualClassifier: replay vs forgetting, growth, persistence, failures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import inspectkit as ik
+from inspectkit.continual import (
+    ContinualClassifier,
+    ReplayTrainer,
+    ReservoirBuffer,
+    expand_head,
+    merge_classes,
+    update_pipeline,
+)
+from inspectkit.continual import buffers as buffers_mod
+from inspectkit.errors import ConfigError, DataError, InspectkitError, NotFittedError
+from inspectkit.records import ImageSet, Predictions, SampleMeta
+
+SIZE = 12
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small networks train faster on one thread, and much faster on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _patterns(labels: list[int], seed: int) -> torch.Tensor:
+    """Class k = a bright 3×3 block at one of several fixed places, plus noise (uint8)."""
+    g = torch.Generator().manual_seed(seed)
+    spots = [(1, 1), (1, 8), (8, 1), (8, 8), (4, 4), (1, 4)]
+    x = torch.randint(0, 60, (len(labels), 1, SIZE, SIZE), generator=g, dtype=torch.uint8)
+    for i, k in enumerate(labels):
+        r, c = spots[k]
+        x[i, 0, r : r + 3, c : c + 3] = 255
+    return x
+
+
+def _set(
+    class_names: list[str], present: list[str], n_per: int, seed: int, prefix: str
+) -> ImageSet:
+    labels = [class_names.index(c) for c in present for _ in range(n_per)]
+    images = _patterns(labels, seed)
+    samples = [SampleMeta(id=f"{prefix}{i}", label=class_names[k]) for i, k in enumerate(labels)]
+    return ImageSet(images=images, samples=samples, classes=list(class_names))
+
+
+class TinyNet(nn.Module):
+    """A small CNN with ``embed`` (as the classifier contract has) for trainer tests."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(3), nn.Flatten()
+        )
+        self.head = nn.Linear(72, k)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+def _old_class_accuracy(
+    buffer: ReservoirBuffer | None, mode: str = "experience", review: int = 0
+) -> float:
+    torch.manual_seed(0)
+    x0 = _patterns([0, 1] * 40, 1)
+    y0 = torch.tensor([0, 1] * 40)
+    x1 = _patterns([2, 3] * 40, 2)
+    y1 = torch.tensor([2, 3] * 40)
+    tr = ReplayTrainer(
+        TinyNet(2), buffer=buffer, epochs=8, batch_size=16, lr=5e-3, mode=mode, review_epochs=review,
+        device="cpu", seed=0, progress=False,
+    )  # fmt: skip
+    tr.train_experience(x0, y0, 2)
+    xt = _patterns([0, 1] * 20, 9)
+    yt = torch.tensor([0, 1] * 20)
+    before = float((tr.predict_proba(xt).argmax(1) == yt).float().mean())
+    assert before > 0.9, "the first experience must be learned for the comparison to mean anything"
+    tr.train_experience(x1, y1, 4)
+    assert tr.predict_proba(xt).shape == (40, 4)
+    return float((tr.predict_proba(xt).argmax(1) == yt).float().mean())
+
+
+def test_replay_reduces_forgetting_compared_with_fine_tuning() -> None:
+    finetune = _old_class_accuracy(None)
+    replay = _old_class_accuracy(ReservoirBuffer(40, seed=0))
+    batch_review = _old_class_accuracy(ReservoirBuffer(40, seed=0), mode="batch", review=1)
+    assert finetune < 0.5  # fine-tuning on the new classes forgets the old ones
+    assert replay >= finetune + 0.3
+    assert batch_review >= finetune + 0.3
+
+
+def test_expand_head_keeps_old_rows_and_the_builder_contract() -> None:
+    from inspectkit.models import build_classifier
+
+    net = build_classifier("compact", 1, 3, input_size=(16, 16), max_params=5000)
+    x = torch.rand(4, 1, 16, 16)
+    net.eval()
+    before = net(x)
+    expand_head(net, 5, seed=1)
+    after = net(x)
+    assert after.shape == (4, 5) and net.num_classes == 5
+    assert torch.allclose(after[:, :3], before, atol=1e-6)
+    with pytest.raises(ConfigError, match="shrink"):
+        expand_head(net, 2)
+    # a model without `head`: the last nn.Linear grows
+    seq = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    expand_head(seq, 3)
+    assert seq[1].out_features == 3
+
+
+def _clf(**kw) -> ContinualClassifier:
+    cfg = dict(max_params=3000, buffer="reservoir", capacity=30, epochs=3, batch_size=16, lr=5e-3,
+               device="cpu", progress=False, seed=0)  # fmt: skip
+    cfg.update(kw)
+    return ContinualClassifier(**cfg)
+
+
+ALL = ["a", "b", "c", "d"]
+
+
+def _exp(t: int, n_per: int = 16) -> ImageSet:
+    present = [["a", "b"], ["c"], ["d"]][t]
+    classes = [["a", "b"], ["a", "b", "c"], ["a", "b", "c", "d"]][t]
+    return _set(classes, present, n_per, seed=10 + t, prefix=f"e{t}-")
+
+
+def test_update_grows_classes_and_predictions() -> None:
+    clf = _clf()
+    clf.fit(_exp(0))
+    assert clf.classes == ["a", "b"]
+    clf.update(_exp(1))
+    assert clf.classes == ["a", "b", "c"]
+    assert clf.buffer is not None and len(clf.buffer) == 30
+    assert set(clf.buffer.class_counts()) == {0, 1, 2}
+    test = _set(ALL, ALL, 3, seed=99, prefix="t")
+    pred = clf.run(test)
+    assert isinstance(pred, Predictions)
+    # classes the model has not learned are appended with probability 0
+    assert pred.classes == ["a", "b", "c", "d"]
+    assert float(pred.probs[:, 3].max()) == 0.0
+    assert pred.probs.shape == (12, 4)
+    assert clf.history[-1]["classes"] == 3
+
+
+def test_save_load_round_trip_with_buffer_and_ensemble(tmp_path) -> None:
+    pipe = ik.Pipeline([_clf(buffer="snnl", ensemble=True)])
+    pipe.fit(_exp(0))
+    update_pipeline(pipe, _exp(1))
+    test = _set(ALL[:3], ALL[:3], 4, seed=5, prefix="t")
+    expected = pipe.run(test)
+    pipe.save(tmp_path / "model")
+    back = ik.Pipeline.load(tmp_path / "model")
+    got = back.run(test)
+    assert torch.allclose(got.probs, expected.probs, atol=1e-6)
+    a, b = pipe[0], back[0]
+    assert isinstance(b, ContinualClassifier)
+    assert b.classes == a.classes and b.experiences == 2
+    assert len(b.members) == 2 and b.buffer is not None and a.buffer is not None
+    assert type(b.buffer) is type(a.buffer)
+    assert torch.equal(b.buffer.images, a.buffer.images) and torch.equal(
+        b.buffer.labels, a.buffer.labels
+    )
+    # the loaded stage keeps learning
+    b.update(_exp(2))
+    assert b.classes == ALL and len(b.members) == 3
+
+
+def _state_snapshot(clf: ContinualClassifier) -> dict:
+    return {
+        "classes": list(clf.classes),
+        "weights": {k: v.clone() for k, v in clf.model.state_dict().items()},
+        "buffer_images": clf.buffer.images.clone(),
+        "buffer_labels": clf.buffer.labels.clone(),
+        "seen": clf.buffer.seen,
+        "experiences": clf.experiences,
+    }
+
+
+def test_failed_update_leaves_model_and_buffer_untouched(tmp_path, monkeypatch) -> None:
+    pipe = ik.Pipeline([_clf()])
+    pipe.fit(_exp(0))
+    clf = pipe[0]
+    pipe.save(tmp_path / "model")
+    before = _state_snapshot(clf)
+    test = _set(["a", "b"], ["a", "b"], 4, seed=3, prefix="t")
+    expected = pipe.run(test).probs
+
+    def boom(self, images, labels, features):  # the buffer update comes after training
+        raise RuntimeError("disk full while updating the memory")
+
+    monkeypatch.setattr(buffers_mod.ReservoirBuffer, "_update", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        clf.update(_exp(1))
+    monkeypatch.undo()
+    after = _state_snapshot(clf)
+    assert after["classes"] == before["classes"] == ["a", "b"]
+    assert after["experiences"] == before["experiences"]
+    for k, v in before["weights"].items():
+        assert torch.equal(after["weights"][k], v), k
+    assert torch.equal(after["buffer_images"], before["buffer_images"])
+    assert torch.equal(after["buffer_labels"], before["buffer_labels"])
+    assert after["seen"] == before["seen"]
+    assert torch.allclose(pipe.run(test).probs, expected)
+    # the saved model is untouched too, and a later successful update works
+    back = ik.Pipeline.load(tmp_path / "model")
+    assert torch.allclose(back.run(test).probs, expected, atol=1e-6)
+    clf.update(_exp(1))
+    assert clf.classes == ["a", "b", "c"]
+
+
+def test_bad_input_gives_clear_errors() -> None:
+    with pytest.raises(InspectkitError, match="capacity must be at least 1"):
+        ContinualClassifier(capacity=0)
+    with pytest.raises(InspectkitError, match="capacity must be at least 1"):
+        ContinualClassifier(capacity=-3)
+    clf = _clf()
+    with pytest.raises(NotFittedError, match="fitted"):
+        clf.update(_exp(1))
+    with pytest.raises(DataError, match="at least two classes"):
+        clf.fit(_set(["a"], ["a"], 4, seed=0, prefix="x"))
+    clf.fit(_exp(0))
+    empty = _exp(1).subset([])
+    with pytest.raises(DataError, match="empty"):
+        clf.update(empty)
+    clashing = _set(["b", "a", "c"], ["c"], 4, seed=1, prefix="c")
+    with pytest.raises(DataError, match="collides"):
+        clf.update(clashing)
+    bigger = ImageSet(
+        images=torch.zeros(2, 1, 20, 20, dtype=torch.uint8),
+        samples=[SampleMeta(id="p", label="a"), SampleMeta(id="q", label="b")],
+        classes=["a", "b"],
+    )
+    with pytest.raises(DataError, match="Wrangle"):
+        clf.update(bigger)
+    unlabelled = _exp(1).replace(samples=[SampleMeta(id=f"u{i}") for i in range(len(_exp(1)))])
+    with pytest.raises(DataError, match="no label"):
+        clf.update(unlabelled)
+    assert clf.classes == ["a", "b"]  # nothing above changed the model
+
+
+def test_merge_classes_rules() -> None:
+    assert merge_classes(["a", "b"], ["a", "b"]) == ["a", "b"]
+    assert merge_classes(["a", "b"], ["a"]) == ["a", "b"]  # a domain without class b
+    assert merge_classes(["a", "b"], ["a", "b", "c"]) == ["a", "b", "c"]
+    assert merge_classes(["a", "b"], ["c", "d"]) == ["a", "b", "c", "d"]
+    for bad in (["b", "a"], ["c", "a"], ["a", "c", "b"]):
+        with pytest.raises(DataError, match="collides"):
+            merge_classes(["a", "b"], bad)
