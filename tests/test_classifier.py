@@ -271,3 +271,24 @@ def test_reject_below_outside_unit_interval_is_refused(value: float) -> None:
 def test_bad_config_is_refused(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         Classifier(**kwargs)
+
+
+@pytest.mark.realdata
+def test_wm811k_subset_beats_the_majority_baseline(wm811k_dir) -> None:
+    from inspectkit.sources import load_wafer_maps
+
+    wrangle = Wrangle(size=32)
+    train = wrangle.run(load_wafer_maps(wm811k_dir / "WM811K_train_1_split.npz"))
+    full_test = load_wafer_maps(wm811k_dir / "WM811K_test_data.npz")  # sorted by class
+    test = wrangle.run(full_test.subset(range(0, len(full_test), 12)))
+    clf = Classifier(epochs=15, batch_size=32, max_params=30_000, progress=False, seed=0)
+    report = classification_report(clf.fit(train).run(test))
+    majority = max(train.class_counts(), key=train.class_counts().get)  # type: ignore[arg-type]
+    baseline = test.replace(samples=test.samples)  # predictions of the majority class
+    probs = torch.zeros(len(test), len(test.classes))
+    probs[:, test.classes.index(majority)] = 1
+    base = classification_report(
+        Predictions.build(**baseline.base_fields(), probs=probs, predicted=[majority] * len(test))
+    )
+    assert report.metrics["macro_f1"] > base.metrics["macro_f1"] + 0.1
+    assert report.metrics["accuracy"] >= base.metrics["accuracy"] - 0.05

@@ -134,3 +134,29 @@ def test_train_epochs_learns_and_restores_the_best_epoch() -> None:
     with torch.no_grad():
         acc = (fresh.eval()(x).argmax(1) == y).float().mean()
     assert acc > 0.9
+
+
+def test_fused_inference_copy_matches_the_network() -> None:
+    net = build_classifier("compact", 3, 4, input_size=(32, 32), max_params=20_000)
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(8, 3, 32, 32))  # move BatchNorm statistics away from defaults
+    net.eval()
+    fused = net.fused()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x), fused(x), atol=1e-5)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # original untouched
+
+
+def test_time_budget_shortens_the_schedule() -> None:
+    x = torch.randn(64, 1, 16, 16)
+    y = torch.randint(0, 2, (64,))
+    net = build_classifier("compact", 1, 2, input_size=(16, 16), max_params=5_000)
+    loader = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)]
+    result = train_epochs(net, loader, epochs=1000, time_budget=0.5, progress=False)
+    assert result.stopped_early and result.epochs_run < 1000
+    # the learning rate was annealed to the end of the shortened schedule
+    assert result.history[-1]["lr"] < 3e-3 * 0.05

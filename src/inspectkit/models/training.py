@@ -114,25 +114,34 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
     return torch.optim.AdamW(groups, lr=lr)
 
 
+class _Horizon:
+    """Total number of optimizer steps; shrinks when a time budget cuts training short."""
+
+    def __init__(self, total: int) -> None:
+        self.total = max(1, total)
+
+
 def _make_schedule(
-    optimizer: torch.optim.Optimizer, schedule: Schedule, lr: float, total_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    if schedule == "constant" or total_steps <= 0:
+    optimizer: torch.optim.Optimizer, schedule: Schedule, horizon: _Horizon
+) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """Per-step learning-rate factor: one-cycle (15 % warm-up from 1/10, cosine down to
+    1/1000) or cosine (down to 1/100), over ``horizon.total`` steps (re-read each step)."""
+    if schedule == "constant":
         return None
-    if schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=lr,
-            total_steps=total_steps,
-            pct_start=0.15,
-            div_factor=10.0,
-            final_div_factor=100.0,
-        )
-    if schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=total_steps, eta_min=lr / 100
-        )
-    raise ConfigError(f"unknown schedule {schedule!r}; use 'onecycle', 'cosine' or 'constant'")
+    if schedule not in ("onecycle", "cosine"):
+        raise ConfigError(f"unknown schedule {schedule!r}; use 'onecycle', 'cosine' or 'constant'")
+
+    def factor(step: int) -> float:
+        t = min(1.0, step / horizon.total)
+        if schedule == "cosine":
+            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
+        warm = 0.15
+        if t < warm:
+            return 0.1 + 0.9 * t / warm
+        u = (t - warm) / (1 - warm)
+        return 0.001 + 0.999 * 0.5 * (1 + math.cos(math.pi * u))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -228,7 +237,8 @@ def train_epochs(
         amp: Mixed precision (float16 autocast + gradient scaling) — used on CUDA only.
         ddp: Wrap in ``DistributedDataParallel`` when a process group is initialised
             (``"auto"``); the loader must then shard the data (``DistributedSampler``).
-        time_budget: Stop after the epoch that exceeds this many seconds.
+        time_budget: Seconds of training allowed: after each epoch the schedule is
+            shortened to the epochs that fit (estimated from the epochs so far).
         progress: Show a tqdm bar with loss and validation score.
         desc: Label of the progress bar.
 
@@ -249,15 +259,13 @@ def train_epochs(
         train_model = nn.parallel.DistributedDataParallel(net, device_ids=ids)
     opt = optimizer or make_optimizer(net, lr, weight_decay)
     steps_per_epoch = len(loader) if isinstance(loader, Sized) else 0
-    sched = (
-        None
-        if optimizer is not None
-        else _make_schedule(opt, schedule, lr, steps_per_epoch * epochs)
-    )
+    horizon = _Horizon(steps_per_epoch * epochs)
+    sched = None if optimizer is not None else _make_schedule(opt, schedule, horizon)
     use_amp = bool(amp) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     weights = class_weights.to(device).float() if class_weights is not None else None
 
+    planned = epochs
     result = TrainResult()
     best_state: dict[str, torch.Tensor] | None = None
     best = -math.inf
@@ -267,7 +275,9 @@ def train_epochs(
         enabled=progress and is_main, total=steps_per_epoch * epochs or None, desc=desc
     )
     try:
-        for epoch in range(epochs):
+        epoch = -1
+        while epoch + 1 < epochs:
+            epoch += 1
             _set_epoch(loader, epoch)
             train_model.train()
             total, count = 0.0, 0
@@ -289,7 +299,7 @@ def train_epochs(
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
-                if sched is not None and sched.last_epoch < steps_per_epoch * epochs:
+                if sched is not None:
                     sched.step()
                 total += float(loss.detach()) * len(y)
                 count += len(y)
@@ -320,11 +330,22 @@ def train_epochs(
             if patience is not None and validate is not None and stale >= max(patience, 1):
                 result.stopped_early = True
                 break
-            if time_budget is not None and time.perf_counter() - t0 > time_budget:
-                result.stopped_early = epoch + 1 < epochs
-                break
+            elapsed = time.perf_counter() - t0
+            if time_budget is not None:
+                if elapsed > time_budget:
+                    result.stopped_early = epoch + 1 < epochs
+                    break
+                # fit the schedule to the epochs the budget allows (decided on rank 0)
+                fits = broadcast_float(float(int(time_budget / (elapsed / (epoch + 1)))), device)
+                if fits < epochs:
+                    epochs = max(epoch + 1, int(fits))
+                    horizon.total = max(1, steps_per_epoch * epochs)
+                    bar.total = horizon.total
+                    log.info("%s: time budget allows %d epochs", desc, epochs)
     finally:
         bar.close()
+    if result.epochs_run < planned:
+        result.stopped_early = True
     if restore_best and best_state is not None:
         net.load_state_dict(best_state)
     net.eval()

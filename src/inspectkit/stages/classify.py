@@ -138,7 +138,7 @@ class Classifier(Stage[ImageSet, Predictions]):
         arch: Literal["compact", "resnet18", "mobilenet_v3_small", "efficientnet_b0"] = "compact"
         max_params: int = Field(100_000, ge=1_000)
         width: float | None = Field(None, gt=0)
-        depth: int = Field(1, ge=0, le=8)
+        depth: int = Field(2, ge=0, le=8)
         dropout: float = Field(0.1, ge=0, lt=1)
         weights: str | None = None
         epochs: int = Field(30, ge=1)
@@ -479,11 +479,9 @@ class Classifier(Stage[ImageSet, Predictions]):
             if self._device.type == "cpu" or torch.cuda.is_available()
             else torch.device("cpu")
         )
-        model = self.model.to(dev)
-        try:
-            logits = predict_logits(model, self._input_batches(data), device=dev)
-        finally:
-            self.model = model.cpu()
+        # BatchNorm folded into the convolutions: same probabilities, faster on CPU
+        model = self.model.fused().to(dev)
+        logits = predict_logits(model, self._input_batches(data), device=dev)
         return torch.softmax(logits.double(), dim=1).float()
 
     def run(self, data: ImageSet) -> Predictions:
