@@ -276,6 +276,7 @@ def bench_neu(root: Path, args: argparse.Namespace) -> dict:
         "lr": args.lr,
         "imbalance": "none",
         "patience": args.patience,
+        "time_budget": None if args.quick else args.neu_time_budget,
         "seed": 0,
         "progress": not args.no_progress,
     }
@@ -313,6 +314,7 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=8)
     ap.add_argument("--neu-size", type=int, default=64)
     ap.add_argument("--neu-epochs", type=int, default=40)
+    ap.add_argument("--neu-time-budget", type=float, default=300.0, help="seconds of NEU training")
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--skip-neu", action="store_true")
     ap.add_argument("--skip-wafer", action="store_true")

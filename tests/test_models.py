@@ -55,8 +55,8 @@ def test_every_architecture_adapts_channels_and_classes(arch: str, channels: int
 
 
 def test_compact_adapts_depth_to_input_size() -> None:
-    small = build_classifier("compact", 1, 3, input_size=(16, 16), max_params=10_000)
-    big = build_classifier("compact", 1, 3, input_size=(128, 128), max_params=10_000)
+    small = build_classifier("compact", 1, 3, input_size=(16, 16), max_params=30_000)
+    big = build_classifier("compact", 1, 3, input_size=(128, 128), max_params=30_000)
     for net, side in ((small, 16), (big, 128)):
         with torch.no_grad():
             fmap = net.features(torch.zeros(1, 1, side, side))
