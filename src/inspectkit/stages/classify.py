@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
 from sklearn.metrics import f1_score
 from sklearn.model_selection import train_test_split
@@ -200,8 +199,12 @@ class Classifier(Stage[ImageSet, Predictions]):
             torch.Size([1, 3, 1, 2])
         """
         if self.kind == "wafer":
-            codes = images[:, 0].long().clamp_(0, WAFER_CODES - 1)
-            return F.one_hot(codes, WAFER_CODES).permute(0, 3, 1, 2).float()
+            codes = images[:, 0]
+            if codes.dtype != torch.uint8:
+                codes = codes.round().clamp(0, WAFER_CODES - 1).to(torch.uint8)
+            levels = torch.arange(WAFER_CODES, dtype=torch.uint8, device=codes.device)
+            # N×H×W×3 comparison viewed as N×3×H×W: already channels-last in memory
+            return (codes.unsqueeze(-1) == levels).permute(0, 3, 1, 2).float()
         x = images.float() / 255.0 if not images.dtype.is_floating_point else images.float()
         if self.mean is not None and self.std is not None:
             x = (x - self.mean.to(x.device).view(1, -1, 1, 1)) / self.std.to(x.device).view(
