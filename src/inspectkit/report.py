@@ -82,7 +82,7 @@ def _figure(width: float, height: float) -> Any:
 def _fig_uri(fig: Any) -> str:
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight")  # long tick labels are never cut
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
