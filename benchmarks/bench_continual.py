@@ -61,7 +61,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PEER_PY = ROOT / "bench-venvs" / "avalanche" / "bin" / "python"
 PEER_SCRIPT = ROOT / "benchmarks" / "peers" / "avalanche_replay.py"
 
-CLASS_ORDER = [["none", "Center", "Edge-Ring"], ["Edge-Loc", "Loc"], ["Scratch", "Random"], ["Donut", "Near-full"]]
+CLASS_ORDER = [
+    ["none", "Center", "Edge-Ring"],
+    ["Edge-Loc", "Loc"],
+    ["Scratch", "Random"],
+    ["Donut", "Near-full"],
+]
 SIZE_EDGES = [676, 1353]
 
 log = logging.getLogger("bench_continual")
@@ -111,11 +116,15 @@ def predicted_names(clf: ContinualClassifier, test: ImageSet, ensemble: bool | N
     return [clf.classes[i] for i in probs.argmax(1).tolist()]
 
 
-def summarise(R: list[list[float]], pred: list[str], truth: list[str], seconds: float) -> dict[str, Any]:
+def summarise(
+    R: list[list[float]], pred: list[str], truth: list[str], seconds: float
+) -> dict[str, Any]:
     labels = sorted(set(truth))
     out: dict[str, Any] = {
         **{k: round(v, 4) for k, v in continual_summary(R).items()},
-        "macro_f1": round(float(f1_score(truth, pred, labels=labels, average="macro", zero_division=0)), 4),
+        "macro_f1": round(
+            float(f1_score(truth, pred, labels=labels, average="macro", zero_division=0)), 4
+        ),
         "train_seconds": round(seconds, 1),
         "R": [[round(x, 4) for x in row] for row in R],
     }
@@ -123,7 +132,11 @@ def summarise(R: list[list[float]], pred: list[str], truth: list[str], seconds: 
 
 
 def run_ours(
-    stream: list[Experience], test: ImageSet, exp_of: np.ndarray, cfg: dict[str, Any], with_ensemble: bool = False
+    stream: list[Experience],
+    test: ImageSet,
+    exp_of: np.ndarray,
+    cfg: dict[str, Any],
+    with_ensemble: bool = False,
 ) -> dict[str, dict[str, Any]]:
     clf = ContinualClassifier(**cfg)
     truth = [str(x) for x in test.labels]
@@ -151,8 +164,12 @@ def run_ours(
     return out
 
 
-def run_joint(stream: list[Experience], test: ImageSet, exp_of: np.ndarray, cfg: dict[str, Any]) -> dict[str, Any]:
-    train = ImageSet.concat([e.train for e in stream]).replace(classes=list(stream[-1].seen_classes))
+def run_joint(
+    stream: list[Experience], test: ImageSet, exp_of: np.ndarray, cfg: dict[str, Any]
+) -> dict[str, Any]:
+    train = ImageSet.concat([e.train for e in stream]).replace(
+        classes=list(stream[-1].seen_classes)
+    )
     clf = ContinualClassifier(**{**cfg, "buffer": "none"})
     t0 = time.perf_counter()
     clf.fit(train)
@@ -163,7 +180,9 @@ def run_joint(stream: list[Experience], test: ImageSet, exp_of: np.ndarray, cfg:
     labels = sorted(set(truth))
     return {
         "final_avg_accuracy": round(float(np.mean(acc)), 4),
-        "macro_f1": round(float(f1_score(truth, pred, labels=labels, average="macro", zero_division=0)), 4),
+        "macro_f1": round(
+            float(f1_score(truth, pred, labels=labels, average="macro", zero_division=0)), 4
+        ),
         "forgetting": None,
         "bwt": None,
         "train_seconds": round(seconds, 1),
@@ -172,7 +191,12 @@ def run_joint(stream: list[Experience], test: ImageSet, exp_of: np.ndarray, cfg:
 
 
 def run_avalanche(
-    stream: list[Experience], test: ImageSet, exp_of: np.ndarray, cfg: dict[str, Any], mem: int, workdir: Path
+    stream: list[Experience],
+    test: ImageSet,
+    exp_of: np.ndarray,
+    cfg: dict[str, Any],
+    mem: int,
+    workdir: Path,
 ) -> dict[str, Any]:
     if not PEER_PY.exists():
         return {"error": f"{PEER_PY} missing; run benchmarks/peers/avalanche.sh"}
@@ -189,7 +213,9 @@ def run_avalanche(
     torch.save(
         {
             "train_x": [e.train.image_tensor() for e in stream],
-            "train_y": [torch.tensor([index[str(s.label)] for s in e.train.samples]) for e in stream],
+            "train_y": [
+                torch.tensor([index[str(s.label)] for s in e.train.samples]) for e in stream
+            ],
             "test_x": test.image_tensor(),
             "test_y": torch.tensor([index[str(s.label)] for s in test.samples]),
             "test_exp": torch.as_tensor(exp_of),
@@ -207,6 +233,7 @@ def run_avalanche(
         "--out", str(workdir / "peer.json"), "--mem-size", str(mem), "--epochs", str(cfg["epochs"]),
         "--batch-size", str(b), "--batch-size-mem", str(b_mem), "--lr", str(cfg["lr"]),
         "--max-params", str(cfg["max_params"]), "--seed", str(cfg["seed"]),
+        "--threads", str(torch.get_num_threads()),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -224,7 +251,8 @@ def bench_stream(
     test, exp_of = joined_test(stream)
     res: dict[str, Any] = {
         "experiences": [
-            {"name": e.name, "new_classes": e.classes, "train": len(e.train), "test": len(e.test)} for e in stream
+            {"name": e.name, "new_classes": e.classes, "train": len(e.train), "test": len(e.test)}
+            for e in stream
         ],
         "methods": {},
     }
@@ -236,15 +264,17 @@ def bench_stream(
     m["joint"] = run_joint(stream, test, exp_of, cfg)
     for mem in buffers:
         log.warning("[%s] buffer %d: ER-reservoir", name, mem)
-        m[f"er_reservoir@{mem}"] = run_ours(stream, test, exp_of, {**cfg, "buffer": "reservoir", "capacity": mem})[
-            "single"
-        ]
+        m[f"er_reservoir@{mem}"] = run_ours(
+            stream, test, exp_of, {**cfg, "buffer": "reservoir", "capacity": mem}
+        )["single"]
         log.warning("[%s] buffer %d: ER-class-balanced", name, mem)
         m[f"er_class_balanced@{mem}"] = run_ours(
             stream, test, exp_of, {**cfg, "buffer": "class_balanced", "capacity": mem}
         )["single"]
         log.warning("[%s] buffer %d: ER-SNNL (+ ensemble)", name, mem)
-        snnl = run_ours(stream, test, exp_of, {**cfg, "buffer": "snnl", "capacity": mem, "ensemble": True}, True)
+        snnl = run_ours(
+            stream, test, exp_of, {**cfg, "buffer": "snnl", "capacity": mem, "ensemble": True}, True
+        )
         m[f"er_snnl@{mem}"] = snnl["single"]
         m[f"er_snnl_ensemble@{mem}"] = snnl["ensemble"]
         log.warning("[%s] buffer %d: batch-level ER + review", name, mem)
@@ -257,7 +287,9 @@ def bench_stream(
         if peer:
             log.warning("[%s] buffer %d: Avalanche replay", name, mem)
             with tempfile.TemporaryDirectory() as tmp:
-                m[f"avalanche_replay@{mem}"] = run_avalanche(stream, test, exp_of, cfg, mem, Path(tmp))
+                m[f"avalanche_replay@{mem}"] = run_avalanche(
+                    stream, test, exp_of, cfg, mem, Path(tmp)
+                )
     res["seconds"] = round(time.perf_counter() - t0, 1)
     return res
 
@@ -297,15 +329,22 @@ def targets(res: dict[str, Any], buffers: list[int]) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--per-class", type=int, default=120, help="train maps per class (class-incremental)")
-    ap.add_argument("--domain-per-class", type=int, default=40, help="train maps per class and size bucket")
-    ap.add_argument("--test-per-class", type=int, default=100, help="test maps per class (and bucket)")
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument(
+        "--per-class", type=int, default=200, help="train maps per class (class-incremental)"
+    )
+    ap.add_argument(
+        "--domain-per-class", type=int, default=70, help="train maps per class and size bucket"
+    )
+    ap.add_argument(
+        "--test-per-class", type=int, default=150, help="test maps per class (and bucket)"
+    )
     ap.add_argument("--buffers", type=int, nargs="+", default=[200, 1000])
     ap.add_argument("--max-params", type=int, default=30_000)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (ours and the peer)")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--streams", nargs="+", default=["class_incremental", "domain_incremental"])
     args = ap.parse_args()
@@ -314,6 +353,7 @@ def main() -> None:
         args.buffers = [50]
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr)
     os.environ.setdefault("INSPECTKIT_PROGRESS", "0")
+    torch.set_num_threads(args.threads)
     started = time.perf_counter()
     load0 = os.getloadavg()
     wm = data_root()
@@ -367,7 +407,13 @@ def main() -> None:
             "loadavg_start": [round(x, 2) for x in load0],
             "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         },
-        "settings": {**cfg, **{k: getattr(args, k) for k in ("per_class", "domain_per_class", "test_per_class", "buffers")}},
+        "settings": {
+            **cfg,
+            **{
+                k: getattr(args, k)
+                for k in ("per_class", "domain_per_class", "test_per_class", "buffers", "threads")
+            },
+        },
         "streams": results,
         "targets": targets(results, args.buffers),
         "total_seconds": round(time.perf_counter() - started, 1),

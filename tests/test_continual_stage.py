@@ -248,6 +248,17 @@ def test_bad_input_gives_clear_errors() -> None:
     assert clf.classes == ["a", "b"]  # nothing above changed the model
 
 
+def test_same_seed_same_model() -> None:
+    test = _set(ALL[:3], ALL[:3], 3, seed=4, prefix="t")
+    runs = []
+    for _ in range(2):
+        clf = _clf(buffer="class_balanced")
+        clf.fit(_exp(0)).update(_exp(1))
+        runs.append((clf.predict_proba(test), clf.buffer.images.clone()))
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert torch.equal(runs[0][1], runs[1][1])
+
+
 def test_merge_classes_rules() -> None:
     assert merge_classes(["a", "b"], ["a", "b"]) == ["a", "b"]
     assert merge_classes(["a", "b"], ["a"]) == ["a", "b"]  # a domain without class b

@@ -53,13 +53,17 @@ def main() -> None:
     ap.add_argument("--lr", type=float, required=True)
     ap.add_argument("--max-params", type=int, required=True)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
 
     s = torch.load(args.stream, weights_only=True)
     size = tuple(int(v) for v in s["size"])
-    model = build_classifier("compact", 3, int(s["build_classes"]), input_size=size, max_params=args.max_params)
+    model = build_classifier(
+        "compact", 3, int(s["build_classes"]), input_size=size, max_params=args.max_params
+    )
     model.load_state_dict(torch.load(args.init, weights_only=True))
 
     train_sets = [
