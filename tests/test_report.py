@@ -1,0 +1,199 @@
+"""HTML reports: self-contained pages with the figures a person checks; Chromium renders them."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from inspectkit.errors import DataError
+from inspectkit.metrics import anomaly_report, classification_report
+from inspectkit.records import AnomalyScores, Explained, ImageSet, Predictions, Report, SampleMeta
+from inspectkit.report import anomaly_truth, render_html, write_html
+
+
+def predictions(n: int = 30, seed: int = 0) -> Predictions:
+    g = torch.Generator().manual_seed(seed)
+    classes = ["Center", "Scratch", "none"]
+    labels = [classes[i % 3] for i in range(n)]
+    logits = torch.randn(n, 3, generator=g)
+    for i, lab in enumerate(labels):
+        logits[i, classes.index(lab)] += 1.5  # mostly right, some mistakes
+    probs = torch.softmax(logits, 1)
+    data = ImageSet(
+        images=torch.randint(0, 3, (n, 1, 16, 16), generator=g, dtype=torch.uint8),
+        samples=[SampleMeta(id=f"w{i}", label=lab) for i, lab in enumerate(labels)],
+        classes=classes,
+        kind="wafer",
+    )
+    predicted = [classes[int(i)] for i in probs.argmax(1)]
+    return Predictions.build(**data.base_fields(), probs=probs, predicted=predicted)
+
+
+def scores(n_good: int = 12, n_bad: int = 8) -> AnomalyScores:
+    g = torch.Generator().manual_seed(1)
+    n = n_good + n_bad
+    s = torch.cat([torch.linspace(0.0, 0.9, n_good), torch.linspace(0.7, 1.6, n_bad)])
+    masks = torch.zeros(n, 1, 24, 24, dtype=torch.uint8)
+    masks[n_good:, :, 8:16, 8:16] = 1
+    data = ImageSet(
+        images=torch.randint(0, 256, (n, 1, 24, 24), generator=g, dtype=torch.uint8),
+        masks=masks,
+        samples=[SampleMeta(id=f"t{i}", label="good" if i < n_good else "crack") for i in range(n)],
+        classes=["good", "crack"],
+    )
+    maps = torch.rand(n, 24, 24, generator=g)
+    maps[n_good:, 8:16, 8:16] += 1
+    return AnomalyScores.build(
+        **data.base_fields(), scores=s, maps=maps, threshold=0.8, is_anomalous=s > 0.8
+    )
+
+
+def embedded_pngs(page: str) -> list[Image.Image]:
+    found = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    return [Image.open(io.BytesIO(base64.b64decode(b))) for b in found]
+
+
+def test_classification_page_is_self_contained(tmp_path: Path) -> None:
+    pred = predictions()
+    report = classification_report(pred, title="wafer <line> & co")
+    path = write_html(report, tmp_path / "out", predictions=pred)
+    assert path == tmp_path / "out" / "report.html"
+    page = path.read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    assert "wafer &lt;line&gt; &amp; co" in page  # titles are escaped
+    # nothing is fetched from elsewhere: every picture is inline
+    assert not re.search(r'src="(?!data:)', page) and "<link" not in page
+    pngs = embedded_pngs(page)
+    wrong = sum(p != s.label for p, s in zip(pred.predicted, pred.samples))
+    assert wrong > 0
+    # confusion matrix + ROC + one thumbnail per mistake (at most 16)
+    assert len(pngs) == 2 + min(wrong, 16)
+    assert "Confusion matrix" in page and "Per class" in page and "ROC" in page
+    for cls, fig in report.per_class.items():
+        assert f"<td>{cls}</td>" in page
+        assert f"{fig['recall']:.3f}" in page
+    assert f"The {min(wrong, 16)} most confident mistakes" in page
+    assert path.stat().st_mode & 0o044  # readable by others, unlike a bare mkstemp file
+
+
+def test_explained_mistakes_show_heatmaps(tmp_path: Path) -> None:
+    pred = predictions()
+    heat = torch.zeros(len(pred), 16, 16)
+    heat[:, :4, :4] = 1.0
+    explained = Explained.build(
+        **{k: getattr(pred, k) for k in Predictions.model_fields},
+        heatmaps=heat,
+        method="gradcam",
+        target_classes=pred.predicted_indices().tolist(),
+    )
+    page = render_html(classification_report(pred), predictions=pred, explained=explained)
+    assert "heatmaps: gradcam" in page
+    thumbs = [p for p in embedded_pngs(page) if p.size[0] == p.size[1] and p.size[0] <= 200]
+    assert thumbs
+    arr = np.asarray(thumbs[0].convert("RGB")).astype(int)
+    # jet red in the hot corner, blue where the heatmap is 0
+    corner, rest = arr[:20, :20].mean((0, 1)), arr[-20:, -20:].mean((0, 1))
+    assert corner[0] > corner[2] and rest[2] > rest[0]
+
+
+def test_anomaly_page_histogram_roc_and_misses(tmp_path: Path) -> None:
+    sc = scores()
+    report = anomaly_report(sc)
+    page = write_html(report, tmp_path, scores=sc).read_text()
+    assert "Anomaly scores" not in page  # drawn, not written: the title is inside a PNG
+    assert "image_auroc" in page and "threshold" in page
+    truth = anomaly_truth(sc)
+    flagged = sc.is_anomalous.numpy()
+    misses, alarms = int((truth & ~flagged).sum()), int((~truth & flagged).sum())
+    assert misses and alarms
+    assert f"{misses} missed defects and {alarms} false alarms" in page
+    # histogram + ROC + one thumbnail per shown mistake
+    assert len(embedded_pngs(page)) == 2 + min(misses, 8) + min(alarms, 8)
+
+
+def test_details_matrix_is_drawn_and_rest_listed() -> None:
+    report = Report(
+        title="continual",
+        metrics={"forgetting": 0.2},
+        details={
+            "accuracy_matrix": {
+                "matrix": [[0.9, None], [0.7, 0.8]],
+                "rows": ["a", "b"],
+                "columns": ["a", "b"],
+            },
+            "note": {"k": 1},
+        },
+    )
+    page = render_html(report)
+    assert len(embedded_pngs(page)) == 1
+    assert "&quot;k&quot;: 1" in page
+
+
+def test_anomaly_truth_follows_flags_then_labels() -> None:
+    data = ImageSet(
+        images=torch.zeros(4, 1, 2, 2, dtype=torch.uint8),
+        samples=[
+            SampleMeta(id="a", label="good"),
+            SampleMeta(id="b", label="crack"),
+            SampleMeta(id="c", label="crack", meta={"anomalous": False}),
+            SampleMeta(id="d"),
+        ],
+        classes=["good", "crack"],
+    )
+    assert anomaly_truth(data).tolist() == [False, True, False, False]
+
+
+def test_bad_arguments_raise_data_error(tmp_path: Path) -> None:
+    report = Report(title="x")
+    with pytest.raises(DataError, match="needs a Report"):
+        write_html({"metrics": {}}, tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(DataError, match="scores must be a AnomalyScores"):
+        write_html(report, tmp_path, scores=predictions())  # type: ignore[arg-type]
+    blocker = tmp_path / "file"
+    blocker.write_text("keep me")
+    with pytest.raises(DataError, match="exists and is not a folder"):
+        write_html(report, blocker)
+    assert blocker.read_text() == "keep me"
+    assert not list(tmp_path.glob(".report.html*"))  # no temporary file left behind
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)"
+)
+def test_page_renders_in_headless_chromium(tmp_path: Path) -> None:
+    pred = predictions()
+    path = write_html(classification_report(pred), tmp_path / "r", predictions=pred)
+    shot = tmp_path / "shot.png"
+    cmd = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1000,1400",
+        f"--screenshot={shot}",
+        path.resolve().as_uri(),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert img.shape[:2] == (1400, 1000)
+    # a rendered page, not a blank one: dark text and the blue confusion matrix are there
+    assert (img.sum(2) < 200).mean() > 0.002
+    blue = (img[..., 2] > 120) & (img[..., 0] < 80)
+    assert blue.sum() > 500
