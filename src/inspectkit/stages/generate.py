@@ -81,6 +81,9 @@ class Generate(Stage[ImageSet, ImageSet]):
             sources for augmentation), so ``sample`` works after loading.
         seed: Same seed, same generators and samples (on CPU).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        threads: torch intra-op threads while training (``None``: leave the setting
+            alone). The generators are small, so on a busy machine one thread is often
+            as fast as two and does not fight other processes.
         progress: Show progress bars while training.
 
     Example:
@@ -112,6 +115,7 @@ class Generate(Stage[ImageSet, ImageSet]):
         keep: int = Field(256, ge=1)
         seed: int = 0
         device: str = "auto"
+        threads: int | None = Field(None, ge=1)
         progress: bool = True
 
         @field_validator("size")
@@ -252,16 +256,22 @@ class Generate(Stage[ImageSet, ImageSet]):
                 return augment_batch(batch, wafer=wafer, ranges=ranges, generator=gen)[0]
 
         log.info("Generate: training a VAE for class %r on %d samples", cls, len(images))
-        return train_vae(
-            small,
-            wafer=wafer,
-            settings=self.settings,
-            seed=self._class_seed(cls),
-            device=device,
-            augment=augment,
-            progress=self.config.progress,
-            desc=f"vae {cls}",
-        )
+        old_threads = torch.get_num_threads()
+        if self.config.threads is not None:
+            torch.set_num_threads(self.config.threads)
+        try:
+            return train_vae(
+                small,
+                wafer=wafer,
+                settings=self.settings,
+                seed=self._class_seed(cls),
+                device=device,
+                augment=augment,
+                progress=self.config.progress,
+                desc=f"vae {cls}",
+            )
+        finally:
+            torch.set_num_threads(old_threads)
 
     def run(self, data: ImageSet) -> ImageSet:
         """Inference: data pass through untouched."""
