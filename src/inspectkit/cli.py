@@ -741,16 +741,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         from inspectkit.stages import Generate
 
-        cfg: dict[str, Any] = {"seed": args.seed}
-        fields = Generate.Config.model_fields
-        for key, value in (
-            ("classes", [args.cls]),
-            ("per_class", counts[args.cls] + args.n),
-            ("epochs", args.epochs),
-            ("progress", _progress(args)),
-        ):
-            if key in fields and value is not None:
-                cfg[key] = value
+        cfg: dict[str, Any] = {
+            "method": "vae",
+            "classes": [args.cls],
+            "per_class": counts[args.cls] + args.n,
+            "seed": args.seed,
+            "progress": _progress(args),
+        }
+        if args.steps:
+            cfg["steps"] = args.steps
         stages.append(Generate(**cfg))
     _say(
         args,
@@ -957,7 +956,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["augment", "vae"], default="augment")
     p.add_argument("--out", metavar="DIR")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=_positive_int, default=None, help="VAE training epochs")
+    p.add_argument("--steps", type=_positive_int, default=None, help="VAE training steps")
     p.add_argument("--size", type=_positive_int, default=None)
     p.add_argument("--channels", type=int, choices=[1, 3], default=None)
     p.set_defaults(func=cmd_generate)
