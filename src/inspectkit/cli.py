@@ -652,7 +652,8 @@ def _anomaly_overlays(scores: Any, out: Path) -> list[Path]:
         entries.append(
             {"file": name, "id": s.id, "score": float(scores.scores[i]), "anomalous": verdict}
         )
-    (out / "overlays.json").write_text(json.dumps(entries, indent=2))
+    index = {"method": "anomaly_map", "threshold": scores.threshold, "overlays": entries}
+    (out / "overlays.json").write_text(json.dumps(index, indent=2))
     return paths
 
 
