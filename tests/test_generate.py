@@ -78,7 +78,7 @@ def test_generated_wafers_are_valid_and_have_their_class_shape(fitted) -> None:
     assert fail_share(c, centre) > 0.5 > 0.2 > fail_share(c, edge)
     assert fail_share(r, edge) > 0.5 > 0.2 > fail_share(r, centre)
     # generated maps differ from one another (sampled, not a fixed template)
-    assert len({bytes(m.numpy()) for m in c}) == len(c)
+    assert len({bytes(m.numpy()) for m in c}) >= 0.9 * len(c)
 
 
 def test_run_is_identity(fitted, wafers) -> None:
@@ -115,7 +115,7 @@ def test_same_seed_same_generators(wafers) -> None:
 def test_few_samples_fall_back_to_augmentation_with_warning(caplog) -> None:
     data = pattern_wafers({"center": 12, "ring": 5})
     with caplog.at_level(logging.WARNING, logger="inspectkit.stages.generate"):
-        gen = Generate(per_class=20, **(FAST | {"steps": 10}))
+        gen = Generate(per_class=20, fail_budget=None, **(FAST | {"steps": 10}))
         out = gen.fit_run(data)
     assert "'ring' has 5 real samples" in caplog.text
     assert gen.generators["ring"]["method"] == "augment"
@@ -123,6 +123,18 @@ def test_few_samples_fall_back_to_augmentation_with_warning(caplog) -> None:
     assert out.class_counts() == {"center": 20, "ring": 20}
     ring = out.select(lambda s: s.label == "ring" and s.synthetic).image_tensor()
     assert torch.equal(ring[:, 0] > 0, INSIDE.expand(len(ring), -1, -1))
+
+
+def test_generator_that_missed_the_pattern_falls_back(caplog) -> None:
+    data = pattern_wafers({"center": 12})
+    # one training step: the decoder still says "fail" about everywhere
+    with caplog.at_level(logging.WARNING, logger="inspectkit.stages.generate"):
+        gen = Generate(per_class=20, **(FAST | {"steps": 1}))
+        out = gen.fit_run(data)
+    assert "has not learned the pattern" in caplog.text
+    assert gen.generators["center"]["method"] == "augment"
+    assert gen.generators["center"]["fail_ratio"] > 2
+    assert out.class_counts() == {"center": 20}
 
 
 def test_method_augment_for_every_class() -> None:

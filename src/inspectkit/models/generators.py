@@ -255,6 +255,7 @@ def sample_wafers(
     *,
     generator: torch.Generator,
     temperature: float = 1.0,
+    sharpness: float = 1.0,
 ) -> torch.Tensor:
     """Generate one wafer map per given outline.
 
@@ -265,6 +266,9 @@ def sample_wafers(
             with nearest neighbour.
         generator: Source of latent codes and die draws.
         temperature: Scale of the latent prior's standard deviation.
+        sharpness: Factor on the fail logits before each die is drawn: 1 draws from
+            the decoder's probabilities as they are (speckled), large values approach
+            a 0.5 threshold (clean shapes, no speckle).
 
     Returns:
         ``N×1×H×W`` uint8 codes: 0 outside each outline, 1 pass, 2 fail.
@@ -275,7 +279,7 @@ def sample_wafers(
     inside = outlines > 0
     small = F.interpolate(inside.to(torch.float32), size=(s, s), mode="nearest-exact")
     z = torch.randn(n, model.latent, generator=generator) * temperature
-    p = torch.sigmoid(model.decode(z, small))
+    p = torch.sigmoid(model.decode(z, small) * sharpness)
     fail = torch.rand(p.shape, generator=generator) < p
     fail = F.interpolate(fail.to(torch.uint8), size=(h, w), mode="nearest-exact").bool()
     out = inside.to(torch.uint8)

@@ -71,6 +71,14 @@ class Generate(Stage[ImageSet, ImageSet]):
         beta: Weight of the KL term (warmed up over the first 30 % of steps).
         temperature: Scale of the latent prior when sampling (below 1: more typical
             samples, above 1: more varied).
+        sharpness: Wafer maps: factor on the decoder's fail logits before each die is
+            drawn (1: speckled draws from the VAE's probabilities; 3: clean pattern
+            shapes with a little speckle; large: a 0.5 threshold).
+        fail_budget: Wafer maps: a trained generator must put between
+            ``fail_budget ×`` and ``1 / fail_budget ×`` the real maps' mean share of
+            fail dies into its samples; otherwise it has not learned the pattern (thin
+            scratches are the usual case) and the class falls back to augmentation
+            with a logged warning. ``None`` switches the check off.
         min_samples: Classes with fewer real samples fall back to augmentation (with a
             logged warning); a class with none is an error.
         train_augment: Augment every training batch (wafer-aware rotations and flips
@@ -109,6 +117,8 @@ class Generate(Stage[ImageSet, ImageSet]):
         lr: float = Field(2e-3, gt=0, le=1)
         beta: float = Field(1.0, gt=0)
         temperature: float = Field(1.0, gt=0, le=10)
+        sharpness: float = Field(3.0, ge=1, le=100)
+        fail_budget: float | None = Field(0.5, gt=0, le=1)
         min_samples: int = Field(8, ge=1)
         train_augment: bool = True
         augment: AugmentRanges = Field(default_factory=AugmentRanges)
@@ -235,8 +245,40 @@ class Generate(Stage[ImageSet, ImageSet]):
                 if not wafer:
                     entry["samples"] = images[kept[:0]].clone()  # outlines not needed
             self.generators[c] = entry
+            if entry["method"] == "vae" and wafer and cfg.fail_budget is not None:
+                self._check_fail_budget(c, images[src])
         self.fitted = True
         return self
+
+    def _check_fail_budget(self, cls: str, real: torch.Tensor) -> None:
+        """Fall back to augmentation when the generator's fail-die share is far off the real one."""
+        budget = self.config.fail_budget
+        assert budget is not None
+        probe = self.sample(cls, 256, seed=self._class_seed(cls) + 1).image_tensor()
+
+        def share(maps: torch.Tensor) -> float:
+            inside = (maps > 0).sum((1, 2, 3)).clamp(min=1)
+            return float(((maps == 2).sum((1, 2, 3)) / inside).mean())
+
+        real_share, gen_share = share(real), share(probe)
+        ratio = gen_share / max(real_share, 1e-6)
+        self.generators[cls]["fail_ratio"] = round(ratio, 4)
+        if not budget <= ratio <= 1 / budget:
+            log.warning(
+                "Generate: the VAE of class %r puts %.1f%% fail dies on its maps against %.1f%% "
+                "in the real ones (ratio %.2f outside [%.2f, %.2f]); it has not learned the "
+                "pattern, so the class falls back to augmentation",
+                cls,
+                100 * gen_share,
+                100 * real_share,
+                ratio,
+                budget,
+                1 / budget,
+            )
+            entry = self.generators[cls]
+            entry["method"] = "augment"
+            entry.pop("weights", None)
+            self._models.pop(cls, None)
 
     def _class_seed(self, cls: str) -> int:
         index = self.classes.index(cls) if cls in self.classes else 0
@@ -346,7 +388,11 @@ class Generate(Stage[ImageSet, ImageSet]):
             if self.wafer:
                 pick = spread_sources(len(stored), n, gen)
                 images = sample_wafers(
-                    model, stored[pick], generator=gen, temperature=self.config.temperature
+                    model,
+                    stored[pick],
+                    generator=gen,
+                    temperature=self.config.temperature,
+                    sharpness=self.config.sharpness,
                 )
                 origins = pick.tolist()
             else:
@@ -413,7 +459,11 @@ class Generate(Stage[ImageSet, ImageSet]):
             "dtype": self.dtype,
             "timings": dict(self.timings),
             "generators": {
-                c: {k: v for k, v in e.items() if k in ("method", "n_real", "samples", "weights")}
+                c: {
+                    k: v
+                    for k, v in e.items()
+                    if k in ("method", "n_real", "samples", "weights", "fail_ratio")
+                }
                 for c, e in self.generators.items()
             },
         }
