@@ -103,7 +103,7 @@ class AutoEncoder(AnomalyModel):
         latent_channels: int = 32,
         epochs: int = 30,
         lr: float = 2e-3,
-        loss: str = "ssim",
+        loss: str = "l2",
         map: str = "ssim",
         sigma: float = 4.0,
         seed: int = 0,
@@ -183,7 +183,7 @@ class AutoEncoder(AnomalyModel):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss) * idx.numel()
+                total += float(loss.detach()) * idx.numel()
             sched.step()
             bar.update(1)
             bar.set_postfix(loss=total / n)

@@ -93,9 +93,29 @@ class AnomalyModel(nn.Module):
             yield to_float(images[s : s + self.batch_size]).to(self._device)
 
     def upsample_smooth(self, patch_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """``N×h×w`` patch scores → ``N×H×W`` maps: bilinear upsampling then Gaussian blur."""
-        maps = torch.nn.functional.interpolate(
-            patch_maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False
+        """``N×h×w`` patch scores → ``N×H×W`` maps: bilinear upsampling then Gaussian blur.
+
+        A feature cell ``i`` of a stride-``s`` layer (convolutions padded to "same", as in
+        ResNets and EfficientNets) is centred on pixel ``s·i``, not on ``s·i + (s−1)/2``
+        where plain ``interpolate`` puts it; sampling at ``pixel / s`` keeps maps aligned
+        with the image (plain interpolation shifts them by up to 7.5 px at stride 16).
+        """
+        n, h, w = patch_maps.shape
+        big_h, big_w = size
+        if (h, w) == (big_h, big_w):
+            return gaussian_smooth(patch_maps, self.sigma)
+        dev = patch_maps.device
+        ys = torch.arange(big_h, device=dev, dtype=torch.float32) * (h / big_h)
+        xs = torch.arange(big_w, device=dev, dtype=torch.float32) * (w / big_w)
+        gy = 2 * ys / max(h - 1, 1) - 1 if h > 1 else torch.zeros_like(ys)
+        gx = 2 * xs / max(w - 1, 1) - 1 if w > 1 else torch.zeros_like(xs)
+        grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], -1)  # H×W×2 as (x, y)
+        maps = torch.nn.functional.grid_sample(
+            patch_maps.unsqueeze(1).float(),
+            grid.unsqueeze(0).expand(n, -1, -1, -1),
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=True,
         ).squeeze(1)
         return gaussian_smooth(maps, self.sigma)
 

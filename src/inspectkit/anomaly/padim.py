@@ -121,7 +121,7 @@ class PaDiM(AnomalyModel):
                 "score images of the training size"
             )
         delta = e.permute(2, 3, 0, 1).reshape(h * w, b, d) - self.mean.unsqueeze(1)  # P×B×d
-        m = torch.einsum("pbd,pde,pbe->pb", delta, self.inv_cov, delta).clamp_min_(0).sqrt_()
+        m = (torch.bmm(delta, self.inv_cov) * delta).sum(2).clamp_min_(0).sqrt_()  # P×B
         patch_maps = m.T.reshape(b, h, w)
         maps = self.upsample_smooth(patch_maps, tuple(x.shape[-2:]))
         return maps.flatten(1).amax(1), maps

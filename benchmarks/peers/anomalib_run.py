@@ -1,0 +1,114 @@
+"""Peer worker for benchmarks/bench_anomaly.py: anomalib 2.7.0 PatchCore / PaDiM.
+
+Run with the anomalib virtualenv's python (benchmarks/peers/anomalib.sh creates it):
+
+    bench-venvs/anomalib/bin/python benchmarks/peers/anomalib_run.py JOB.json
+
+JOB.json: {"model": "patchcore"|"padim", "backbone", "layers", "coreset_ratio",
+"weights" (converted timm state dict or null), "size", "train": [paths], "test": [paths],
+"out": folder, "batch_size"}. The anomalib lightning model is built exactly as a user
+would (``Patchcore(backbone=..., pre_trained=False, coreset_sampling_ratio=...)``) and its
+torch model is driven directly (no Lightning Trainer, so no framework overhead is
+counted against it). Pre-processing is anomalib's own default: antialiased resize to
+256×256 and ImageNet normalisation; gray replicated to 3 channels.
+Writes scores.npy, maps.npy (float16, N×H×W) and timing.json into "out".
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def load(paths: list[str], size: int) -> torch.Tensor:
+    out = torch.empty(len(paths), 1, size, size, dtype=torch.uint8)
+    for i, p in enumerate(paths):
+        img = torch.from_numpy(np.asarray(Image.open(p).convert("L"))).unsqueeze(0)
+        out[i] = TF.resize(img, [size, size], antialias=True)
+    return out
+
+
+def prep(x: torch.Tensor) -> torch.Tensor:
+    x = x.float().div(255).expand(-1, 3, -1, -1)
+    return (x - MEAN) / STD
+
+
+def main() -> None:
+    job = json.loads(Path(sys.argv[1]).read_text())
+    out = Path(job["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    from anomalib.models import Padim, Patchcore
+
+    layers = job["layers"]
+    if job["model"] == "patchcore":
+        lm = Patchcore(
+            backbone=job["backbone"],
+            layers=layers,
+            pre_trained=False,
+            coreset_sampling_ratio=job["coreset_ratio"],
+        )
+    else:
+        kwargs = {"n_features": job.get("n_features")} if job.get("n_features") else {}
+        lm = Padim(backbone=job["backbone"], layers=layers, pre_trained=False, **kwargs)
+    model = lm.model
+    if job.get("weights"):
+        state = torch.load(job["weights"], map_location="cpu", weights_only=True)
+        fx = model.feature_extractor.feature_extractor
+        own = fx.state_dict()
+        missing = [k for k in own if k not in state or state[k].shape != own[k].shape]
+        if missing:
+            raise SystemExit(f"pretrained weights do not cover {missing[:5]}")
+        fx.load_state_dict({k: state[k] for k in own}, strict=True)
+    bs = job.get("batch_size", 32)
+    size = job["size"]
+    train = load(job["train"], size)
+    t0 = time.perf_counter()
+    model.train()
+    # anomalib keeps the backbone in eval mode during "training" (feature collection)
+    model.feature_extractor.eval()
+    with torch.no_grad():
+        for s in range(0, len(train), bs):
+            model(prep(train[s : s + bs]))
+    t_feat = time.perf_counter() - t0
+    lm.fit()  # coreset (PatchCore) or Gaussian (PaDiM)
+    fit_s = time.perf_counter() - t0
+    del train
+    test = load(job["test"], size)
+    model.eval()
+    scores, maps = [], []
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        for s in range(0, len(test), bs):
+            res = model(prep(test[s : s + bs]))
+            scores.append(res.pred_score.flatten().float())
+            maps.append(res.anomaly_map.reshape(-1, size, size).half())
+    predict_s = time.perf_counter() - t1
+    np.save(out / "scores.npy", torch.cat(scores).numpy())
+    np.save(out / "maps.npy", torch.cat(maps).numpy())
+    bank = getattr(model, "memory_bank", None)
+    (out / "timing.json").write_text(
+        json.dumps(
+            {
+                "fit_s": fit_s,
+                "feature_s": t_feat,
+                "predict_s": predict_s,
+                "n_test": len(test),
+                "bank": int(bank.shape[0]) if isinstance(bank, torch.Tensor) else None,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""Good-only anomaly detection: detectors, stage, calibration, persistence, bad input."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from inspectkit import Pipeline
+from inspectkit.anomaly import (
+    AnomalyDetector,
+    PaDiM,
+    PatchCore,
+    SelfSupervised,
+    cutpaste,
+    f1_optimal_threshold,
+    greedy_coreset,
+    normalize,
+    threshold_at_false_alarm_rate,
+)
+from inspectkit.anomaly.patchcore import nearest_distances
+from inspectkit.errors import ConfigError, DataError, InspectkitError, NotFittedError
+from inspectkit.metrics.anomaly import image_auroc
+from inspectkit.models.features import FeatureExtractor
+from inspectkit.records import AnomalyScores, ImageSet, SampleMeta
+
+SIZE = 64
+RADIUS = 6
+
+
+def textures(n: int, seed: int, defect: bool = False) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Striped gray textures (random period and phase, mild noise); defects are dark discs."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(SIZE).float(), torch.arange(SIZE).float(), indexing="ij")
+    imgs, masks, centres = [], [], []
+    for _ in range(n):
+        f = 2 * math.pi / 10
+        phase = float(torch.rand(1, generator=g)) * 2 * math.pi
+        img = 0.5 + 0.25 * torch.sin(f * xx + phase) + 0.03 * torch.randn(SIZE, SIZE, generator=g)
+        mask = torch.zeros(SIZE, SIZE)
+        if defect:
+            cy, cx = torch.randint(14, SIZE - 14, (2,), generator=g).tolist()
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= RADIUS**2
+            img[disc] = 0.05
+            mask[disc] = 1
+            centres.append((cy, cx))
+        imgs.append((img.clamp(0, 1) * 255).round().to(torch.uint8))
+        masks.append(mask.to(torch.uint8))
+    return torch.stack(imgs).unsqueeze(1), torch.stack(masks).unsqueeze(1), centres
+
+
+def image_set(images: torch.Tensor, label: str | None, prefix: str, masks=None) -> ImageSet:
+    samples = [SampleMeta(id=f"{prefix}{i}", label=label) for i in range(images.shape[0])]
+    return ImageSet(images=images, masks=masks, samples=samples, classes=["good", "bad"])
+
+
+@pytest.fixture(scope="module")
+def data() -> dict:
+    good, _, _ = textures(24, seed=0)
+    test_good, test_good_masks, _ = textures(8, seed=1)
+    test_bad, test_bad_masks, centres = textures(8, seed=2, defect=True)
+    test = ImageSet.concat(
+        [
+            image_set(test_good, "good", "tg", test_good_masks),
+            image_set(test_bad, "bad", "tb", test_bad_masks),
+        ]
+    )
+    return {"train": image_set(good, "good", "g"), "test": test, "centres": centres}
+
+
+FAST_OPTIONS = {
+    "patchcore": {"coreset_ratio": 0.5, "layers": ["layer1", "layer2"]},
+    "padim": {"n_features": 64},
+    "autoencoder": {"epochs": 12, "batch_size": 8},
+    "selfsupervised": {"steps": 8, "crop_size": 32, "batch_size": 8, "n_features": 48},
+}
+
+
+@pytest.fixture(scope="module")
+def fitted(data) -> dict:
+    """One fitted stage per method, shared by the tests below (fitting is the slow part)."""
+    out = {}
+    for method, opts in FAST_OPTIONS.items():
+        det = AnomalyDetector(
+            method=method,
+            size=SIZE,
+            options=opts,
+            progress=False,
+            calibration_fraction=0.25,
+            target_false_alarm_rate=0.2,
+            device="cpu",
+        )
+        out[method] = det.fit(data["train"])
+    return out
+
+
+@pytest.mark.parametrize("method", list(FAST_OPTIONS))
+def test_defects_score_higher_and_maps_peak_at_defect(fitted, data, method):
+    res = fitted[method].run(data["test"])
+    assert isinstance(res, AnomalyScores)
+    assert tuple(res.maps.shape) == (16, SIZE, SIZE)
+    good, bad = res.scores[:8], res.scores[8:]
+    assert float(bad.mean()) > float(good.mean())
+    assert image_auroc(res) >= 0.9
+    # the anomaly map of a defective image peaks at (or right next to) the defect
+    hits = 0
+    for i, (cy, cx) in enumerate(data["centres"]):
+        peak = int(res.maps[8 + i].argmax())
+        py, px = divmod(peak, SIZE)
+        hits += math.hypot(py - cy, px - cx) <= RADIUS + 8
+    assert hits >= 6, f"{method}: map peaked at the defect in {hits}/8 images"
+    # verdicts and normalised scores agree with the threshold
+    assert res.threshold is not None
+    assert torch.equal(res.is_anomalous, res.scores > res.threshold)
+    assert torch.equal(res.normalized > 0.5, res.is_anomalous)
+
+
+@pytest.mark.parametrize("method", list(FAST_OPTIONS))
+def test_save_load_through_pipeline_gives_identical_scores(fitted, data, method, tmp_path):
+    pipe = Pipeline([fitted[method]])
+    before = pipe.run(data["test"])
+    pipe.save(tmp_path / "model")
+    loaded = Pipeline.load(tmp_path / "model")
+    after = loaded.run(data["test"])
+    assert torch.equal(before.scores, after.scores)
+    assert torch.equal(before.maps, after.maps)
+    assert after.threshold == before.threshold
+    assert torch.equal(before.normalized, after.normalized)
+
+
+def test_calibration_hits_target_false_alarm_rate(fitted):
+    det = fitted["padim"]
+    cal_imgs, _, _ = textures(60, seed=11)
+    fresh_imgs, _, _ = textures(60, seed=12)
+    det_copy = AnomalyDetector(**det.config.model_dump())
+    det_copy.set_state(det.get_state())
+    det_copy.calibrate(image_set(cal_imgs, "good", "c"), target_false_alarm_rate=0.25)
+    cal = det_copy.run(image_set(cal_imgs, "good", "c"))
+    rate = float(cal.is_anomalous.float().mean())
+    assert 0.25 - 1 / 60 <= rate <= 0.25  # exact on the calibration images
+    fresh = det_copy.run(image_set(fresh_imgs, "good", "f"))
+    assert abs(float(fresh.is_anomalous.float().mean()) - 0.25) <= 0.17
+
+
+def test_threshold_quantile_on_many_scores():
+    scores = torch.randn(20_000, generator=torch.Generator().manual_seed(0))
+    for rate in (0.005, 0.05, 0.3):
+        thr = threshold_at_false_alarm_rate(scores, rate)
+        assert abs(float((scores > thr).float().mean()) - rate) <= 1 / 20_000
+        fresh = torch.randn(20_000, generator=torch.Generator().manual_seed(1))
+        assert abs(float((fresh > thr).float().mean()) - rate) < 0.01
+
+
+def test_f1_optimal_threshold_separates_labelled_defects():
+    scores = torch.tensor([0.1, 0.2, 0.3, 0.35, 0.6, 0.7, 0.8])
+    bad = torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    thr = f1_optimal_threshold(scores, bad)
+    assert torch.equal(scores > thr, bad.bool())
+
+
+def test_calibrate_with_defects_uses_f1(fitted, data):
+    det = AnomalyDetector(**fitted["patchcore"].config.model_dump())
+    det.set_state(fitted["patchcore"].get_state())
+    det.calibrate(data["test"])
+    res = det.run(data["test"])
+    truth = torch.tensor([lab == "bad" for lab in res.labels])
+    assert float((res.is_anomalous == truth).float().mean()) >= 0.9
+
+
+def test_normalize_maps_threshold_to_half():
+    out = normalize(
+        torch.tensor([-1.0, 0.0, 2.0, 5.0, 10.0, 20.0]), threshold=5.0, low=0.0, high=10.0
+    )
+    assert out.tolist() == pytest.approx([0.0, 0.0, 0.2, 0.5, 1.0, 1.0])
+
+
+# ---------------------------------------------------------------------- building blocks
+def test_greedy_coreset_covers_better_than_random():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(20, 8, generator=g) * 10
+    x = centres.repeat_interleave(50, 0) + 0.1 * torch.randn(1000, 8, generator=g)
+    sel = greedy_coreset(x, 20, generator=torch.Generator().manual_seed(0))
+    assert len(set(sel.tolist())) == 20
+    radius = torch.cdist(x, x[sel]).min(1).values.max()
+    rand = torch.randperm(1000, generator=g)[:20]
+    radius_rand = torch.cdist(x, x[rand]).min(1).values.max()
+    assert radius < 1.0 < radius_rand  # one pick per cluster vs. missed clusters
+
+
+def test_projected_search_finds_true_neighbours_on_structured_features():
+    g = torch.Generator().manual_seed(0)
+    basis = torch.randn(16, 384, generator=g)
+    bank = torch.randn(3000, 16, generator=g) @ basis
+    queries = torch.randn(500, 16, generator=g) @ basis
+    exact_d, exact_i = nearest_distances(queries, bank)
+    proj = torch.randn(384, 64, generator=g) / 8
+    d, i = nearest_distances(queries, bank, projection=proj, rerank=16)
+    assert float((i == exact_i).float().mean()) >= 0.95
+    rel = (d - exact_d) / exact_d
+    assert float(rel.min()) >= -1e-4  # never closer than the true neighbour
+    assert float(rel.mean()) < 0.005 and float(rel.max()) < 0.1
+
+
+def test_patchcore_bank_respects_ratio_and_cap():
+    imgs, _, _ = textures(6, seed=3)
+    pc = PatchCore(coreset_ratio=0.5, max_bank_size=40, progress=False, device="cpu").fit(imgs)
+    assert pc.memory_bank.shape[0] <= 40
+    pc2 = PatchCore(
+        coreset_ratio=0.25, max_bank_size=None, chunk_size=64, progress=False, device="cpu"
+    )
+    pc2.fit(imgs)
+    assert pc2.memory_bank.shape[0] == 6 * 64 // 4  # 8×8 grid per 64-px image, chunks of 64
+
+
+def test_custom_module_backbone_with_layer_names():
+    net = nn.Sequential()
+    net.add_module("stem", nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU()))
+    net.add_module("mid", nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU()))
+    net.add_module("deep", nn.Sequential(nn.Conv2d(16, 16, 3, 2, 1), nn.ReLU()))
+    good, _, _ = textures(8, seed=4)
+    pc = PatchCore(backbone=net, layers=["mid", "deep"], progress=False, device="cpu").fit(good)
+    scores, maps = pc.score(good[:2])
+    assert scores.shape == (2,) and maps.shape == (2, SIZE, SIZE)
+
+
+def test_cutpaste_changes_a_local_region_only():
+    img = torch.rand(1, 64, 64, generator=torch.Generator().manual_seed(0))
+    for scar in (False, True):
+        out = cutpaste(img, torch.Generator().manual_seed(1), scar=scar)
+        changed = (out != img).float().mean()
+        assert 0 < float(changed) < 0.3
+
+
+def test_same_seed_same_scores():
+    good, _, _ = textures(6, seed=5)
+    a = PaDiM(n_features=20, seed=3, progress=False, device="cpu").fit(good).score(good)[0]
+    b = PaDiM(n_features=20, seed=3, progress=False, device="cpu").fit(good).score(good)[0]
+    assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------- bad input
+def test_fit_on_zero_images_is_refused():
+    empty = ImageSet(images=torch.zeros(0, 1, SIZE, SIZE, dtype=torch.uint8), samples=[])
+    with pytest.raises(DataError, match="empty"):
+        AnomalyDetector(method="padim", size=SIZE, progress=False).fit(empty)
+    with pytest.raises(DataError, match="at least one good image"):
+        PaDiM(progress=False).fit(torch.zeros(0, 1, SIZE, SIZE))
+
+
+def test_predict_before_fit_is_refused(data):
+    with pytest.raises(NotFittedError, match="fit"):
+        AnomalyDetector(method="padim", size=SIZE, progress=False).run(data["test"])
+    with pytest.raises(NotFittedError, match="fitted"):
+        PatchCore(progress=False).score(torch.rand(1, 1, SIZE, SIZE))
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0, -0.1, 1.5])
+def test_target_rate_outside_open_unit_interval_is_refused(rate, fitted, data):
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        AnomalyDetector(method="padim", target_false_alarm_rate=rate)
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        threshold_at_false_alarm_rate(torch.rand(10), rate)
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        fitted["padim"].calibrate(data["test"], target_false_alarm_rate=rate)
+
+
+def test_weights_file_for_another_backbone_is_refused(tmp_path):
+    from torchvision.models import resnet18
+
+    path = tmp_path / "r18.pt"
+    torch.save(resnet18(weights=None).state_dict(), path)
+    FeatureExtractor("resnet18", ["layer2"], weights=path)  # the right file loads
+    with pytest.raises(ConfigError, match="does not match the architecture"):
+        AnomalyDetector(method="patchcore", backbone="resnet34", weights=str(path))
+    junk = tmp_path / "junk.pt"
+    torch.save({"conv1.weight": torch.zeros(3)}, junk)
+    with pytest.raises(ConfigError, match="does not match"):
+        PatchCore(backbone="resnet18", weights=junk)
+    with pytest.raises(ConfigError, match="does not exist"):
+        PatchCore(backbone="resnet18", weights=tmp_path / "missing.pt")
+
+
+def test_defective_samples_in_fit_are_refused_or_dropped(data, caplog):
+    mixed = data["test"]
+    with pytest.raises(DataError, match="labelled defective"):
+        AnomalyDetector(method="padim", size=SIZE, progress=False).fit(mixed)
+    det = AnomalyDetector(
+        method="padim", size=SIZE, progress=False, on_defective="drop", options={"n_features": 16}
+    )
+    with caplog.at_level(logging.WARNING):
+        det.fit(mixed)
+    assert "dropping 8 defective" in caplog.text
+    only_bad = mixed.subset(range(8, 16))
+    with pytest.raises(DataError, match="nothing good"):
+        AnomalyDetector(method="padim", size=SIZE, on_defective="drop", progress=False).fit(
+            only_bad
+        )
+
+
+def test_mixed_image_sizes_are_resized(data):
+    imgs, _, _ = textures(6, seed=6)
+    ragged = [imgs[i, :, : 40 + 4 * i, :] for i in range(6)]
+    ragged_set = ImageSet(images=ragged, samples=[SampleMeta(id=str(i)) for i in range(6)])
+    det = AnomalyDetector(method="padim", size=32, progress=False, options={"n_features": 16})
+    res = det.fit(ragged_set).run(ragged_set)
+    assert tuple(res.maps.shape) == (6, 32, 32)
+
+
+def test_bad_options_are_config_errors():
+    with pytest.raises(ConfigError, match="options"):
+        AnomalyDetector(method="patchcore", options={"coreset_rate": 0.1})
+    with pytest.raises(ConfigError, match="coreset_ratio"):
+        AnomalyDetector(method="patchcore", options={"coreset_ratio": 0})
+    with pytest.raises(ConfigError, match="unknown backbone"):
+        AnomalyDetector(method="padim", backbone="resnet_does_not_exist")
+    with pytest.raises(ConfigError, match="no layer"):
+        AnomalyDetector(method="padim", layers=["layer9"])
+    with pytest.raises(ConfigError, match="head"):
+        SelfSupervised(head="knn")
+    assert issubclass(ConfigError, InspectkitError)

@@ -1,0 +1,126 @@
+"""Anomaly metrics against scikit-learn and hand-checked cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from inspectkit.errors import DataError
+from inspectkit.metrics import anomaly_report, aupro, image_auroc, pixel_auroc
+from inspectkit.metrics.anomaly import threshold_metrics
+from inspectkit.records import AnomalyScores, SampleMeta
+
+
+def scores_record(scores, labels, *, maps=None, masks=None, threshold=None, synthetic=()):
+    n = len(scores)
+    samples = [SampleMeta(id=f"s{i}", label=labels[i], synthetic=i in synthetic) for i in range(n)]
+    s = torch.tensor(scores, dtype=torch.float32)
+    fields = {}
+    if threshold is not None:
+        fields = {"threshold": threshold, "is_anomalous": s > threshold}
+    size = 8 if maps is None else maps.shape[-1]
+    return AnomalyScores(
+        images=torch.zeros(n, 1, size, size, dtype=torch.uint8),
+        masks=masks,
+        samples=samples,
+        classes=["good", "crack"],
+        scores=s,
+        maps=maps,
+        **fields,
+    )
+
+
+def test_image_auroc_matches_sklearn_and_uses_labels():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=50)
+    truth = rng.integers(0, 2, size=50)
+    assert image_auroc(torch.tensor(scores), torch.tensor(truth)) == pytest.approx(
+        roc_auc_score(truth, scores)
+    )
+    labels = ["crack" if t else "good" for t in truth]
+    rec = scores_record(scores.tolist(), labels)
+    assert image_auroc(rec) == pytest.approx(roc_auc_score(truth, scores), abs=1e-6)
+
+
+def test_synthetic_samples_are_ignored():
+    rec = scores_record([0.1, 0.9, 0.2, 0.8], ["good", "crack", "good", "good"], synthetic={3})
+    assert image_auroc(rec) == 1.0  # the synthetic good sample scoring 0.8 is dropped
+
+
+def test_image_auroc_is_nan_with_one_class():
+    assert math.isnan(image_auroc(torch.tensor([0.1, 0.2]), torch.tensor([0, 0])))
+
+
+def test_pixel_auroc_matches_sklearn_and_resizes_masks():
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(3, 8, 8, generator=g)
+    masks = torch.zeros(3, 1, 16, 16, dtype=torch.uint8)
+    masks[0, :, 4:8, 4:8] = 1
+    masks[2, :, 0:6, 10:16] = 1
+    small = (
+        torch.nn.functional.interpolate(masks.float(), size=(8, 8), mode="nearest-exact")[:, 0] > 0
+    )
+    expected = roc_auc_score(small.flatten().numpy(), maps.flatten().numpy())
+    assert pixel_auroc(maps, masks) == pytest.approx(expected)
+    rec = scores_record(
+        [0.5, 0.1, 0.7],
+        ["crack", "good", "crack"],
+        maps=maps,
+        masks=masks[:, :, ::2, ::2].contiguous(),
+    )
+    assert pixel_auroc(rec) == pytest.approx(
+        roc_auc_score((masks[:, :, ::2, ::2][:, 0] > 0).flatten().numpy(), maps.flatten().numpy())
+    )
+
+
+def test_aupro_perfect_random_and_region_weighting():
+    masks = torch.zeros(2, 1, 32, 32, dtype=torch.uint8)
+    masks[0, :, 2:4, 2:4] = 1  # tiny region
+    masks[1, :, 8:28, 8:28] = 1  # big region
+    perfect = masks[:, 0].float()
+    assert aupro(perfect, masks) == pytest.approx(1.0, abs=1e-3)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.rand(2, 32, 32, generator=g)
+    # random maps: overlap ≈ false-positive rate, so the area up to 0.3 is 0.045 → 0.15
+    big = torch.zeros(2, 1, 32, 32, dtype=torch.uint8)
+    big[0, :, 2:18, 2:18] = 1
+    big[1, :, 8:28, 8:28] = 1
+    assert aupro(noise, big) == pytest.approx(0.15, abs=0.04)
+    # finding only the big region gets half the credit: every region weighs the same
+    half = perfect.clone()
+    half[0] = 0
+    assert aupro(half + 0.001 * noise, masks) == pytest.approx(0.5, abs=0.05)
+
+
+def test_threshold_metrics_and_report():
+    rec = scores_record(
+        [0.1, 0.2, 0.6, 0.7, 0.9, 0.3],
+        ["good", "good", "good", "crack", "crack", "crack"],
+        threshold=0.5,
+    )
+    m = threshold_metrics(rec)
+    # flagged: 0.6 (good, false alarm), 0.7 and 0.9 (defects); missed: 0.3
+    assert m["false_alarm_rate"] == pytest.approx(1 / 3)
+    assert m["miss_rate"] == pytest.approx(1 / 3)
+    assert m["f1"] == pytest.approx(2 / 3)
+    report = anomaly_report(rec)
+    assert report.metrics["threshold"] == pytest.approx(0.5)
+    assert report.counts == {"good": 3, "defective": 3, "flagged": 3}
+    assert "pixel" in " ".join(report.notes)
+    report.to_json()
+
+
+def test_metrics_refuse_missing_inputs():
+    rec = scores_record([0.1, 0.9], ["good", "crack"])
+    with pytest.raises(DataError, match="no threshold"):
+        threshold_metrics(rec)
+    with pytest.raises(DataError, match="maps"):
+        pixel_auroc(rec)
+    with pytest.raises(DataError, match="ground truth"):
+        image_auroc(torch.tensor([0.1, 0.2]))
+    with pytest.raises(DataError, match="masks"):
+        pixel_auroc(torch.rand(2, 4, 4))
