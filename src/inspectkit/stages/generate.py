@@ -322,8 +322,9 @@ class Generate(Stage[ImageSet, ImageSet]):
 
     def fit_run(self, data: ImageSet) -> ImageSet:
         """Training time: fit the generators, then the real samples followed by synthetic ones."""
-        self.fit(data)
+        self.check_input(data)
         data = data.materialize()
+        self.fit(data)
         plan = self._plan(data)
         base = data if type(data) is ImageSet else ImageSet.build(**data.base_fields())
         if base.masks is not None or base.boxes is not None:
