@@ -452,10 +452,10 @@ def main() -> None:
     # run in order of priority, so that a cut-short run still answers the main questions
     priority = [
         "inspectkit PatchCore r=0.1",
-        "inspectkit PaDiM",
-        "inspectkit SelfSupervised (CutPaste, gaussian)",
         "anomalib PatchCore r=0.001",
+        "inspectkit PaDiM",
         "anomalib PaDiM",
+        "inspectkit SelfSupervised (CutPaste, gaussian)",
         "inspectkit PatchCore r=0.001",
         "inspectkit PatchCore r=0.1 (EffNet-Lite0 ImageNet)",
         "anomalib PatchCore r=0.001 (EffNet-Lite0 ImageNet)",

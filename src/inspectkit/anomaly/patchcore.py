@@ -162,7 +162,7 @@ class PatchCore(AnomalyModel):
         projection_dim: int | None = 128,
         search_dim: int | None = 128,
         rerank: int = 16,
-        chunk_size: int = 16_384,
+        chunk_size: int = 8_192,
         num_neighbors: int = 9,
         pool_size: int = 3,
         sigma: float = 4.0,
