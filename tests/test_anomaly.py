@@ -273,8 +273,9 @@ def test_weights_file_for_another_backbone_is_refused(tmp_path):
     path = tmp_path / "r18.pt"
     torch.save(resnet18(weights=None).state_dict(), path)
     FeatureExtractor("resnet18", ["layer2"], weights=path)  # the right file loads
+    det = AnomalyDetector(method="patchcore", backbone="resnet34", weights=str(path), size=32)
     with pytest.raises(ConfigError, match="does not match the architecture"):
-        AnomalyDetector(method="patchcore", backbone="resnet34", weights=str(path))
+        det.fit(image_set(textures(4, seed=7)[0], "good", "w"))
     junk = tmp_path / "junk.pt"
     torch.save({"conv1.weight": torch.zeros(3)}, junk)
     with pytest.raises(ConfigError, match="does not match"):
@@ -321,3 +322,20 @@ def test_bad_options_are_config_errors():
     with pytest.raises(ConfigError, match="head"):
         SelfSupervised(head="knn")
     assert issubclass(ConfigError, InspectkitError)
+
+
+def test_saved_pipeline_carries_backbone_weights(tmp_path):
+    from torchvision.models import resnet18
+
+    weights = tmp_path / "r18.pt"
+    torch.manual_seed(123)
+    torch.save(resnet18(weights=None).state_dict(), weights)
+    imgs = image_set(textures(6, seed=8)[0], "good", "w")
+    det = AnomalyDetector(method="patchcore", weights=str(weights), size=32, progress=False)
+    pipe = Pipeline([det.fit(imgs)])
+    before = pipe.run(imgs).scores
+    seeded = AnomalyDetector(method="patchcore", size=32, progress=False).fit(imgs)
+    assert not torch.equal(before, seeded.run(imgs).scores)  # the file's weights were used
+    pipe.save(tmp_path / "model")
+    weights.unlink()  # the saved pipeline must not need the weights file any more
+    assert torch.equal(Pipeline.load(tmp_path / "model").run(imgs).scores, before)

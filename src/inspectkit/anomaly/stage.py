@@ -147,8 +147,9 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         self.threshold: float | None = None
         self.low = 0.0
         self.high = 1.0
-        if self.config.method != "autoencoder":
-            self.detector = self._build(self.config.weights, in_channels=1)
+        # Built once without the weights file to refuse bad options, backbones and layers
+        # now; fit() builds afresh with the weights (a saved pipeline needs no such file).
+        self.detector = self._build(None, in_channels=1)
 
     # ------------------------------------------------------------------ building
     def _build(self, weights: str | None, in_channels: int) -> AnomalyModel:
@@ -219,8 +220,7 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         data = self._good_only(data)
         images = self._prepare(data)
         self.in_channels = int(images.shape[1])
-        if self.config.method == "autoencoder":
-            self.detector = self._build(None, in_channels=self.in_channels)
+        self.detector = self._build(self.config.weights, in_channels=self.in_channels)
         n = images.shape[0]
         frac = self.config.calibration_fraction
         n_cal = round(frac * n) if frac > 0 else 0
