@@ -246,6 +246,7 @@ class PatchCore(AnomalyModel):
         total = 0
         cap = self.max_bank_size
         ratio = self.coreset_ratio
+        capped = False
         bar = progress_bar(enabled=self.show_progress, total=images.shape[0], desc="PatchCore fit")
 
         def flush() -> None:
@@ -254,7 +255,9 @@ class PatchCore(AnomalyModel):
                 return
             chunk = torch.cat(buffer)
             buffer, buffered = [], 0
-            n_sel = max(1, math.ceil(ratio * chunk.shape[0]))
+            share = ratio * chunk.shape[0]
+            # rounded down when the bank is capped, so the chunks' shares stay under the cap
+            n_sel = max(1, math.floor(share + 1e-9) if capped else math.ceil(share))
             sel = chunk if n_sel >= chunk.shape[0] else self._select(chunk, n_sel, proj, gen)
             kept.append(sel)
             kept_n += sel.shape[0]
@@ -273,6 +276,7 @@ class PatchCore(AnomalyModel):
                 expected = images.shape[0] * (patches.shape[0] // x.shape[0])
                 if cap is not None and ratio * expected > cap:
                     ratio = cap / expected  # each chunk takes its share of the capped bank
+                    capped = True
             total += patches.shape[0]
             for s in range(0, patches.shape[0], self.chunk_size):
                 part = patches[s : s + self.chunk_size]
