@@ -17,6 +17,7 @@ Writes scores.npy, maps.npy (float16, N×H×W) and timing.json into "out".
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,7 @@ def main() -> None:
     out = Path(job["out"])
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     from anomalib.models import Padim, Patchcore
 
     layers = job["layers"]
