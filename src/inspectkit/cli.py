@@ -812,7 +812,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(
             json.dumps(
                 {
-                    "metrics": report.metrics,
+                    "metrics": {k: (v if v == v else None) for k, v in report.metrics.items()},
                     "out": str(out),
                     "report_html": str(html),
                     "seconds": round(elapsed, 1),
