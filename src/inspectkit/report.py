@@ -395,8 +395,10 @@ def _mistakes_scores(scores: AnomalyScores, limit: int) -> str:
         return "<p>No mistake at the threshold.</p>"
     sub = scores.subset(picked).materialize()
     lo = hi = 0.0
-    if scores.maps is not None:
-        lo, hi = float(scores.maps.min()), float(scores.maps.max())
+    if scores.maps is not None:  # one scale for all maps, robust to a few extreme pixels
+        flat = scores.maps.detach().float().flatten()
+        flat = flat[:: max(1, flat.numel() // 1_000_000)]
+        lo, hi = float(flat.min()), float(torch.quantile(flat, 0.995))
     cells = []
     for j, smp in enumerate(sub.samples):
         hm = _normalise_map(sub.maps[j], lo, hi) if sub.maps is not None else None
