@@ -1011,8 +1011,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+def _one_line(exc: BaseException, limit: int = 600) -> str:
+    """The message on one line, cut after ``limit`` characters (full text with ``-v``)."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit and not logging.getLogger().isEnabledFor(logging.INFO):
+        text = text[:limit].rstrip() + " … (run with -v for the full message)"
+    return text
 
 
 if __name__ == "__main__":  # pragma: no cover
