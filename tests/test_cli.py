@@ -330,6 +330,50 @@ def test_generate_wafer_npz_loads_back(work: Path) -> None:
     assert len(list((out / "previews").glob("*.png"))) == 7
 
 
+def test_lswmd_pickle_round_trip(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(5)
+    n = 12
+    labels = ["Center", "none", "", "Scratch"]  # "" = unlabelled, as in the original file
+    df = pd.DataFrame(
+        {
+            "waferMap": [rng.integers(0, 3, (20 + i, 18 + i)).astype(np.uint8) for i in range(n)],
+            "dieSize": [1000.0 + i for i in range(n)],
+            "lotName": [f"lot{i // 3}" for i in range(n)],
+            "waferIndex": [float(i + 1) for i in range(n)],
+            "trianTestLabel": [np.array([["Training"]])] * n,
+            "failureType": [
+                np.array([[labels[i % 4]]]) if labels[i % 4] else np.zeros((0, 0)) for i in range(n)
+            ],
+        }
+    )
+    pkl = work / "LSWMD.pkl"
+    df.to_pickle(pkl)
+    model = work / "models" / "lswmd"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(pkl),
+                "--out",
+                str(model),
+                "--epochs",
+                "1",
+                "--size",
+                "16",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    card = json.loads((model / "inspectkit-model.json").read_text())
+    assert card["layout"] == "lswmd" and card["samples"] == 9  # unlabelled rows skipped
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(model), "--data", str(pkl), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["total"] == 9
+
+
 # ---------------------------------------------------------------------- anomaly: MVTec layout
 def test_anomaly_train_predict_evaluate_explain(
     work: Path, capsys: pytest.CaptureFixture[str]
