@@ -1,8 +1,8 @@
 """Semiconductor wafer test (EDS): classify WM-811K wafer-map failure patterns.
 
 The line: wafer maps of varying size → ``Wrangle`` (nearest-neighbour resize that keeps
-the 0/1/2 die codes) → ``Augment`` tops up the rare defect classes (fit time only,
-flagged synthetic so no metric counts them) → a compact CNN ``Classifier`` → ``GradCAM``
+the 0/1/2 die codes) → ``Generate`` trains a small VAE per rare defect class and tops it up
+with new maps (fit time only, flagged synthetic so no metric counts them) → a compact CNN ``Classifier`` → ``GradCAM``
 heatmaps for every prediction.
 
 Data fusion and a group-aware split: each map's die grid (rows × columns) identifies the
@@ -34,7 +34,7 @@ import inspectkit as ik
 from inspectkit.metrics import classification_report
 from inspectkit.report import write_html
 from inspectkit.sources import attach_metadata, load_wafer_maps
-from inspectkit.stages import Augment, Classifier, Wrangle
+from inspectkit.stages import Classifier, Generate, Wrangle
 from inspectkit.stages.wrangle import split_of
 from inspectkit.xai import GradCAM
 
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small subset, a few epochs")
     ap.add_argument("--out", default="examples-out/wafer-line", help="model + report folder")
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--vae-steps", type=int, default=None, help="VAE steps per rare class")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -101,8 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     rare = [c for c, n in counts.items() if 0 < n < largest // 4]
     epochs = args.epochs or (8 if quick else 30)
     stages = [Wrangle(size=32 if quick else 64)]
-    if rare:
-        stages.append(Augment(per_class=largest // 4, classes=rare, rotation=180, seed=args.seed))
+    if rare:  # a small VAE per rare class draws new maps (fit time only, flagged synthetic)
+        stages.append(
+            Generate(
+                method="vae",
+                per_class=largest // 4,
+                classes=rare,
+                steps=args.vae_steps or (60 if quick else 500),
+                seed=args.seed,
+                progress=not quick,
+            )
+        )
     stages += [
         Classifier(
             arch="compact",
@@ -116,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         GradCAM(progress=False),
     ]
     pipe = ik.Pipeline(stages)
-    print(f"rare classes topped up by augmentation: {rare or 'none'}; {epochs} epochs")
+    print(f"rare classes topped up by a VAE: {rare or 'none'}; {epochs} epochs")
     pipe.fit(fit_part)
 
     # 5. evaluate: unseen products, then the official test file
