@@ -9,7 +9,7 @@ overlays of the test tiles and an HTML report with the score histograms.
 
 Run::
 
-    python examples/magnetic_tile_line.py --quick     # ~1 min on 2 CPU cores
+    python examples/magnetic_tile_line.py --quick     # ~15 s of CPU
     python examples/magnetic_tile_line.py             # every tile
 
 Data: ``$INSPECTKIT_DATA/magnetic_tile`` or ``../shared/data/magnetic_tile``.

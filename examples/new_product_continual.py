@@ -12,7 +12,7 @@ previous model) and writes an HTML report.
 
 Run::
 
-    python examples/new_product_continual.py --quick            # ~1 min on 2 CPU cores
+    python examples/new_product_continual.py --quick            # ~15 s of CPU
     python examples/new_product_continual.py --buffer none      # the forgetting baseline
 
 Data: ``$INSPECTKIT_DATA/wm811k`` or ``../shared/data/wm811k``.

@@ -1,9 +1,9 @@
 """Semiconductor wafer test (EDS): classify WM-811K wafer-map failure patterns.
 
 The line: wafer maps of varying size → ``Wrangle`` (nearest-neighbour resize that keeps
-the 0/1/2 die codes) → ``Generate`` trains a small VAE per rare defect class and tops it up
-with new maps (fit time only, flagged synthetic so no metric counts them) → a compact CNN ``Classifier`` → ``GradCAM``
-heatmaps for every prediction.
+the 0/1/2 die codes) → ``Generate`` trains a small VAE per rare defect class and tops
+the class up with new maps (fit time only, flagged synthetic so no metric counts them)
+→ a compact CNN ``Classifier`` → ``GradCAM`` heatmaps for every prediction.
 
 Data fusion and a group-aware split: each map's die grid (rows × columns) identifies the
 product it was made for. The example joins that product key onto the samples with
@@ -14,7 +14,7 @@ train and hold-out.
 
 Run::
 
-    python examples/semiconductor_wafer_line.py --quick     # ~1 min on 2 CPU cores
+    python examples/semiconductor_wafer_line.py --quick     # ~15 s of CPU
     python examples/semiconductor_wafer_line.py             # the full training split
 
 Data: ``$INSPECTKIT_DATA/wm811k`` or ``../shared/data/wm811k`` (see the README).

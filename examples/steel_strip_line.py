@@ -8,7 +8,7 @@ boxes, 1 = all of it) and mask L1.
 
 Run::
 
-    python examples/steel_strip_line.py --quick     # ~1 min on 2 CPU cores
+    python examples/steel_strip_line.py --quick     # ~15 s of CPU
     python examples/steel_strip_line.py             # all 1,770 images
 
 Data: ``$INSPECTKIT_DATA/neu_det`` or ``../shared/data/neu_det`` (see the README).
