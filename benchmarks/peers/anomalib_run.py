@@ -10,7 +10,8 @@ JOB.json: {"model": "patchcore"|"padim", "backbone", "layers", "coreset_ratio",
 would (``Patchcore(backbone=..., pre_trained=False, coreset_sampling_ratio=...)``) and its
 torch model is driven directly (no Lightning Trainer, so no framework overhead is
 counted against it). Pre-processing is anomalib's own default: antialiased resize to
-256×256 and ImageNet normalisation; gray replicated to 3 channels.
+256×256 and ImageNet normalisation; gray replicated to 3 channels. As on the inspectkit
+side, decoding is outside the timers and resizing inside them.
 Writes scores.npy, maps.npy (float16, N×H×W) and timing.json into "out".
 """
 
@@ -31,12 +32,13 @@ MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
-def load(paths: list[str], size: int) -> torch.Tensor:
-    out = torch.empty(len(paths), 1, size, size, dtype=torch.uint8)
-    for i, p in enumerate(paths):
-        img = torch.from_numpy(np.asarray(Image.open(p).convert("L"))).unsqueeze(0)
-        out[i] = TF.resize(img, [size, size], antialias=True)
-    return out
+def load(paths: list[str]) -> list[torch.Tensor]:
+    """Decoded images at their own sizes (decoding is not timed, resizing is)."""
+    return [torch.from_numpy(np.array(Image.open(p).convert("L"))).unsqueeze(0) for p in paths]
+
+
+def resized(images: list[torch.Tensor], size: int) -> torch.Tensor:
+    return torch.stack([TF.resize(img, [size, size], antialias=True) for img in images])
 
 
 def prep(x: torch.Tensor) -> torch.Tensor:
@@ -74,25 +76,25 @@ def main() -> None:
         fx.load_state_dict({k: state[k] for k in own}, strict=True)
     bs = job.get("batch_size", 32)
     size = job["size"]
-    train = load(job["train"], size)
+    train = load(job["train"])
     t0 = time.perf_counter()
     model.train()
     # anomalib keeps the backbone in eval mode during "training" (feature collection)
     model.feature_extractor.eval()
     with torch.no_grad():
         for s in range(0, len(train), bs):
-            model(prep(train[s : s + bs]))
+            model(prep(resized(train[s : s + bs], size)))
     t_feat = time.perf_counter() - t0
     lm.fit()  # coreset (PatchCore) or Gaussian (PaDiM)
     fit_s = time.perf_counter() - t0
     del train
-    test = load(job["test"], size)
+    test = load(job["test"])
     model.eval()
     scores, maps = [], []
     t1 = time.perf_counter()
     with torch.no_grad():
         for s in range(0, len(test), bs):
-            res = model(prep(test[s : s + bs]))
+            res = model(prep(resized(test[s : s + bs], size)))
             scores.append(res.pred_score.flatten().float())
             maps.append(res.anomaly_map.reshape(-1, size, size).half())
     predict_s = time.perf_counter() - t1

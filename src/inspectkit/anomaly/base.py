@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.v2 import functional as TF
 
 from inspectkit.errors import DataError, NotFittedError
 from inspectkit.ops import to_float
@@ -26,14 +26,26 @@ log = logging.getLogger(__name__)
 
 
 def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Blur ``N×H×W`` maps with a Gaussian of ``sigma`` pixels (kernel 2·⌊4σ+0.5⌋+1)."""
+    """Blur ``N×H×W`` maps with a Gaussian of ``sigma`` pixels (kernel 2·⌊4σ+0.5⌋+1).
+
+    Separable (one row pass, one column pass) with reflected borders: the same result as
+    torchvision's ``gaussian_blur`` at a fraction of the cost for σ = 4 (33-tap kernel).
+    """
     if sigma <= 0:
         return maps
     k = 2 * int(4 * sigma + 0.5) + 1
-    k = min(k, 2 * (min(maps.shape[-2:]) // 2) - 1) if min(maps.shape[-2:]) < k else k
+    limit = 2 * ((min(maps.shape[-2:]) - 1) // 2) + 1  # reflect padding needs pad < side
+    k = min(k, limit)
     if k < 3:
         return maps
-    return TF.gaussian_blur(maps.unsqueeze(1), [k, k], [sigma, sigma]).squeeze(1)
+    ax = torch.arange(k, dtype=maps.dtype, device=maps.device) - k // 2
+    kernel = torch.exp(-0.5 * (ax / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    pad = k // 2
+    x = maps.unsqueeze(1)
+    x = F.conv2d(F.pad(x, [pad, pad, 0, 0], mode="reflect"), kernel.view(1, 1, 1, k))
+    x = F.conv2d(F.pad(x, [0, 0, pad, pad], mode="reflect"), kernel.view(1, 1, k, 1))
+    return x.squeeze(1)
 
 
 def check_images(images: Any, what: str = "images") -> torch.Tensor:

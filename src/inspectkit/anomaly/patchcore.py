@@ -111,7 +111,8 @@ def nearest_distances(
             m = m + (q * q).sum(1)
         else:
             cand = d2.topk(k, dim=1, largest=False).indices  # q×k
-            exact = ((bank[cand] - q.unsqueeze(1)) ** 2).sum(2)  # q×k
+            dots = torch.bmm(bank[cand], q.unsqueeze(2)).squeeze(2)  # q×k
+            exact = bank_sq[cand] - 2 * dots + (q * q).sum(1, keepdim=True)
             m, j = exact.min(1)
             i = cand.gather(1, j.unsqueeze(1)).squeeze(1)
         dists.append(m.clamp_min_(0).sqrt_())
