@@ -7,8 +7,7 @@ Names are imported on first use, so ``import inspectkit.models`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from inspectkit._lazy import lazy_exports
 
 _LAZY: dict[str, str] = {
     # classifiers (classifier issue)
@@ -30,12 +29,4 @@ _LAZY: dict[str, str] = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'inspectkit.models' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -6,8 +6,7 @@ matters to the loader that needs it.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from inspectkit._lazy import lazy_exports
 
 _LAZY = {
     "WM811K_CLASSES": "inspectkit.sources.wafer",
@@ -23,12 +22,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'inspectkit.sources' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
