@@ -898,7 +898,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train and evaluate a wafer-map classifier on shipped sample data",
     )
     p.add_argument("--out", default="inspectkit-demo", help="output folder (model + report)")
-    p.add_argument("--epochs", type=_positive_int, default=12)
+    p.add_argument("--epochs", type=_positive_int, default=30)
     p.add_argument(
         "--size", type=_positive_int, default=48, help="wafer maps are resized to SIZE×SIZE"
     )
