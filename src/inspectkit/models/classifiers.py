@@ -25,7 +25,6 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +32,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from inspectkit.errors import ConfigError, PersistenceError
+from inspectkit.models.weights import read_state_dict, state_dict_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -275,50 +275,16 @@ _HEAD_PREFIX = {
 }
 
 
-def _read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    p = Path(path)
-    if not p.is_file():
-        raise PersistenceError(f"weights file {p} not found")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise PersistenceError(
-            f"weights file {p} cannot be read as a tensor state dict ({type(exc).__name__}: {exc}); "
-            "save it with torch.save(model.state_dict(), path)"
-        ) from None
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    ):
-        raise PersistenceError(f"weights file {p} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
 def _load_backbone_weights(model: nn.Module, arch: str, path: str | os.PathLike[str]) -> None:
     """Load a torchvision-layout state dict; the classification head may differ in shape."""
-    sd = _read_weights(path)
+    sd = read_state_dict(path, error=PersistenceError)
     own = model.state_dict()
     head = _HEAD_PREFIX[arch]
-    missing = [k for k in own if k not in sd and not k.startswith(head)]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [
-        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in sd and sd[k].shape != own[k].shape and not k.startswith(head)
-    ]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
-        if wrong:
-            parts.append(f"shape mismatches {wrong[:3]}")
+    problems = state_dict_mismatch(own, sd, ignore_prefix=head)
+    if problems:
         raise PersistenceError(
             f"weights file {path} does not match torchvision's {arch}: "
-            + "; ".join(parts)
+            + "; ".join(problems)
             + f". Use a state dict saved from torchvision.models.{arch}()"
         )
     usable = {k: v for k, v in sd.items() if not (k.startswith(head) and v.shape != own[k].shape)}

@@ -33,6 +33,7 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from inspectkit.errors import ConfigError
+from inspectkit.models.weights import read_state_dict, state_dict_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -76,42 +77,12 @@ def load_weights(
         ConfigError: The file is missing, unreadable, or made for another architecture.
     """
     path = Path(weights)
-    if not path.is_file():
-        raise ConfigError(f"{what} weights file {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ConfigError(
-            f"{what} weights file {str(path)!r} cannot be read safely: {exc}"
-        ) from None
-    if isinstance(state, dict):
-        for key in ("state_dict", "model"):
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(
-            f"{what} weights file {str(path)!r} does not hold a state_dict of tensors"
-        )
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-        detail = []
-        if missing:
-            detail.append(f"{len(missing)} tensors missing (e.g. {missing[:3]})")
-        if unexpected:
-            detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-        if mismatched:
-            detail.append(f"{len(mismatched)} of another shape (e.g. {mismatched[:2]})")
+    state = read_state_dict(path, error=ConfigError, what=f"{what} weights file")
+    problems = state_dict_mismatch(module.state_dict(), state)
+    if problems:
         raise ConfigError(
             f"{what} weights file {str(path)!r} does not match the architecture: "
-            + "; ".join(detail)
+            + "; ".join(problems)
             + ". Use weights saved from the same backbone (model.state_dict())."
         )
     module.load_state_dict(state, strict=True)
