@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import logging
 import typing
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from typing_extensions import Self
 
 from inspectkit.errors import ConfigError, DataError, NotFittedError
@@ -38,6 +38,16 @@ log = logging.getLogger(__name__)
 
 #: Types allowed in a stage's state besides tensors (``torch.load(weights_only=True)`` safe).
 PLAIN_TYPES = (str, int, float, bool, type(None))
+
+
+def _square_size(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    return value
+
+
+#: An image size ``(H, W)`` config field; a single int ``n`` means ``(n, n)``.
+ImageSize = Annotated[tuple[int, int], BeforeValidator(_square_size)]
 
 
 class StageConfig(BaseModel):
@@ -171,4 +181,4 @@ def check_state(state: Any, path: str = "state") -> None:
     )
 
 
-__all__ = ["In", "Out", "Stage", "StageConfig", "check_state"]
+__all__ = ["ImageSize", "In", "Out", "Stage", "StageConfig", "check_state"]

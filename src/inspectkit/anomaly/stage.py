@@ -49,7 +49,7 @@ from inspectkit.errors import ConfigError, DataError
 from inspectkit.metrics.anomaly import DEFAULT_GOOD_LABELS
 from inspectkit.ops import resize_images
 from inspectkit.records import AnomalyScores, ImageSet, SampleMeta
-from inspectkit.stage import Stage, StageConfig
+from inspectkit.stage import ImageSize, Stage, StageConfig
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         backbone: str = "resnet18"
         weights: str | None = None
         layers: list[str] | None = None
-        size: tuple[int, int] = (256, 256)
+        size: ImageSize = (256, 256)
         good_labels: list[str] = Field(default_factory=lambda: list(DEFAULT_GOOD_LABELS))
         on_defective: Literal["raise", "drop"] = "raise"
         target_false_alarm_rate: float = 0.005
@@ -114,13 +114,6 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         seed: int = 0
         device: str = "auto"
         progress: bool = True
-
-        @field_validator("size", mode="before")
-        @classmethod
-        def _square(cls, v: Any) -> Any:
-            if isinstance(v, int) and not isinstance(v, bool):
-                v = (v, v)
-            return v
 
         @field_validator("size")
         @classmethod

@@ -50,7 +50,7 @@ from typing_extensions import Self
 from inspectkit.errors import ConfigError, DataError
 from inspectkit.ops import resize_batch, resize_images, to_channels, to_float
 from inspectkit.records import Box, ImageSet, LazyImages, Report, SampleMeta
-from inspectkit.stage import Stage, StageConfig
+from inspectkit.stage import ImageSize, Stage, StageConfig
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +414,7 @@ class Wrangle(Stage[ImageSet, ImageSet]):
     preserves_type = True
 
     class Config(StageConfig):
-        size: tuple[int, int] | None = None
+        size: ImageSize | None = None
         channels: Literal[1, 3] | None = None
         resize: Literal["auto", "nearest", "antialias"] = "auto"
         keep_aspect: bool = False
@@ -426,13 +426,6 @@ class Wrangle(Stage[ImageSet, ImageSet]):
         seed: int = 0
         batch_size: int = Field(1024, ge=1)
         threads: int | Literal["auto"] | None = "auto"
-
-        @field_validator("size", mode="before")
-        @classmethod
-        def _square(cls, v: Any) -> Any:
-            if isinstance(v, int) and not isinstance(v, bool):
-                v = (v, v)
-            return v
 
         @field_validator("size")
         @classmethod
