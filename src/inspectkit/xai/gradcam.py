@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from captum.attr import LayerGradCam
@@ -126,16 +126,6 @@ class GradCAM(Explain):
         target: Literal["predicted"] | int = "predicted"
         batch_size: int = 32
         progress: bool = True
-
-    def __init__(
-        self,
-        model: nn.Module | dict[str, Any] | StageConfig | None = None,
-        config: StageConfig | dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if isinstance(model, dict | StageConfig):
-            model, config = None, model
-        super().__init__(config, model=model, **kwargs)
 
 
 __all__ = ["GradCAM", "compute_gradcam"]

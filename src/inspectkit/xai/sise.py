@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -270,16 +270,6 @@ class SISE(Explain):
         target: Literal["predicted"] | int = "predicted"
         batch_size: int = Field(32, ge=1)
         progress: bool = True
-
-    def __init__(
-        self,
-        model: nn.Module | dict[str, Any] | StageConfig | None = None,
-        config: StageConfig | dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if isinstance(model, dict | StageConfig):
-            model, config = None, model
-        super().__init__(config, model=model, **kwargs)
 
 
 __all__ = ["SISE", "compute_sise", "fuse_blocks", "otsu_threshold"]

@@ -69,11 +69,14 @@ class Explain(Stage[Predictions, Explained]):
 
     def __init__(
         self,
+        model: nn.Module | StageConfig | dict[str, Any] | None = None,
         config: StageConfig | dict[str, Any] | None = None,
-        *,
-        model: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
+        # ``GradCAM(model)`` is an attribution method; ``GradCAM()`` or ``Explain({...})``
+        # (a config in first place) is a pipeline stage.
+        if isinstance(model, dict | StageConfig):
+            model, config = None, model
         super().__init__(config, **kwargs)
         if model is not None and not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch nn.Module, got {type(model).__name__}")
