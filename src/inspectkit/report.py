@@ -35,7 +35,6 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -46,8 +45,9 @@ from PIL import Image
 
 from inspectkit._version import __version__
 from inspectkit.errors import DataError
+from inspectkit.metrics.anomaly import anomaly_truth
 from inspectkit.ops import to_float
-from inspectkit.records import AnomalyScores, Explained, ImageSet, Predictions, Report
+from inspectkit.records import AnomalyScores, Explained, Predictions, Report
 
 log = logging.getLogger(__name__)
 
@@ -145,28 +145,6 @@ def _matrix_figure(
                 colour = "white" if top > 0 and shown[i, j] > 0.6 * top else "black"
                 ax.text(j, i, format(v, fmt), ha="center", va="center", color=colour, fontsize=8)
     return _fig_uri(fig)
-
-
-# ---------------------------------------------------------------------- ground truth
-def anomaly_truth(data: ImageSet, good_labels: Sequence[str] | None = None) -> np.ndarray:
-    """True where a sample shows a defect, by the rule the anomaly metrics use.
-
-    ``meta["anomalous"]`` when a source set it, else the label: unlabelled samples and
-    labels in ``good_labels`` (default :data:`inspectkit.metrics.anomaly.DEFAULT_GOOD_LABELS`)
-    are good, every other label is a defect.
-    """
-    if good_labels is None:
-        from inspectkit.metrics.anomaly import DEFAULT_GOOD_LABELS
-
-        good_labels = DEFAULT_GOOD_LABELS
-    good = set(good_labels)
-    out = []
-    for s in data.samples:
-        flag = s.meta.get("anomalous")
-        out.append(
-            flag if isinstance(flag, bool) else (s.label is not None and s.label not in good)
-        )
-    return np.asarray(out, dtype=bool)
 
 
 # ---------------------------------------------------------------------- sections

@@ -46,9 +46,9 @@ from inspectkit.anomaly.threshold import (
     threshold_at_false_alarm_rate,
 )
 from inspectkit.errors import ConfigError, DataError
-from inspectkit.metrics.anomaly import DEFAULT_GOOD_LABELS
+from inspectkit.metrics.anomaly import DEFAULT_GOOD_LABELS, is_defective
 from inspectkit.ops import resize_images
-from inspectkit.records import AnomalyScores, ImageSet, SampleMeta
+from inspectkit.records import AnomalyScores, ImageSet
 from inspectkit.stage import ImageSize, Stage, StageConfig
 
 log = logging.getLogger(__name__)
@@ -60,14 +60,6 @@ METHODS: dict[str, type[AnomalyModel]] = {
     "autoencoder": AutoEncoder,
     "selfsupervised": SelfSupervised,
 }
-
-
-def is_defective(sample: SampleMeta, good_labels: list[str]) -> bool:
-    """True when a sample is known to show a defect (see module docs for the rule)."""
-    flag = sample.meta.get("anomalous")
-    if isinstance(flag, bool):
-        return flag
-    return sample.label is not None and sample.label not in good_labels
 
 
 class AnomalyDetector(Stage[ImageSet, AnomalyScores]):

@@ -25,20 +25,28 @@ from sklearn.metrics import auc, f1_score, roc_auc_score
 
 from inspectkit.errors import DataError
 from inspectkit.ops import resize_images
-from inspectkit.records import AnomalyScores, Report
+from inspectkit.records import AnomalyScores, ImageSet, Report, SampleMeta
 
 #: Labels that count as "good" (MVTec "good", magnetic tile "Free", WM-811K "none").
 DEFAULT_GOOD_LABELS = ["good", "Free", "ok", "OK", "normal", "none"]
 
 
-def _is_defective(result: AnomalyScores, good_labels: Sequence[str]) -> np.ndarray:
-    out = []
-    for s in result.samples:
-        flag = s.meta.get("anomalous")
-        out.append(
-            flag if isinstance(flag, bool) else (s.label is not None and s.label not in good_labels)
-        )
-    return np.asarray(out, dtype=bool)
+def is_defective(sample: SampleMeta, good_labels: Sequence[str] = DEFAULT_GOOD_LABELS) -> bool:
+    """True when a sample is known to show a defect.
+
+    ``meta["anomalous"]`` when a source set it, else the label: unlabelled samples and
+    labels in ``good_labels`` are good, every other label is a defect.
+    """
+    flag = sample.meta.get("anomalous")
+    if isinstance(flag, bool):
+        return flag
+    return sample.label is not None and sample.label not in good_labels
+
+
+def anomaly_truth(data: ImageSet, good_labels: Sequence[str] | None = None) -> np.ndarray:
+    """Per-sample ground truth (True = defect) by the rule of :func:`is_defective`."""
+    good = DEFAULT_GOOD_LABELS if good_labels is None else good_labels
+    return np.asarray([is_defective(s, good) for s in data.samples], dtype=bool)
 
 
 def _scores_and_truth(
@@ -49,7 +57,7 @@ def _scores_and_truth(
     if isinstance(scores, AnomalyScores):
         real = scores.real()
         s = real.scores.double().numpy()
-        y = _is_defective(real, good_labels) if truth is None else np.asarray(truth, dtype=bool)
+        y = anomaly_truth(real, good_labels) if truth is None else np.asarray(truth, dtype=bool)
     else:
         if truth is None:
             raise DataError("give the ground truth (1 = defective) with raw scores")
@@ -166,7 +174,7 @@ def threshold_metrics(
     real = result.real()
     if real.is_anomalous is None:
         raise DataError("these scores have no threshold; calibrate the detector first")
-    y = _is_defective(real, good_labels)
+    y = anomaly_truth(real, good_labels)
     pred = real.is_anomalous.numpy().astype(bool)
     out = {
         "f1": float(f1_score(y, pred, zero_division=0)) if y.any() else float("nan"),
@@ -189,7 +197,7 @@ def anomaly_report(
         >>> report.metrics["image_auroc"]  # doctest: +SKIP
     """
     real = result.real()
-    y = _is_defective(real, good_labels)
+    y = anomaly_truth(real, good_labels)
     metrics: dict[str, float] = {"image_auroc": image_auroc(real, good_labels=good_labels)}
     notes: list[str] = []
     if real.maps is not None and real.masks is not None:
@@ -214,4 +222,13 @@ def anomaly_report(
     )
 
 
-__all__ = ["anomaly_report", "aupro", "image_auroc", "pixel_auroc", "threshold_metrics"]
+__all__ = [
+    "DEFAULT_GOOD_LABELS",
+    "anomaly_report",
+    "anomaly_truth",
+    "aupro",
+    "image_auroc",
+    "is_defective",
+    "pixel_auroc",
+    "threshold_metrics",
+]
