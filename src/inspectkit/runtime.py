@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import numpy as np
@@ -60,4 +61,18 @@ def progress_bar(*, enabled: bool = True, **kwargs: Any) -> tqdm:
     return tqdm(disable=not enabled, leave=False, dynamic_ncols=True, **kwargs)
 
 
-__all__ = ["progress", "progress_bar", "resolve_device", "seed_everything"]
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a block with ``n`` torch intra-op threads (``None``: leave the setting alone)."""
+    old = torch.get_num_threads()
+    if n is None or n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+__all__ = ["progress", "progress_bar", "resolve_device", "seed_everything", "torch_threads"]

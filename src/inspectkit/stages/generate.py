@@ -38,7 +38,7 @@ from inspectkit.models.generators import (
 )
 from inspectkit.ops import resize_batch
 from inspectkit.records import ImageSet, SampleMeta
-from inspectkit.runtime import resolve_device
+from inspectkit.runtime import resolve_device, torch_threads
 from inspectkit.stage import Stage, StageConfig
 from inspectkit.stages.augment import (
     Mode,
@@ -298,10 +298,7 @@ class Generate(Stage[ImageSet, ImageSet]):
                 return augment_batch(batch, wafer=wafer, ranges=ranges, generator=gen)[0]
 
         log.info("Generate: training a VAE for class %r on %d samples", cls, len(images))
-        old_threads = torch.get_num_threads()
-        if self.config.threads is not None:
-            torch.set_num_threads(self.config.threads)
-        try:
+        with torch_threads(self.config.threads):
             return train_vae(
                 small,
                 wafer=wafer,
@@ -312,8 +309,6 @@ class Generate(Stage[ImageSet, ImageSet]):
                 progress=self.config.progress,
                 desc=f"vae {cls}",
             )
-        finally:
-            torch.set_num_threads(old_threads)
 
     def run(self, data: ImageSet) -> ImageSet:
         """Inference: data pass through untouched."""

@@ -38,8 +38,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -50,6 +49,7 @@ from typing_extensions import Self
 from inspectkit.errors import ConfigError, DataError
 from inspectkit.ops import resize_batch, resize_images, to_channels, to_float
 from inspectkit.records import Box, ImageSet, LazyImages, Report, SampleMeta
+from inspectkit.runtime import torch_threads
 from inspectkit.stage import ImageSize, Stage, StageConfig
 
 log = logging.getLogger(__name__)
@@ -572,7 +572,7 @@ class Wrangle(Stage[ImageSet, ImageSet]):
         threads = self.config.threads
         if threads == "auto":
             threads = 1 if isinstance(data.images, list) and len(data.images) > 1 else None
-        with _intra_op_threads(threads):  # type: ignore[arg-type]
+        with torch_threads(threads):  # type: ignore[arg-type]
             return self._pixels_inner(data)
 
     def _pixels_inner(self, data: ImageSet) -> tuple[Any, Any, Any]:
@@ -656,20 +656,6 @@ class Wrangle(Stage[ImageSet, ImageSet]):
         report.details["output_size"] = list(out.size) if out.size is not None else None
         report.details["normalize"] = self.config.normalize
         return report
-
-
-@contextmanager
-def _intra_op_threads(n: int | None) -> Iterator[None]:
-    """Run a block with ``n`` torch intra-op threads (``None``: leave the setting alone)."""
-    old = torch.get_num_threads()
-    if n is None or n == old:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _shift(b: Box, sx: float, sy: float, left: int, top: int) -> Box:
