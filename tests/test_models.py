@@ -160,3 +160,55 @@ def test_time_budget_shortens_the_schedule() -> None:
     assert result.stopped_early and result.epochs_run < 1000
     # the learning rate was annealed to the end of the shortened schedule
     assert result.history[-1]["lr"] < 3e-3 * 0.05
+
+
+def test_ema_weights_are_the_average_of_the_trajectory_and_are_what_is_kept() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(128, 1, 16, 16)
+    y = (x[:, :, :8].mean((1, 2, 3)) > x[:, :, 8:].mean((1, 2, 3))).long()
+    loader = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 128, 32)]
+
+    def build() -> ClassifierNet:
+        torch.manual_seed(1)
+        return build_classifier("compact", 1, 2, input_size=(16, 16), max_params=5_000)
+
+    # a decay of ~0 means "the average is the last step": identical to plain training
+    plain, tiny = build(), build()
+    torch.manual_seed(2)  # same dropout masks for both runs
+    train_epochs(plain, loader, epochs=2, lr=1e-2, progress=False, schedule="constant")
+    torch.manual_seed(2)
+    train_epochs(tiny, loader, epochs=2, lr=1e-2, progress=False, schedule="constant", ema=1e-9)
+    for (k, a), b in zip(plain.state_dict().items(), tiny.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+
+    # a real decay lags behind the trajectory; validation sees exactly the kept weights
+    seen = []
+
+    def validate(model: torch.nn.Module) -> float:
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return float(len(seen))  # the last epoch is the best
+
+    smooth = build()
+    torch.manual_seed(2)  # the same raw trajectory as `plain`
+    train_epochs(
+        smooth,
+        loader,
+        epochs=2,
+        lr=1e-2,
+        progress=False,
+        schedule="constant",
+        ema=0.9,
+        validate=validate,
+    )
+    for k, v in smooth.state_dict().items():
+        assert torch.equal(v, seen[-1][k]), k
+    head_gap = (smooth.head.weight - plain.head.weight).abs().max()
+    assert head_gap > 1e-4  # averaged, not the last step of the same trajectory
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, 1.5, -0.1])
+def test_ema_decay_outside_the_open_unit_interval_is_refused(decay: float) -> None:
+    net = build_classifier("compact", 1, 2, input_size=(16, 16), max_params=5_000)
+    loader = [(torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 0, 1]))]
+    with pytest.raises(ConfigError, match="ema"):
+        train_epochs(net, loader, epochs=1, progress=False, ema=decay)

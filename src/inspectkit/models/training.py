@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from inspectkit.errors import ConfigError
 from inspectkit.models.distributed import broadcast_float, broadcast_module_buffers
@@ -144,6 +145,24 @@ def _make_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _ema_model(net: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of ``net`` (parameters and buffers) with warm-up:
+    the decay of step ``n`` is ``min(decay, (1 + n) / (10 + n))``, so the first steps are
+    not dominated by the random initial weights."""
+    if not 0.0 < decay < 1.0:
+        raise ConfigError(f"ema decay must be in (0, 1), got {decay}")
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: Any) -> None:
+        if not averaged[0].is_floating_point():  # BatchNorm's step counters
+            torch._foreach_copy_(averaged, current)
+            return
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+
+    return AveragedModel(net, multi_avg_fn=update, use_buffers=True)
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
@@ -208,6 +227,7 @@ def train_epochs(
     amp: bool = True,
     ddp: bool | Literal["auto"] = "auto",
     time_budget: float | None = None,
+    ema: float | None = None,
     progress: bool = True,
     desc: str = "training",
 ) -> TrainResult:
@@ -239,6 +259,10 @@ def train_epochs(
             (``"auto"``); the loader must then shard the data (``DistributedSampler``).
         time_budget: Seconds of training allowed: after each epoch the schedule is
             shortened to the epochs that fit (estimated from the epochs so far).
+        ema: Decay of an exponential moving average of the weights (and BatchNorm
+            statistics), updated after every step with a warm-up (the decay starts low
+            and rises to ``ema``). Validation, best-checkpoint choice and the returned
+            model use the averaged weights. ``None`` trains without one.
         progress: Show a tqdm bar with loss and validation score.
         desc: Label of the progress bar.
 
@@ -264,6 +288,9 @@ def train_epochs(
     use_amp = bool(amp) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     weights = class_weights.to(device).float() if class_weights is not None else None
+    averaged = _ema_model(net, ema) if ema is not None else None
+    # the weights that are validated, kept as the best and returned
+    final_net: nn.Module = averaged.module if averaged is not None else net
 
     planned = epochs
     result = TrainResult()
@@ -301,6 +328,8 @@ def train_epochs(
                 scaler.update()
                 if sched is not None:
                     sched.step()
+                if averaged is not None:
+                    averaged.update_parameters(net)
                 total += float(loss.detach()) * len(y)
                 count += len(y)
                 bar.update(1)
@@ -312,15 +341,15 @@ def train_epochs(
             }
             result.epochs_run = epoch + 1
             if validate is not None:
-                broadcast_module_buffers(net)
-                net.eval()
-                score = broadcast_float(float(validate(net)), device)
+                broadcast_module_buffers(final_net)
+                final_net.eval()
+                score = broadcast_float(float(validate(final_net)), device)
                 entry["val"] = score
                 bar.set_postfix(epoch=epoch + 1, loss=f"{entry['loss']:.4f}", val_f1=f"{score:.4f}")
                 if score > best:
                     best, stale = score, 0
                     result.best_epoch, result.best_score = epoch, score
-                    best_state = copy.deepcopy(net.state_dict())
+                    best_state = copy.deepcopy(final_net.state_dict())
                 else:
                     stale += 1
             else:
@@ -348,6 +377,9 @@ def train_epochs(
         result.stopped_early = True
     if restore_best and best_state is not None:
         net.load_state_dict(best_state)
+    elif averaged is not None:
+        broadcast_module_buffers(final_net)
+        net.load_state_dict(final_net.state_dict())
     net.eval()
     result.seconds = time.perf_counter() - t0
     return result

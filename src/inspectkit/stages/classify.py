@@ -114,6 +114,9 @@ class Classifier(Stage[ImageSet, Predictions]):
             early stopping; 0 trains on everything for ``epochs`` epochs.
         patience: Epochs without a better validation macro-F1 before stopping.
         time_budget: Stop training after this many seconds (checked after each epoch).
+        ema: Decay of an exponential moving average of the weights that is validated and
+            kept (smooths the epoch-to-epoch swings of small, imbalanced data);
+            ``None`` keeps the raw weights.
         seed: Seed of initialisation, split, sampling and augmentation.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
         amp: Mixed precision on CUDA (ignored on CPU).
@@ -151,6 +154,7 @@ class Classifier(Stage[ImageSet, Predictions]):
         val_fraction: float = Field(0.1, ge=0, lt=1)
         patience: int | None = Field(6, ge=0)
         time_budget: float | None = Field(None, gt=0)
+        ema: float | None = Field(None, gt=0, lt=1)
         seed: int = 0
         device: str = "auto"
         amp: bool = True
@@ -429,6 +433,7 @@ class Classifier(Stage[ImageSet, Predictions]):
             patience=c.patience,
             amp=c.amp,
             time_budget=c.time_budget,
+            ema=c.ema,
             progress=c.progress,
             desc=f"Classifier[{c.arch}]",
         )
