@@ -117,7 +117,7 @@ def predicted_names(clf: ContinualClassifier, test: ImageSet, ensemble: bool | N
 
 
 def summarise(
-    R: list[list[float]], pred: list[str], truth: list[str], seconds: float
+    R: list[list[float]], pred: list[str], truth: list[str], seconds: float, cpu: float
 ) -> dict[str, Any]:
     labels = sorted(set(truth))
     out: dict[str, Any] = {
@@ -125,7 +125,8 @@ def summarise(
         "macro_f1": round(
             float(f1_score(truth, pred, labels=labels, average="macro", zero_division=0)), 4
         ),
-        "train_seconds": round(seconds, 1),
+        "train_seconds": round(seconds, 2),
+        "train_cpu_seconds": round(cpu, 2),
         "R": [[round(x, 4) for x in row] for row in R],
     }
     return out
@@ -143,24 +144,25 @@ def run_ours(
     n = len(stream)
     R: list[list[float]] = []
     R_ens: list[list[float]] = []
-    seconds = 0.0
+    seconds = cpu = 0.0
     pred: list[str] = []
     pred_ens: list[str] = []
     for t, e in enumerate(stream):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if t == 0:
             clf.fit(e.train)
         else:
             clf.update(e.train)
         seconds += time.perf_counter() - t0
+        cpu += time.process_time() - c0
         pred = predicted_names(clf, test, ensemble=False)
         R.append(accuracies(pred, truth, exp_of, n))
         if with_ensemble:
             pred_ens = predicted_names(clf, test, ensemble=True)
             R_ens.append(accuracies(pred_ens, truth, exp_of, n))
-    out = {"single": summarise(R, pred, truth, seconds)}
+    out = {"single": summarise(R, pred, truth, seconds, cpu)}
     if with_ensemble:
-        out["ensemble"] = summarise(R_ens, pred_ens, truth, seconds)
+        out["ensemble"] = summarise(R_ens, pred_ens, truth, seconds, cpu)
     return out
 
 
@@ -171,9 +173,9 @@ def run_joint(
         classes=list(stream[-1].seen_classes)
     )
     clf = ContinualClassifier(**{**cfg, "buffer": "none"})
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     clf.fit(train)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     truth = [str(x) for x in test.labels]
     pred = predicted_names(clf, test, ensemble=False)
     acc = accuracies(pred, truth, exp_of, len(stream))
@@ -185,7 +187,8 @@ def run_joint(
         ),
         "forgetting": None,
         "bwt": None,
-        "train_seconds": round(seconds, 1),
+        "train_seconds": round(seconds, 2),
+        "train_cpu_seconds": round(cpu, 2),
         "per_experience_accuracy": [round(a, 4) for a in acc],
     }
 
@@ -242,11 +245,64 @@ def run_avalanche(
     res = json.loads((workdir / "peer.json").read_text())
     truth = [str(x) for x in test.labels]
     pred = [final[i] for i in res["predicted"]]
-    return summarise(res["R"], pred, truth, res["train_seconds"])
+    return summarise(res["R"], pred, truth, res["train_seconds"], res["train_cpu_seconds"])
+
+
+def validation_stream(stream: list[Experience], frac: float, seed: int) -> list[Experience]:
+    """The stream's training data only: each experience's ``train`` split per class into
+    ``1 - frac`` training and ``frac`` validation samples (its ``test``). The test file is
+    never touched, so settings chosen on it are fair."""
+    rng = np.random.default_rng([seed, 7])
+    out = []
+    for e in stream:
+        groups: dict[Any, list[int]] = {}
+        for i, smp in enumerate(e.train.samples):
+            groups.setdefault(smp.label, []).append(i)
+        val: list[int] = []
+        for _, idx in sorted(groups.items(), key=lambda kv: str(kv[0])):
+            k = round(frac * len(idx)) if len(idx) >= 2 else 0
+            val += rng.choice(idx, size=k, replace=False).tolist()
+        rest = sorted(set(range(len(e.train))) - set(val))
+        out.append(
+            Experience(
+                index=e.index,
+                name=e.name,
+                train=e.train.subset(rest),
+                test=e.train.subset(sorted(val)),
+                classes=list(e.classes),
+                seen_classes=list(e.seen_classes),
+            )
+        )
+    return out
+
+
+def pick_temperature(
+    name: str, stream: list[Experience], cfg: dict[str, Any], mem: int, temps: list[float]
+) -> dict[str, Any]:
+    """SNNL temperature with the best final average accuracy of ER-SNNL on a validation
+    split carved from the training data (20 % per class and experience)."""
+    if len(temps) == 1:
+        return {"chosen": temps[0], "validation_accuracy": {}}
+    val = validation_stream(stream, 0.2, cfg["seed"])
+    test, exp_of = joined_test(val)
+    scores: dict[str, float] = {}
+    for t in temps:
+        log.warning("[%s] SNNL temperature %g on the validation split", name, t)
+        r = run_ours(
+            val, test, exp_of, {**cfg, "buffer": "snnl", "capacity": mem, "temperature": t}
+        )
+        scores[str(t)] = r["single"]["final_avg_accuracy"]
+    best = max(temps, key=lambda t: (scores[str(t)], -abs(np.log(t / 0.1))))
+    return {"chosen": best, "validation_accuracy": scores, "buffer": mem, "seed": cfg["seed"]}
 
 
 def bench_stream(
-    name: str, stream: list[Experience], buffers: list[int], cfg: dict[str, Any], peer: bool
+    name: str,
+    stream: list[Experience],
+    buffers: list[int],
+    cfg: dict[str, Any],
+    peer: bool,
+    temperature: float,
 ) -> dict[str, Any]:
     test, exp_of = joined_test(stream)
     res: dict[str, Any] = {
@@ -258,26 +314,26 @@ def bench_stream(
     }
     m = res["methods"]
     t0 = time.perf_counter()
-    log.warning("[%s] fine-tune", name)
+    seed = cfg["seed"]
+    log.warning("[%s seed %d] fine-tune", name, seed)
     m["finetune"] = run_ours(stream, test, exp_of, {**cfg, "buffer": "none"})["single"]
-    log.warning("[%s] joint", name)
+    log.warning("[%s seed %d] joint", name, seed)
     m["joint"] = run_joint(stream, test, exp_of, cfg)
     for mem in buffers:
-        log.warning("[%s] buffer %d: ER-reservoir", name, mem)
+        log.warning("[%s seed %d] buffer %d: ER-reservoir", name, seed, mem)
         m[f"er_reservoir@{mem}"] = run_ours(
             stream, test, exp_of, {**cfg, "buffer": "reservoir", "capacity": mem}
         )["single"]
-        log.warning("[%s] buffer %d: ER-class-balanced", name, mem)
+        log.warning("[%s seed %d] buffer %d: ER-class-balanced", name, seed, mem)
         m[f"er_class_balanced@{mem}"] = run_ours(
             stream, test, exp_of, {**cfg, "buffer": "class_balanced", "capacity": mem}
         )["single"]
-        log.warning("[%s] buffer %d: ER-SNNL (+ ensemble)", name, mem)
-        snnl = run_ours(
-            stream, test, exp_of, {**cfg, "buffer": "snnl", "capacity": mem, "ensemble": True}, True
-        )
+        log.warning("[%s seed %d] buffer %d: ER-SNNL (+ ensemble)", name, seed, mem)
+        snnl_cfg = {**cfg, "buffer": "snnl", "capacity": mem, "temperature": temperature}
+        snnl = run_ours(stream, test, exp_of, {**snnl_cfg, "ensemble": True}, True)
         m[f"er_snnl@{mem}"] = snnl["single"]
         m[f"er_snnl_ensemble@{mem}"] = snnl["ensemble"]
-        log.warning("[%s] buffer %d: batch-level ER + review", name, mem)
+        log.warning("[%s seed %d] buffer %d: batch-level ER + review", name, seed, mem)
         m[f"batch_er_review@{mem}"] = run_ours(
             stream,
             test,
@@ -285,7 +341,7 @@ def bench_stream(
             {**cfg, "buffer": "reservoir", "capacity": mem, "mode": "batch", "review_epochs": 1},
         )["single"]
         if peer:
-            log.warning("[%s] buffer %d: Avalanche replay", name, mem)
+            log.warning("[%s seed %d] buffer %d: Avalanche replay", name, seed, mem)
             with tempfile.TemporaryDirectory() as tmp:
                 m[f"avalanche_replay@{mem}"] = run_avalanche(
                     stream, test, exp_of, cfg, mem, Path(tmp)
@@ -294,35 +350,122 @@ def bench_stream(
     return res
 
 
-def targets(res: dict[str, Any], buffers: list[int]) -> dict[str, Any]:
+FIGURES = (
+    "final_avg_accuracy",
+    "macro_f1",
+    "forgetting",
+    "bwt",
+    "train_seconds",
+    "train_cpu_seconds",
+)
+
+
+def _stat(values: list[float]) -> dict[str, Any]:
+    a = np.asarray(values, dtype=float)
+    return {
+        "mean": round(float(a.mean()), 4),
+        "std": round(float(a.std(ddof=1)), 4) if a.size > 1 else 0.0,
+        "values": [round(float(v), 4) for v in a],
+    }
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per method and figure: mean, sample std and the per-seed values."""
     out: dict[str, Any] = {}
-    for sname, s in res.items():
-        m = s["methods"]
-        acc = {k: v.get("final_avg_accuracy") for k, v in m.items() if isinstance(v, dict)}
+    for method in runs[0]["methods"]:
+        rows = [r["methods"].get(method, {}) for r in runs]
+        if any("error" in row or not row for row in rows):
+            out[method] = {"error": next((row.get("error") for row in rows if row), "missing")}
+            continue
+        out[method] = {
+            f: _stat([row[f] for row in rows])
+            for f in FIGURES
+            if all(row.get(f) is not None for row in rows)
+        }
+    return out
+
+
+def _paired(runs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any] | None:
+    """Per-seed difference ``a − b`` of final average accuracy, in points."""
+    diffs = []
+    for r in runs:
+        ma, mb = r["methods"].get(a, {}), r["methods"].get(b, {})
+        if "final_avg_accuracy" not in ma or "final_avg_accuracy" not in mb:
+            return None
+        diffs.append((ma["final_avg_accuracy"] - mb["final_avg_accuracy"]) * 100)
+    return _stat(diffs)
+
+
+def _total(runs: list[dict[str, Any]], method: str, figure: str) -> float:
+    return float(sum(r["methods"][method][figure] for r in runs))
+
+
+def targets(per_seed: dict[str, list[dict[str, Any]]], buffers: list[int]) -> dict[str, Any]:
+    """The issue's targets on seed means (paired per-seed differences where two methods meet)."""
+    out: dict[str, Any] = {}
+    small, large = min(buffers), max(buffers)
+    for sname, runs in per_seed.items():
+        agg = aggregate(runs)
+        acc = {k: v["final_avg_accuracy"]["mean"] for k, v in agg.items() if "error" not in v}
         t: dict[str, Any] = {}
-        small, large = min(buffers), max(buffers)
-        if f"er_snnl@{small}" in acc:
-            d = (acc[f"er_snnl@{small}"] - acc[f"er_reservoir@{small}"]) * 100
-            t[f"snnl_minus_reservoir_pts@{small}"] = round(d, 2)
-            t["snnl_beats_reservoir_by_2pts"] = d >= 2
-        replay = {k: v for k, v in acc.items() if k.endswith(f"@{large}") and v is not None}
-        if replay:
+        d = _paired(runs, f"er_snnl@{small}", f"er_reservoir@{small}")
+        if d is not None:
+            t[f"snnl_minus_reservoir_pts@{small}"] = d
+            t["snnl_beats_reservoir_by_2pts"] = d["mean"] >= 2
+        d = _paired(runs, f"er_snnl_ensemble@{small}", f"er_reservoir@{small}")
+        if d is not None:
+            t[f"snnl_ensemble_minus_reservoir_pts@{small}"] = d
+        replay = {k: v for k, v in acc.items() if k.endswith(f"@{large}")}
+        if replay and "joint" in acc:
             best = max(replay, key=lambda k: replay[k])
             gap = (acc["joint"] - replay[best]) * 100
             t[f"best_replay@{large}"] = best
             t[f"joint_minus_best_replay_pts@{large}"] = round(gap, 2)
             t["best_replay_within_5pts_of_joint"] = gap <= 5
         for mem in buffers:
-            peer = m.get(f"avalanche_replay@{mem}", {})
-            ours = m.get(f"er_reservoir@{mem}", {})
-            if "final_avg_accuracy" in peer and "final_avg_accuracy" in ours:
-                diff = (ours["final_avg_accuracy"] - peer["final_avg_accuracy"]) * 100
-                speed = peer["train_seconds"] / max(ours["train_seconds"], 1e-9)
-                t[f"reservoir_minus_avalanche_pts@{mem}"] = round(diff, 2)
-                t[f"speedup_vs_avalanche@{mem}"] = round(speed, 2)
-                t[f"matches_avalanche_within_1pt@{mem}"] = abs(diff) <= 1
-                t[f"at_least_1.5x_faster@{mem}"] = speed >= 1.5
+            peer, ours = f"avalanche_replay@{mem}", f"er_reservoir@{mem}"
+            d = _paired(runs, ours, peer)
+            if d is None:
+                continue
+            wall = _total(runs, peer, "train_seconds") / max(
+                _total(runs, ours, "train_seconds"), 1e-9
+            )
+            cpu = _total(runs, peer, "train_cpu_seconds") / max(
+                _total(runs, ours, "train_cpu_seconds"), 1e-9
+            )
+            t[f"reservoir_minus_avalanche_pts@{mem}"] = d
+            t[f"matches_avalanche_within_1pt@{mem}"] = abs(d["mean"]) <= 1
+            t[f"speedup_vs_avalanche_wall@{mem}"] = round(wall, 2)
+            t[f"speedup_vs_avalanche_cpu@{mem}"] = round(cpu, 2)
+            t[f"at_least_1.5x_faster_cpu@{mem}"] = cpu >= 1.5
         out[sname] = t
+    return out
+
+
+def build_streams(
+    train: ImageSet, test: ImageSet, args: argparse.Namespace, seed: int
+) -> dict[str, list[Experience]]:
+    out: dict[str, list[Experience]] = {}
+    if "class_incremental" in args.streams:
+        ci = class_incremental_stream(
+            train,
+            cap_per_class(test, args.test_per_class, seed),
+            CLASS_ORDER,
+            max_train_per_class=args.per_class,
+            seed=seed,
+        )
+        out["class_incremental"] = wrangle_stream(ci, 64)
+    if "domain_incremental" in args.streams:
+        bucket = size_bucket(SIZE_EDGES)
+        di = domain_incremental_stream(
+            train,
+            cap_per_class(test, args.test_per_class, seed, key=bucket),
+            bucket,
+            order=["small", "medium", "large"],
+            max_train_per_class=args.domain_per_class,
+            seed=seed,
+        )
+        out["domain_incremental"] = wrangle_stream(di, 64)
     return out
 
 
@@ -343,19 +486,32 @@ def main() -> None:
     ap.add_argument("--max-params", type=int, default=30_000)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="one full run per seed (subsample, initial weights, batch order, buffer draws)",
+    )
+    ap.add_argument(
+        "--temperatures",
+        type=float,
+        nargs="+",
+        default=[0.03, 0.1, 0.3, 1.0],
+        help="SNNL temperatures tried on a validation split of the first seed's training data",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads (ours and the peer)")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--streams", nargs="+", default=["class_incremental", "domain_incremental"])
     args = ap.parse_args()
     if args.quick:
         args.epochs, args.per_class, args.domain_per_class, args.test_per_class = 1, 20, 8, 10
-        args.buffers = [50]
+        args.buffers, args.seeds, args.temperatures = [50], [0], [0.1, 1.0]
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr)
     os.environ.setdefault("INSPECTKIT_PROGRESS", "0")
     torch.set_num_threads(args.threads)
     # the first optimiser pays torch's one-time import of its compiler stack: not a method's cost
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)], foreach=True)
     started = time.perf_counter()
     load0 = os.getloadavg()
     wm = data_root()
@@ -368,35 +524,37 @@ def main() -> None:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "replay_ratio": 0.5,
-        "seed": args.seed,
         "device": "cpu",
         "progress": False,
     }
-    results: dict[str, Any] = {}
-    if "class_incremental" in args.streams:
-        ci = class_incremental_stream(
-            train,
-            cap_per_class(test, args.test_per_class, args.seed),
-            CLASS_ORDER,
-            max_train_per_class=args.per_class,
-            seed=args.seed,
-        )
-        results["class_incremental"] = bench_stream(
-            "class", wrangle_stream(ci, 64), args.buffers, cfg, not args.no_peer
-        )
-    if "domain_incremental" in args.streams:
-        bucket = size_bucket(SIZE_EDGES)
-        di = domain_incremental_stream(
-            train,
-            cap_per_class(test, args.test_per_class, args.seed, key=bucket),
-            bucket,
-            order=["small", "medium", "large"],
-            max_train_per_class=args.domain_per_class,
-            seed=args.seed,
-        )
-        results["domain_incremental"] = bench_stream(
-            "domain", wrangle_stream(di, 64), args.buffers, cfg, not args.no_peer
-        )
+    per_seed: dict[str, list[dict[str, Any]]] = {}
+    temperature: dict[str, dict[str, Any]] = {}
+    for seed in args.seeds:
+        cfg_s = {**cfg, "seed": seed}
+        for name, stream in build_streams(train, test, args, seed).items():
+            if name not in temperature:
+                temperature[name] = pick_temperature(
+                    name, stream, cfg_s, min(args.buffers), args.temperatures
+                )
+            per_seed.setdefault(name, []).append(
+                bench_stream(
+                    name,
+                    stream,
+                    args.buffers,
+                    cfg_s,
+                    not args.no_peer,
+                    temperature[name]["chosen"],
+                )
+            )
+    results = {
+        name: {
+            "experiences_seed0": runs[0]["experiences"],
+            "snnl_temperature": temperature[name],
+            "methods": aggregate(runs),
+            "per_seed": runs,
+        }
+        for name, runs in per_seed.items()
+    }
     out = {
         "benchmark": "continual",
         "command": "python " + " ".join(sys.argv),
@@ -413,11 +571,19 @@ def main() -> None:
             **cfg,
             **{
                 k: getattr(args, k)
-                for k in ("per_class", "domain_per_class", "test_per_class", "buffers", "threads")
+                for k in (
+                    "per_class",
+                    "domain_per_class",
+                    "test_per_class",
+                    "buffers",
+                    "seeds",
+                    "temperatures",
+                    "threads",
+                )
             },
         },
         "streams": results,
-        "targets": targets(results, args.buffers),
+        "targets": targets(per_seed, args.buffers),
         "total_seconds": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(out, indent=2))

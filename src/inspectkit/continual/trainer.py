@@ -52,22 +52,29 @@ ReplayMode = Literal["experience", "batch"]
 
 
 # ---------------------------------------------------------------------- model helpers
-def wafer_one_hot(images: torch.Tensor) -> torch.Tensor:
+def wafer_one_hot(images: torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:
     """Wafer maps coded 0/1/2 (``N×1×H×W`` uint8) as ``N×3×H×W`` float one-hot channels.
+
+    With ``channels_last=True`` the result is built directly in channels-last memory
+    layout (``N×H×W×3`` storage, no extra copy to convert it).
 
     Example:
         >>> wafer_one_hot(torch.tensor([[[[0, 2]]]], dtype=torch.uint8))[0, :, 0, 1].tolist()
         [0.0, 0.0, 1.0]
     """
+    if channels_last:
+        codes = torch.arange(3, dtype=images.dtype, device=images.device)
+        return (images[:, 0, :, :, None] == codes).float().permute(0, 3, 1, 2)
     codes = torch.arange(3, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     return (images[:, :1] == codes).float()  # 4-5× faster than F.one_hot + permute on CPU
 
 
-def model_input(images: torch.Tensor, kind: str) -> torch.Tensor:
+def model_input(images: torch.Tensor, kind: str, *, channels_last: bool = False) -> torch.Tensor:
     """What the network sees: one-hot codes for wafer maps, [0, 1] floats for photos."""
     if kind == "wafer":
-        return wafer_one_hot(images)
-    return to_float(images, kind=kind)
+        return wafer_one_hot(images, channels_last=channels_last)
+    x = to_float(images, kind=kind)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def input_channels(channels: int, kind: str) -> int:
@@ -247,18 +254,43 @@ class ReplayTrainer:
 
     # ------------------------------------------------------------------ helpers
     def _input(self, images: torch.Tensor) -> torch.Tensor:
-        x = model_input(images, self.kind).to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        # move the raw codes (uint8 travels 4× lighter), then encode in the model's layout
+        x = images.to(self.device, non_blocking=True)
+        return model_input(x, self.kind, channels_last=self.channels_last)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Penultimate features of raw samples (eval mode, no gradient), ``N×D`` on CPU."""
-        was = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                return embedding_fn(self.model)(self._input(images)).float().cpu()
-        finally:
-            self.model.train(was)
+        return self._feature_fn(fuse=False)(images)
+
+    def _feature_fn(self, *, fuse: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A feature function over the model as it is now (for a buffer update).
+
+        With ``fuse=True`` and a network that has a ``fused()`` inference copy
+        (inspectkit's compact CNNs fold BatchNorm into the convolutions), features come
+        from that copy, built once for the whole update; otherwise the live model is
+        switched to eval mode for each call.
+        """
+        fused = getattr(self.model, "fused", None)
+        if fuse and callable(fused):
+            frozen = fused()
+            embed = embedding_fn(frozen)
+
+            def from_copy(images: torch.Tensor) -> torch.Tensor:
+                with torch.inference_mode():
+                    return embed(self._input(images)).float().cpu()
+
+            return from_copy
+
+        def live(images: torch.Tensor) -> torch.Tensor:
+            was = self.model.training
+            self.model.eval()
+            try:
+                with torch.inference_mode():
+                    return embedding_fn(self.model)(self._input(images)).float().cpu()
+            finally:
+                self.model.train(was)
+
+        return live
 
     def _replay_size(self, n_current: int) -> int:
         if self.buffer is None or len(self.buffer) == 0 or self.replay_ratio == 0:
@@ -274,7 +306,10 @@ class ReplayTrainer:
         return float(loss.detach())
 
     def _optimizer(self, lr: float) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.parameters(), lr=lr, weight_decay=self.weight_decay)
+        # foreach: one multi-tensor update instead of a Python loop over ~50 parameters
+        return torch.optim.Adam(
+            self.model.parameters(), lr=lr, weight_decay=self.weight_decay, foreach=True
+        )
 
     # ------------------------------------------------------------------ training
     def train_experience(
@@ -335,7 +370,8 @@ class ReplayTrainer:
         finally:
             bar.close()
         if self.buffer is not None and self.mode == "experience":
-            self.buffer.update(images, labels, features=self.features)
+            feats = self._feature_fn(fuse=True) if self.buffer.needs_features else None
+            self.buffer.update(images, labels, features=feats)
         review_steps = self._review(gen) if self.review_epochs and self.buffer is not None else 0
         if self.ensemble:
             member = copy.deepcopy(self.model).eval()
@@ -412,11 +448,10 @@ def predict_with(
     model.eval()
     outs = []
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             for start in range(0, images.shape[0], batch_size):
-                x = model_input(images[start : start + batch_size], kind).to(device)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = images[start : start + batch_size].to(device)
+                x = model_input(x, kind, channels_last=channels_last)
                 outs.append(torch.softmax(model(x).float(), dim=1).cpu())
     finally:
         model.train(was)
