@@ -339,3 +339,87 @@ def test_saved_pipeline_carries_backbone_weights(tmp_path):
     pipe.save(tmp_path / "model")
     weights.unlink()  # the saved pipeline must not need the weights file any more
     assert torch.equal(Pipeline.load(tmp_path / "model").run(imgs).scores, before)
+
+
+# ---------------------------------------------------------------------- fast paths = reference
+def test_inference_copy_gives_the_same_features_faster_layout():
+    fx = FeatureExtractor("resnet18", ["layer1", "layer2", "layer3"], seed=1).eval()
+    fast = fx.inference_copy()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())  # folded
+    assert any(isinstance(m, nn.BatchNorm2d) for m in fx.modules())  # original untouched
+    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref, out = fx(x), fast(x)
+    for name in ref:
+        assert torch.allclose(out[name], ref[name], rtol=1e-4, atol=1e-4), name
+    assert set(fx.state_dict()) == set(FeatureExtractor("resnet18", fx.layers).state_dict())
+
+
+def test_detector_uses_a_fresh_copy_after_load_state():
+    good, _, _ = textures(6, seed=9)
+    a = PaDiM(n_features=20, seed=1, progress=False, device="cpu").fit(good)
+    b = PaDiM(n_features=20, seed=2, progress=False, device="cpu").fit(good)
+    b.score(good[:1])  # builds b's cached fast extractor
+    b.load_state(a.state_dict())
+    assert torch.allclose(b.score(good)[0], a.score(good)[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("grid,size,sigma", [((8, 8), (64, 64), 4.0), ((7, 5), (50, 33), 2.0)])
+def test_fused_upsample_smooth_equals_sampling_then_blur(grid, size, sigma):
+    model = PaDiM(n_features=8, sigma=sigma, progress=False, device="cpu")
+    maps = torch.rand(3, *grid, generator=torch.Generator().manual_seed(0))
+    fused = model.upsample_smooth(maps, size)
+    ref = model.upsample_smooth_reference(maps, size)
+    assert fused.shape == (3, *size)
+    assert torch.allclose(fused, ref, atol=1e-5)
+
+
+def test_padim_embedding_equals_concatenate_then_select():
+    good, _, _ = textures(4, seed=10)
+    pd = PaDiM(n_features=50, progress=False, device="cpu").fit(good)
+    x = good.float() / 255
+    with torch.no_grad():
+        feats = list(pd.extractor.eval()(x).values())
+        size = feats[0].shape[-2:]
+        up = [nn.functional.interpolate(f, size=size, mode="nearest") for f in feats]
+        ref = torch.cat(up, 1)[:, pd.channel_index]
+        assert torch.allclose(pd.embed(x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_exact_search_matches_brute_force_and_bf16_search_finds_neighbours():
+    g = torch.Generator().manual_seed(0)
+    basis = torch.randn(16, 384, generator=g)
+    bank = torch.randn(5000, 16, generator=g) @ basis + 3.0  # offset: large norms
+    queries = torch.randn(700, 16, generator=g) @ basis + 3.0
+    brute_d, brute_i = torch.cdist(queries, bank).min(1)
+    d, i = nearest_distances(queries, bank)  # exact: float32, no projection
+    assert torch.allclose(d, brute_d, rtol=1e-4)
+    assert float((i == brute_i).float().mean()) >= 0.99
+    proj = torch.randn(384, 64, generator=g) / 8
+    d16, i16 = nearest_distances(
+        queries,
+        bank,
+        projection=proj,
+        center=bank.mean(0),
+        rerank=16,
+        search_dtype=torch.bfloat16,
+    )
+    assert float((i16 == brute_i).float().mean()) >= 0.95
+    rel = (d16 - brute_d) / brute_d
+    assert float(rel.min()) >= -1e-4  # exact distances to a real bank row
+    assert float(rel.mean()) < 0.005
+
+
+def test_patchcore_search_modes_agree():
+    good, _, _ = textures(6, seed=11)
+    test, _, _ = textures(3, seed=12, defect=True)
+    pc = PatchCore(coreset_ratio=0.5, progress=False, device="cpu", search_dim=0)
+    pc.search_dtype = "float32"
+    exact_s, exact_m = pc.fit(good).score(test)
+    pc.search_dim, pc.search_dtype = 128, "bfloat16"
+    pc.reset_caches()
+    s, m = pc.score(test)
+    assert torch.allclose(s, exact_s, rtol=0.02)
+    assert float((m - exact_m).abs().mean() / exact_m.abs().mean()) < 0.01
+    with pytest.raises(ConfigError, match="search_dtype"):
+        PatchCore(search_dtype="float16")

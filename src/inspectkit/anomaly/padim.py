@@ -10,6 +10,7 @@ not grow with the number of training images.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Sequence
@@ -75,15 +76,37 @@ class PaDiM(AnomalyModel):
         self.register_buffer("mean", torch.zeros(0, 0))
         self.register_buffer("inv_cov", torch.zeros(0, 0, 0))
 
+    def _layer_index(self, channels: list[int]) -> list[torch.Tensor]:
+        """``channel_index`` split per layer (local indices), cached."""
+        key = (tuple(channels), self.channel_index.device, self.channel_index.data_ptr())
+        cached = self.__dict__.get("_split_index")
+        if cached is None or cached[0] != key:
+            bounds = torch.tensor([0, *channels]).cumsum(0).tolist()
+            idx = self.channel_index
+            parts = [idx[(idx >= lo) & (idx < hi)] - lo for lo, hi in itertools.pairwise(bounds)]
+            cached = (key, parts)
+            self.__dict__["_split_index"] = cached
+        return cached[1]
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Selected features ``N×d×h×w`` on the first layer's grid."""
-        feats = list(self.extractor(x).values())
+        """Selected features ``N×d×h×w`` on the first layer's grid.
+
+        Channels are picked per layer before the deeper layers are brought to the first
+        layer's grid (nearest neighbour), so only the ``d`` kept channels are upsampled.
+        """
+        feats = list(self.features(x).values())
         size = feats[0].shape[-2:]
-        feats = [
-            f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="nearest")
-            for f in feats
-        ]
-        return torch.cat(feats, 1)[:, self.channel_index]
+        parts = self._layer_index([f.shape[1] for f in feats])
+        out = []
+        for f, idx in zip(feats, parts):
+            if idx.numel() == 0:
+                continue
+            f = f if idx.numel() == f.shape[1] else f.index_select(1, idx)
+            out.append(f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="nearest"))
+        return torch.cat(out, 1)
+
+    def _reset_own_caches(self) -> None:
+        self.__dict__.pop("_split_index", None)
 
     @torch.no_grad()
     def _fit(self, images: torch.Tensor) -> None:
@@ -121,7 +144,7 @@ class PaDiM(AnomalyModel):
                 "score images of the training size"
             )
         delta = e.permute(2, 3, 0, 1).reshape(h * w, b, d) - self.mean.unsqueeze(1)  # P×B×d
-        m = (torch.bmm(delta, self.inv_cov) * delta).sum(2).clamp_min_(0).sqrt_()  # P×B
+        m = torch.bmm(delta, self.inv_cov).mul_(delta).sum(2).clamp_min_(0).sqrt_()  # P×B
         patch_maps = m.T.reshape(b, h, w)
         maps = self.upsample_smooth(patch_maps, tuple(x.shape[-2:]))
         return maps.flatten(1).amax(1), maps

@@ -76,6 +76,19 @@ def greedy_coreset(
     return selected
 
 
+def fast_search_dtype(device: torch.device | str = "cpu") -> torch.dtype:
+    """``bfloat16`` where matmuls in it are fast (CUDA, CPUs with AVX-512 BF16 / AMX),
+    else ``float32``: the dtype PatchCore's ``search_dtype="auto"`` picks."""
+    if torch.device(device).type == "cuda":
+        return torch.bfloat16
+    try:
+        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return torch.bfloat16
+    except (AttributeError, RuntimeError):  # pragma: no cover - older builds
+        pass
+    return torch.float32
+
+
 def nearest_distances(
     queries: torch.Tensor,
     bank: torch.Tensor,
@@ -83,30 +96,51 @@ def nearest_distances(
     *,
     projection: torch.Tensor | None = None,
     bank_projected: torch.Tensor | None = None,
+    center: torch.Tensor | None = None,
     rerank: int = 16,
+    search_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Euclidean distance from each query row to its nearest bank row, and that row's index.
 
-    Computed in blocks of queries so that at most ``_DIST_BLOCK`` distances exist at once.
-    With ``projection`` (``D×d``), candidates are found on the projected features and the
-    ``rerank`` best are re-ranked with exact distances: about ``D/d`` times less work for
-    nearly always the same neighbour.
+    Computed in blocks of queries so that at most ``_DIST_BLOCK`` distances exist at once
+    (``‖b‖² − 2 q·b`` as one ``addmm`` per block, the minimum taken per row). Without
+    ``projection`` and in ``float32`` this is the exact nearest neighbour. With
+    ``projection`` (``D×d``, applied after subtracting ``center``) and/or a cheaper
+    ``search_dtype`` (``bfloat16``), candidates are found on the cheap features and the
+    ``rerank`` best re-ranked with exact float32 distances: returned distances are always
+    exact distances to the returned bank row, which is nearly always the true nearest.
+
+    Example:
+        >>> bank = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+        >>> d, i = nearest_distances(torch.tensor([[3.0, 3.0]]), bank)
+        >>> round(float(d[0]), 3), int(i[0])
+        (1.0, 1)
     """
     if bank_sq is None:
         bank_sq = (bank * bank).sum(1)
-    search_bank, search_sq = bank, bank_sq
-    if projection is not None:
-        search_bank = bank @ projection if bank_projected is None else bank_projected
-        search_sq = (search_bank * search_bank).sum(1)
-    k = min(rerank, bank.shape[0]) if projection is not None else 1
+    approx = projection is not None or search_dtype != torch.float32
+    search_bank = bank
+    if bank_projected is not None:
+        search_bank = bank_projected
+    elif approx:
+        search_bank = bank if center is None else bank - center
+        if projection is not None:
+            search_bank = search_bank @ projection
+    search_sq = bank_sq if not approx else (search_bank * search_bank).sum(1)
+    k = min(rerank, bank.shape[0]) if approx else 1
     rows = max(1, _DIST_BLOCK // max(1, bank.shape[0]))
-    bank_t = search_bank.T.contiguous()
+    bank_t = search_bank.T.to(search_dtype).contiguous()
+    search_sq = search_sq.to(search_dtype)
     dists, idx = [], []
     for s in range(0, queries.shape[0], rows):
         q = queries[s : s + rows]
-        qs = q if projection is None else q @ projection
-        d2 = torch.addmm(search_sq, qs, bank_t, alpha=-2)
-        if k == 1:
+        if approx:
+            qs = q if center is None else q - center
+            qs = qs if projection is None else qs @ projection
+        else:
+            qs = q
+        d2 = torch.addmm(search_sq, qs.to(search_dtype), bank_t, alpha=-2)
+        if k == 1 and not approx:
             m, i = d2.min(1)
             m = m + (q * q).sum(1)
         else:
@@ -133,7 +167,10 @@ class PatchCore(AnomalyModel):
             (``None`` or 0 = select on the full features).
         search_dim: Dimension of the projection used to find nearest-neighbour candidates
             at scoring time, re-ranked with exact distances (``None`` or 0 = exact search).
-        rerank: Candidates per test patch re-ranked exactly when ``search_dim`` is set.
+        rerank: Candidates per test patch re-ranked exactly when the search is approximate.
+        search_dtype: Dtype of the candidate search: ``"auto"`` (``bfloat16`` where it is
+            fast, see :func:`fast_search_dtype`), ``"float32"`` or ``"bfloat16"``. With
+            ``search_dim=0`` and ``"float32"`` the search is exact.
         chunk_size: Patches per greedy-selection chunk (bounds memory and time).
         num_neighbors: Bank neighbours used in the score re-weighting (paper: b = 9).
         pool_size: Local neighbourhood of the patch features (paper: 3).
@@ -163,6 +200,7 @@ class PatchCore(AnomalyModel):
         projection_dim: int | None = 128,
         search_dim: int | None = 128,
         rerank: int = 16,
+        search_dtype: str = "auto",
         chunk_size: int = 8_192,
         num_neighbors: int = 9,
         pool_size: int = 3,
@@ -192,7 +230,12 @@ class PatchCore(AnomalyModel):
         if rerank < 1:
             raise ConfigError(f"rerank must be at least 1, got {rerank}")
         self.rerank = int(rerank)
-        self._search_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        if search_dtype not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(
+                f"search_dtype must be 'auto', 'float32' or 'bfloat16', got {search_dtype!r}"
+            )
+        self.search_dtype = search_dtype
+        self._search_cache: tuple | None = None
         self.chunk_size = int(chunk_size)
         self.num_neighbors = int(num_neighbors)
         self.pool_size = int(pool_size)
@@ -202,7 +245,7 @@ class PatchCore(AnomalyModel):
     # ------------------------------------------------------------------ features
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Locally aware patch features ``N×D×h×w`` of a float batch in [0, 1]."""
-        feats = list(self.extractor(x).values())
+        feats = list(self.features(x).values())
         p = self.pool_size
         feats = [
             F.avg_pool2d(f, p, stride=1, padding=p // 2, count_include_pad=False) for f in feats
@@ -308,11 +351,27 @@ class PatchCore(AnomalyModel):
         cache = self._search_cache
         if cache is None or cache[0].shape[0] != bank.shape[0] or cache[0].device != bank.device:
             proj = self._projection(bank.shape[1], self.search_dim, offset=2)
-            projected = bank @ proj if proj is not None else bank
-            cache = self._search_cache = (projected, (bank * bank).sum(1), proj)  # type: ignore[assignment]
-        projected, bank_sq, proj = cache
+            dtype = (
+                fast_search_dtype(bank.device)
+                if self.search_dtype == "auto"
+                else getattr(torch, self.search_dtype)
+            )
+            approx = proj is not None or dtype != torch.float32
+            center = bank.mean(0) if approx else None  # smaller norms: less rounding
+            projected = bank if center is None else bank - center
+            projected = projected @ proj if proj is not None else projected
+            cache = (projected, (bank * bank).sum(1), proj, center, dtype)
+            self._search_cache = cache  # type: ignore[assignment]
+        projected, bank_sq, proj, center, dtype = cache
         dist, nn_idx = nearest_distances(
-            patches, bank, bank_sq, projection=proj, bank_projected=projected, rerank=self.rerank
+            patches,
+            bank,
+            bank_sq,
+            projection=proj,
+            bank_projected=projected,
+            center=center,
+            rerank=self.rerank,
+            search_dtype=dtype,
         )
         dist = dist.view(n, h * w)
         nn_idx = nn_idx.view(n, h * w)
@@ -334,9 +393,8 @@ class PatchCore(AnomalyModel):
         maps = self.upsample_smooth(dist.view(n, h, w), tuple(x.shape[-2:]))
         return scores, maps
 
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        super().load_state(state)
+    def _reset_own_caches(self) -> None:
         self._search_cache = None
 
 
-__all__ = ["PatchCore", "greedy_coreset", "nearest_distances"]
+__all__ = ["PatchCore", "fast_search_dtype", "greedy_coreset", "nearest_distances"]
