@@ -539,3 +539,30 @@ def test_detect_layout(work: Path, tree: Path) -> None:
     assert detect_layout(work / "tiles") == "magnetic-tile"
     assert detect_layout(demo_data_path("wm811k_demo_test.npz")) == "wafer-npz"
     assert detect_layout(tree / "ok" / "ok_0.png") == "images"
+
+
+def test_predict_streams_batches_in_input_order(
+    work: Path, tree: Path, tree_model: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    import inspectkit.cli as cli_mod
+
+    monkeypatch.setattr(cli_mod, "PREDICT_BATCH", 3)  # 16 files → 6 batches
+    files = sorted(str(f) for f in tree.rglob("*.png"))
+    assert main(["predict", "--model", str(tree_model), "--json", "-q", str(tree)]) == 0
+    rows = json.loads(capsys.readouterr().out)["predictions"]
+    assert [r["input"] for r in rows] == files
+    assert main(["predict", "--model", str(tree_model), "-q", str(tree)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == files
+    assert [line.split("\t")[1] for line in lines] == [r["predicted"] for r in rows]
+
+    # a corrupt file late in the stream: exit 2 naming it, earlier rows already printed
+    mixed = work / "mixed"
+    mixed.mkdir()
+    for f in files[:4]:
+        (mixed / Path(f).name).write_bytes(Path(f).read_bytes())
+    (mixed / "zz_broken.png").write_bytes(b"\x89PNG truncated")
+    assert main(["predict", "--model", str(tree_model), "-q", str(mixed)]) == 2
+    captured = capsys.readouterr()
+    assert "zz_broken.png" in captured.err
+    assert len(captured.out.strip().splitlines()) == 3  # the first full batch

@@ -31,6 +31,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ CARD_FILE = "inspectkit-model.json"
 EVALUATE_SCHEMA = "inspectkit.evaluate/1"
 #: Schema tag of ``inspectkit predict --json``.
 PREDICT_SCHEMA = "inspectkit.predict/1"
+#: Inputs decoded and predicted at a time by ``inspectkit predict`` (memory stays flat).
+PREDICT_BATCH = 256
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 _LAYOUTS = ("wafer-npz", "lswmd", "mvtec", "magnetic-tile", "class-folders", "images")
@@ -187,10 +190,8 @@ def _image_files(paths: Sequence[Path]) -> list[Path]:
 
 def load_inputs(paths: Sequence[str], card: dict[str, Any], args: argparse.Namespace) -> Any:
     """Images to predict or explain: image files, folders of images, or wafer files."""
-    import torch
 
-    from inspectkit.records import ImageSet, SampleMeta
-    from inspectkit.runtime import progress
+    from inspectkit.records import ImageSet, LazyImages, SampleMeta
     from inspectkit.sources import load_wafer_maps
     from inspectkit.sources._common import read_image
 
@@ -210,9 +211,6 @@ def load_inputs(paths: Sequence[str], card: dict[str, Any], args: argparse.Names
             )
         files = _image_files(plain)
         channels = card.get("channels")
-        images = []
-        for f in progress(files, enabled=_progress(args) and len(files) > 20, desc="reading"):
-            images.append(read_image(f, channels))
         taken: set[str] = set()
         samples = []
         for f in files:
@@ -221,8 +219,8 @@ def load_inputs(paths: Sequence[str], card: dict[str, Any], args: argparse.Names
                 sid += "'"
             taken.add(sid)
             samples.append(SampleMeta(id=sid, source=str(f)))
-        sizes = {tuple(t.shape) for t in images}
-        stacked: Any = torch.stack(images) if len(sizes) == 1 else images
+        # decoded a batch at a time while predicting: a folder of 100,000 parts is fine
+        stacked: Any = LazyImages([str(f) for f in files], partial(read_image, channels=channels))
         sets.append(ImageSet.build(images=stacked, samples=samples, classes=[]))
     if len(sets) == 1:
         return sets[0]
@@ -481,21 +479,33 @@ def _prediction_rows(result: Any, task: str) -> list[dict[str, Any]]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Class probabilities (or anomaly score and verdict) per input."""
+    """Class probabilities (or anomaly score and verdict) per input, a batch at a time."""
+    from inspectkit.runtime import progress_bar
+
     project = _project(args)
     model_dir = args.model or (str(project / "models" / args.name) if project else None)
     pipe, card = load_model(Path(_need(model_dir, "--model", "predict")))
     if not args.inputs:
         raise UsageError("inspectkit predict: give at least one image, folder or wafer file")
     data = load_inputs(args.inputs, card, args)
-    result = pipe.run(data)
-    rows = _prediction_rows(result, card["task"])
+    rows: list[dict[str, Any]] = []
+    bar = progress_bar(enabled=_progress(args) and len(data) > PREDICT_BATCH, total=len(data))
+    with bar:
+        for result in pipe.iter_run(data, batch_size=PREDICT_BATCH):
+            batch_rows = _prediction_rows(result, card["task"])
+            bar.update(len(batch_rows))
+            if not args.json:
+                _print_prediction_rows(batch_rows, card["task"])
+            rows.extend(batch_rows)
     if args.json:
         print(json.dumps({"schema": PREDICT_SCHEMA, "task": card["task"], "predictions": rows}))
-        return EXIT_OK
+    return EXIT_OK
+
+
+def _print_prediction_rows(rows: list[dict[str, Any]], task: str) -> None:
     for r in rows:
         name = r["id"] if r["input"] != r["id"] and r["id"].count(":") else r["input"]
-        if card["task"] == "classify":
+        if task == "classify":
             top = sorted(r["probs"].items(), key=lambda kv: -kv[1])[:3]
             shown = r["predicted"] if r["predicted"] is not None else "REVIEW"
             alts = ", ".join(f"{c} {p:.2f}" for c, p in top)
@@ -504,7 +514,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             verdict = {True: "ANOMALOUS", False: "good", None: "?"}[r["anomalous"]]
             thr = "" if r["threshold"] is None else f" (threshold {r['threshold']:.4g})"
             print(f"{name}\t{verdict}\tscore {r['score']:.4g}{thr}")
-    return EXIT_OK
+    sys.stdout.flush()
 
 
 def evaluation_json(
