@@ -200,6 +200,7 @@ def run_avalanche(
     cfg: dict[str, Any],
     mem: int,
     workdir: Path,
+    extra_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     if not PEER_PY.exists():
         return {"error": f"{PEER_PY} missing; run benchmarks/peers/avalanche.sh"}
@@ -236,7 +237,7 @@ def run_avalanche(
         "--out", str(workdir / "peer.json"), "--mem-size", str(mem), "--epochs", str(cfg["epochs"]),
         "--batch-size", str(b), "--batch-size-mem", str(b_mem), "--lr", str(cfg["lr"]),
         "--max-params", str(cfg["max_params"]), "--seed", str(cfg["seed"]),
-        "--threads", str(torch.get_num_threads()),
+        "--threads", str(torch.get_num_threads()), *extra_args,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

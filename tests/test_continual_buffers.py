@@ -241,3 +241,28 @@ def test_sample_draws_from_memory_only() -> None:
     assert x.shape[0] == 50
     stored = set(buf.images.flatten().tolist())
     assert set(x.flatten().tolist()) <= stored
+
+
+def _snnl_by_the_formula(x: torch.Tensor, y: torch.Tensor, t: float) -> torch.Tensor:
+    """Frosst, Papernot & Hinton (2019), eq. 1, one term per sample, written out literally."""
+    n = x.shape[0]
+    out = torch.empty(n, dtype=torch.float64)
+    for i in range(n):
+        num = sum(
+            torch.exp(-((x[i] - x[j]) ** 2).sum() / t) for j in range(n) if j != i and y[j] == y[i]
+        )
+        den = sum(torch.exp(-((x[i] - x[k]) ** 2).sum() / t) for k in range(n) if k != i)
+        out[i] = -torch.log(num / den)
+    return out
+
+
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 5.0])
+def test_snnl_per_sample_is_the_papers_loss_term(temperature: float) -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(23, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (23,), generator=g)
+    ours = snnl_per_sample(x, y, temperature, chunk=7)  # chunks must not change the answer
+    ref = _snnl_by_the_formula(x, y, temperature)
+    assert torch.allclose(ours.double(), ref, rtol=1e-4, atol=1e-5)
+    # the batch loss of the paper is the mean of these terms
+    assert float(ours.mean()) == pytest.approx(float(ref.mean()), rel=1e-4)

@@ -16,6 +16,7 @@ from inspectkit.continual import (
     update_pipeline,
 )
 from inspectkit.continual import buffers as buffers_mod
+from inspectkit.continual.trainer import wafer_one_hot
 from inspectkit.errors import ConfigError, DataError, InspectkitError, NotFittedError
 from inspectkit.records import ImageSet, Predictions, SampleMeta
 
@@ -267,3 +268,28 @@ def test_merge_classes_rules() -> None:
     for bad in (["b", "a"], ["c", "a"], ["a", "c", "b"]):
         with pytest.raises(DataError, match="collides"):
             merge_classes(["a", "b"], bad)
+
+
+def test_wafer_one_hot_is_the_same_in_both_memory_layouts() -> None:
+    codes = torch.randint(0, 3, (4, 1, 5, 7), dtype=torch.uint8)
+    ref = torch.nn.functional.one_hot(codes[:, 0].long(), 3).permute(0, 3, 1, 2).float()
+    plain = wafer_one_hot(codes)
+    last = wafer_one_hot(codes, channels_last=True)
+    assert torch.equal(plain, ref) and torch.equal(last, ref)
+    assert last.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_buffer_features_from_the_folded_copy_match_the_live_model() -> None:
+    """Buffer updates embed with a BatchNorm-folded copy; it must see what the model sees."""
+    from inspectkit.models import build_classifier
+
+    torch.manual_seed(0)
+    net = build_classifier("compact", 3, 3, input_size=(16, 16), max_params=5000)
+    tr = ReplayTrainer(net, epochs=1, batch_size=8, kind="wafer", device="cpu", progress=False)
+    codes = torch.randint(0, 3, (24, 1, 16, 16), dtype=torch.uint8)
+    tr.train_experience(codes, torch.arange(24) % 3, 3)  # BatchNorm statistics move
+    tr.model.train()
+    live = tr.features(codes)
+    assert tr.model.training, "embedding must restore the training mode it found"
+    folded = tr._feature_fn(fuse=True)(codes)
+    assert torch.allclose(live, folded, atol=1e-4)

@@ -54,6 +54,12 @@ def main() -> None:
     ap.add_argument("--max-params", type=int, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="hand Avalanche the model in channels-last memory layout (a sensitivity run; "
+        "the benchmark's peer rows use the model as built)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(args.seed)
@@ -65,6 +71,8 @@ def main() -> None:
         "compact", 3, int(s["build_classes"]), input_size=size, max_params=args.max_params
     )
     model.load_state_dict(torch.load(args.init, weights_only=True))
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
 
     train_sets = [
         _make_taskaware_tensor_classification_dataset(wafer_one_hot(x), y.long(), task_labels=0)
