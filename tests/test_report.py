@@ -197,3 +197,29 @@ def test_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert (img.sum(2) < 200).mean() > 0.002
     blue = (img[..., 2] > 120) & (img[..., 0] < 80)
     assert blue.sum() > 500
+
+
+def test_thumbnails_outline_the_true_defect_mask_and_boxes() -> None:
+    from inspectkit.records import Box
+    from inspectkit.report import _thumbnail
+
+    image = torch.full((1, 40, 40), 60, dtype=torch.uint8)
+    mask = torch.zeros(1, 40, 40, dtype=torch.uint8)
+    mask[0, 10:30, 10:30] = 1
+    plain = np.asarray(_thumbnail(image, None, "image", size=80))
+    outlined = np.asarray(_thumbnail(image, None, "image", size=80, mask=mask))
+    changed = (outlined != plain).any(-1)
+    assert changed.any() and (outlined[changed] == 255).all()
+    rows, cols = np.nonzero(changed)
+    # the outline sits on the mask's border (20..60 in the 2× thumbnail), not inside it
+    assert rows.min() >= 20 and rows.max() < 60 and cols.min() >= 20 and cols.max() < 60
+    assert not changed[30:50, 30:50].any()
+    boxed = np.asarray(
+        _thumbnail(
+            image, None, "image", size=80, boxes=[Box(label="d", xmin=0, ymin=0, xmax=20, ymax=20)]
+        )
+    )
+    drawn = (boxed != plain).any(-1)
+    assert drawn[0, 0:40].all() and drawn[0:40, 0].all() and not drawn[45:, 45:].any()
+    empty = np.asarray(_thumbnail(image, None, "image", size=80, mask=torch.zeros_like(mask)))
+    assert np.array_equal(empty, plain)

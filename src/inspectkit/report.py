@@ -41,13 +41,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
+from scipy import ndimage
 
 from inspectkit._version import __version__
 from inspectkit.errors import DataError
 from inspectkit.metrics.anomaly import anomaly_truth
 from inspectkit.ops import to_float
-from inspectkit.records import AnomalyScores, Explained, Predictions, Report
+from inspectkit.records import AnomalyScores, Box, Explained, Predictions, Report
 
 log = logging.getLogger(__name__)
 
@@ -302,8 +303,17 @@ def _scores_figures(scores: AnomalyScores) -> str:
 
 
 def _thumbnail(
-    image: torch.Tensor, heat: torch.Tensor | None, kind: str, size: int = 160
+    image: torch.Tensor,
+    heat: torch.Tensor | None,
+    kind: str,
+    size: int = 160,
+    *,
+    mask: torch.Tensor | None = None,
+    boxes: list[Box] | None = None,
 ) -> Image.Image:
+    """The image (with its heatmap, if any) scaled to ``size``. The ground-truth defect
+    mask and boxes, when known, are outlined in white, so a reader sees where the true
+    defect is against where the model looked."""
     if heat is not None:
         from inspectkit.xai.overlay import overlay
 
@@ -318,6 +328,23 @@ def _thumbnail(
         img = img.resize((round(img.size[0] * scale), round(img.size[1] * scale)), Image.NEAREST)
     elif scale < 1:
         img = img.resize((round(img.size[0] * scale), round(img.size[1] * scale)), Image.BILINEAR)
+    if mask is not None and bool(mask.any()):
+        m = mask.detach().cpu()[:1].float().gt(0).float()[None]
+        m = torch.nn.functional.interpolate(m, size=img.size[::-1], mode="nearest")
+        inside = m[0, 0].numpy().astype(bool)
+        edge = inside & ~ndimage.binary_erosion(inside, iterations=2, border_value=0)
+        arr = np.asarray(img).copy()
+        arr[edge] = 255
+        img = Image.fromarray(arr, "RGB")
+    if boxes:
+        sx, sy = img.size[0] / image.shape[-1], img.size[1] / image.shape[-2]
+        draw = ImageDraw.Draw(img)
+        for bx in boxes:
+            draw.rectangle(
+                [bx.xmin * sx, bx.ymin * sy, bx.xmax * sx - 1, bx.ymax * sy - 1],
+                outline="white",
+                width=2,
+            )
     return img
 
 
@@ -345,7 +372,13 @@ def _mistakes_predictions(pred: Predictions, limit: int) -> str:
     cells = []
     for j, s in enumerate(sub.samples):
         hm = heat[j] if heat is not None else None
-        img = _thumbnail(sub.images[j], hm, sub.kind)
+        img = _thumbnail(
+            sub.images[j],
+            hm,
+            sub.kind,
+            mask=sub.masks[j] if sub.masks is not None else None,
+            boxes=sub.boxes[j] if sub.boxes is not None else None,
+        )
         cap = (
             f"{_esc(s.id)}<br>true <b>{_esc(s.label)}</b> → <b>{_esc(sub.predicted[j])}</b> "
             f"({float(sub.probs[j].max()):.2f})"
@@ -380,7 +413,13 @@ def _mistakes_scores(scores: AnomalyScores, limit: int) -> str:
     cells = []
     for j, smp in enumerate(sub.samples):
         hm = _normalise_map(sub.maps[j], lo, hi) if sub.maps is not None else None
-        img = _thumbnail(sub.images[j], hm, sub.kind)
+        img = _thumbnail(
+            sub.images[j],
+            hm,
+            sub.kind,
+            mask=sub.masks[j] if sub.masks is not None else None,
+            boxes=sub.boxes[j] if sub.boxes is not None else None,
+        )
         verdict = "missed defect" if truth_all[picked[j]] else "false alarm"
         cap = f"{_esc(smp.id)}<br><b>{verdict}</b> ({_esc(smp.label)}), score {float(sub.scores[j]):.3g}"
         cells.append(
