@@ -173,6 +173,35 @@ def test_model_left_as_found(trained, positives):
         trained.eval()
 
 
+def test_sise_fast_copy_gives_the_same_maps_and_leaves_the_model_alone(
+    trained, positives, monkeypatch
+):
+    import inspectkit.xai.sise as sise_mod
+
+    x, _ = positives
+    fast = SISE(trained, max_masks=8).attribute(x[:4], target=1)
+    assert all(p.requires_grad for p in trained.parameters())
+    assert all(p.is_contiguous() for p in trained.parameters())
+    monkeypatch.setattr(sise_mod, "inference_copy", lambda model: model)
+    plain = SISE(trained, max_masks=8).attribute(x[:4], target=1)
+    assert torch.allclose(fast, plain, atol=1e-4)
+
+
+def test_sise_falls_back_when_the_fused_copy_disagrees(trained, positives, caplog):
+    class BadFuse(SmallCNN):
+        def fused(self) -> nn.Module:  # a broken "inference copy": other weights
+            torch.manual_seed(123)
+            return SmallCNN().eval()
+
+    net = BadFuse()
+    net.load_state_dict(trained.state_dict())
+    x, _ = positives
+    with caplog.at_level("WARNING", logger="inspectkit.xai.sise"):
+        got = SISE(net, max_masks=8).attribute(x[:3], target=1)
+    assert "disagrees with the model" in caplog.text
+    assert torch.allclose(got, SISE(trained, max_masks=8).attribute(x[:3], target=1), atol=1e-4)
+
+
 def test_frozen_model_still_explained(positives):
     torch.manual_seed(0)
     net = SmallCNN().eval()
