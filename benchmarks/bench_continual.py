@@ -19,10 +19,21 @@ ER-SNNL + ensemble (the ensemble of the ER-SNNL run's per-experience models), jo
 training, and Avalanche's replay (``ReplayPlugin`` + ``ReservoirSamplingBuffer``) run
 through ``benchmarks/peers/avalanche_replay.py`` in ``bench-venvs/avalanche``.
 
+Every method runs once per ``--seeds`` value (the seed fixes the subsample, the initial
+weights, batch order and buffer draws, the same for every method of that seed); figures
+are reported as mean, sample std and per-seed values, and the targets compare methods on
+paired per-seed differences. The SNNL temperature is chosen per stream, before the
+seeded runs, from ``--temperatures`` by ER-SNNL's final average accuracy on a validation
+split carved from the first seed's training data (20 % per class and experience) — never
+from the test file. Training time is reported as wall seconds and as CPU seconds of the
+process (``time.process_time``, one torch thread): on a shared machine the CPU seconds
+are the fairer measure of work, and the speed-up target is judged on them.
+
 Usage::
 
     flock /tmp/inspectkit-bench.lock python benchmarks/bench_continual.py > benchmarks/results/continual.json
     python benchmarks/bench_continual.py --quick
+    python benchmarks/bench_continual.py --seeds 0 --temperatures 0.1   # one seed, fixed T
 """
 
 from __future__ import annotations
