@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -38,8 +39,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import train_test_split
 
+from inspectkit.pipeline import Pipeline
 from inspectkit.records import ImageSet
 from inspectkit.stages import Classifier, Wrangle
 from inspectkit.xai import (
@@ -79,20 +82,74 @@ def per_class_limit(data: ImageSet, n: int, seed: int) -> ImageSet:
     return data.subset(sorted(keep))
 
 
-def train(train_set: ImageSet, args: argparse.Namespace, seed: int) -> tuple[Classifier, float]:
-    clf = Classifier(
-        arch=args.arch,
-        epochs=args.epochs,
-        batch_size=32,
-        val_fraction=0.1,
-        patience=None,
-        time_budget=args.train_budget,
-        seed=seed,
-        progress=False,
+def classifier_config(args: argparse.Namespace, dataset: str, seed: int) -> dict[str, Any]:
+    """The classifier recipe of one data set (plain values: it keys the model cache)."""
+    return {
+        "arch": args.arch,
+        "epochs": args.epochs,
+        "batch_size": 32,
+        "val_fraction": 0.1,
+        "patience": args.patience,
+        "time_budget": args.train_budget,
+        "imbalance": args.mt_imbalance if dataset == "magnetic_tile" else "weighted_loss",
+        "seed": seed,
+        "progress": False,
+    }
+
+
+def train(
+    train_set: ImageSet, args: argparse.Namespace, dataset: str, seed: int
+) -> tuple[Classifier, dict[str, Any]]:
+    """Fit the data set's classifier, or load it from ``--model-cache``.
+
+    The cache entry is a saved one-stage :class:`Pipeline` in a folder named after a hash
+    of the recipe, the data set, the input size and the training samples, so a change to
+    any of them trains afresh. ``train.json`` beside it keeps the training time.
+    """
+    cfg = classifier_config(args, dataset, seed)
+    key_src = json.dumps(
+        {
+            "dataset": dataset,
+            "config": cfg,
+            "size": list(train_set.size or ()),
+            "samples": [s.id for s in train_set.samples],
+        },
+        sort_keys=True,
     )
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
+    folder = Path(args.model_cache) / f"{dataset}-{key}" if args.model_cache else None
+    if folder is not None and (folder / "train.json").is_file():
+        clf = Pipeline.load(folder).stages[0]
+        assert isinstance(clf, Classifier)
+        info = json.loads((folder / "train.json").read_text())
+        return clf, {**info, "model_cache": f"hit: {folder}"}
+    clf = Classifier(**cfg)
     t0 = time.perf_counter()
     clf.fit(train_set)
-    return clf, time.perf_counter() - t0
+    info = {
+        "config": cfg,
+        "train_seconds": time.perf_counter() - t0,
+        "epochs_run": len(clf.history),
+        "best_epoch": clf.train_result.best_epoch if clf.train_result else None,
+        "val_macro_f1": [round(h.get("val", float("nan")), 4) for h in clf.history],
+        "torch_threads": torch.get_num_threads(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if folder is not None:
+        Pipeline([clf]).save(folder)
+        (folder / "train.json").write_text(json.dumps(info, indent=2))
+        info = {**info, "model_cache": f"saved: {folder}"}
+    return clf, info
+
+
+def test_scores(clf: Classifier, test: ImageSet) -> tuple[Any, dict[str, float]]:
+    """Predictions on the test split, with accuracy and macro-F1."""
+    preds = clf.run(test)
+    y = [s.label for s in preds.samples]
+    return preds, {
+        "test_accuracy": float(accuracy_score(y, preds.predicted)),
+        "test_macro_f1": float(f1_score(y, preds.predicted, average="macro", zero_division=0)),
+    }
 
 
 def timed(fn: Any, *a: Any, **k: Any) -> tuple[Any, float]:
@@ -232,10 +289,11 @@ def bench_neu(args: argparse.Namespace) -> dict[str, Any]:
     data = load_voc(root / "IMAGES", root / "ANNOTATIONS", channels=1)
     if args.quick:
         data = per_class_limit(data, 12, args.seed)
+    if args.neu_size:
+        data = Wrangle(size=(args.neu_size, args.neu_size)).run(data)  # boxes rescaled too
     train_set, test = stratified_split(data, 0.2, args.seed)
-    clf, t_train = train(train_set, args, args.seed)
-    preds = clf.run(test)
-    acc = float(np.mean([p == s.label for p, s in zip(preds.predicted, preds.samples)]))
+    clf, train_info = train(train_set, args, "neu_det", args.seed)
+    preds, scores = test_scores(clf, test)
     x = clf.preprocess(test.images)
     y = test.targets()
     pred = preds.predicted_indices()
@@ -245,9 +303,8 @@ def bench_neu(args: argparse.Namespace) -> dict[str, Any]:
         "test": len(test),
         "arch": clf.config.arch,
         "input_size": list(clf.input_size),
-        "train_seconds": t_train,
-        "epochs_run": len(clf.history),
-        "test_accuracy": acc,
+        "training": train_info,
+        **scores,
     }
     n = len(test) if args.sise_images <= 0 else min(args.sise_images, len(test))
     sel = (
@@ -284,9 +341,8 @@ def bench_magnetic_tile(args: argparse.Namespace) -> dict[str, Any]:
     )
     data = Wrangle(size=(args.mt_size, args.mt_size)).run(data)
     train_set, test = stratified_split(data, 0.2, args.seed)
-    clf, t_train = train(train_set, args, args.seed)
-    preds = clf.run(test)
-    acc = float(np.mean([p == s.label for p, s in zip(preds.predicted, preds.samples)]))
+    clf, train_info = train(train_set, args, "magnetic_tile", args.seed)
+    _, scores = test_scores(clf, test)
     assert isinstance(test.masks, torch.Tensor)
     has_defect = test.masks.flatten(1).any(1) & torch.tensor(
         [s.label != "Free" for s in test.samples]
@@ -302,9 +358,8 @@ def bench_magnetic_tile(args: argparse.Namespace) -> dict[str, Any]:
         "test": len(test),
         "arch": clf.config.arch,
         "input_size": list(clf.input_size),
-        "train_seconds": t_train,
-        "epochs_run": len(clf.history),
-        "test_accuracy": acc,
+        "training": train_info,
+        **scores,
         "defective_test_images_scored": len(idx),
         "localisation_vs_masks": loc,
     }
@@ -348,20 +403,34 @@ def main() -> None:
     )
     ap.add_argument("--quick", action="store_true", help="a few images per class, 1 epoch")
     ap.add_argument("--arch", default="compact", help="Classifier arch (the classifier's default)")
-    ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--train-budget", type=float, default=540.0, help="seconds per classifier")
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--patience", type=int, default=10, help="early-stopping patience (epochs)")
+    ap.add_argument("--train-budget", type=float, default=480.0, help="seconds per classifier")
+    ap.add_argument(
+        "--mt-imbalance",
+        default="weighted_loss",
+        choices=["none", "weighted_loss", "balanced_sampler", "both"],
+        help="Classifier imbalance handling for magnetic tile (952 of 1,344 images are Free)",
+    )
+    ap.add_argument(
+        "--model-cache",
+        default=None,
+        help="folder for trained classifiers (saved pipelines); re-runs with the same recipe "
+        "and data load them instead of training",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-masks", type=int, default=16, help="SISE max_masks (library default 16)")
     ap.add_argument("--sise-images", type=int, default=0, help="0 = the whole NEU test split")
     ap.add_argument("--causal-images", type=int, default=60)
     ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--neu-size", type=int, default=0, help="NEU input size; 0 = native 200")
     ap.add_argument("--mt-size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", choices=["neu", "magnetic_tile", "cost"], default=None)
     args = ap.parse_args()
     if args.quick:
-        args.epochs, args.train_budget = 1, 60.0
+        args.epochs, args.train_budget, args.patience = 1, 60.0, None
         args.sise_images, args.causal_images, args.steps = 12, 4, 5
     os.environ.setdefault("INSPECTKIT_PROGRESS", "0")
     logging.basicConfig(level=logging.WARNING)
