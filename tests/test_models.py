@@ -212,3 +212,24 @@ def test_ema_decay_outside_the_open_unit_interval_is_refused(decay: float) -> No
     loader = [(torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 0, 1]))]
     with pytest.raises(ConfigError, match="ema"):
         train_epochs(net, loader, epochs=1, progress=False, ema=decay)
+
+
+def test_avgmax_pooling_sees_a_single_hot_pixel_that_average_pooling_dilutes() -> None:
+    from inspectkit.models.classifiers import AvgMaxPool
+
+    x = torch.zeros(2, 4, 8, 8)
+    x[1, 2, 3, 5] = 64.0
+    pooled = AvgMaxPool()(x).flatten(1)
+    assert pooled.shape == (2, 8)
+    assert pooled[1, 2] == 1.0 and pooled[1, 6] == 64.0  # mean and max of channel 2
+    net = build_classifier("compact", 3, 9, input_size=(64, 64), max_params=100_000, pool="avgmax")
+    plain = build_classifier("compact", 3, 9, input_size=(64, 64), max_params=100_000)
+    assert count_parameters(net) <= 100_000
+    assert net.embed_dim == 2 * plain.embed_dim
+    net.eval()
+    with torch.no_grad():
+        x = torch.randn(3, 3, 64, 64)
+        assert net(x).shape == (3, 9)
+        assert torch.allclose(net(x), net.fused()(x), atol=1e-5)
+    with pytest.raises(ConfigError, match="pool"):
+        build_classifier("compact", 3, 9, pool="median")

@@ -98,6 +98,8 @@ class Classifier(Stage[ImageSet, Predictions]):
         max_params: Parameter budget of the compact family.
         width: Explicit channel multiplier of the compact family (overrides the budget).
         depth: Residual blocks per resolution level (compact).
+        pool: Global pooling of the compact family: ``"avg"`` or ``"avgmax"`` (average
+            and max side by side; max keeps small and thin defects visible).
         weights: Local torchvision-layout weights file for the backbones (no downloads).
         epochs: Maximum training epochs.
         batch_size: Batch size per process.
@@ -141,6 +143,7 @@ class Classifier(Stage[ImageSet, Predictions]):
         max_params: int = Field(100_000, ge=1_000)
         width: float | None = Field(None, gt=0)
         depth: int = Field(2, ge=0, le=8)
+        pool: Literal["avg", "avgmax"] = "avg"
         dropout: float = Field(0.1, ge=0, lt=1)
         weights: str | None = None
         epochs: int = Field(30, ge=1)
@@ -291,7 +294,7 @@ class Classifier(Stage[ImageSet, Predictions]):
         c = self.config
         kwargs: dict[str, Any] = {"dropout": c.dropout}
         if c.arch == "compact":
-            kwargs.update(max_params=c.max_params, width=c.width, depth=c.depth)
+            kwargs.update(max_params=c.max_params, width=c.width, depth=c.depth, pool=c.pool)
         return build_classifier(
             c.arch,
             self.model_channels,
@@ -544,7 +547,7 @@ class Classifier(Stage[ImageSet, Predictions]):
         c = self.config
         kwargs: dict[str, Any] = {"dropout": c.dropout}
         if c.arch == "compact":
-            kwargs.update(max_params=c.max_params, width=c.width, depth=c.depth)
+            kwargs.update(max_params=c.max_params, width=c.width, depth=c.depth, pool=c.pool)
         model = build_classifier(
             c.arch, self.model_channels, len(self.classes), input_size=self.input_size, **kwargs
         )
