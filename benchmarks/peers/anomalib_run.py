@@ -78,7 +78,7 @@ def main() -> None:
     bs = job.get("batch_size", 32)
     size = job["size"]
     train = load(job["train"])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     model.train()
     # anomalib keeps the backbone in eval mode during "training" (feature collection)
     model.feature_extractor.eval()
@@ -98,24 +98,31 @@ def main() -> None:
     else:
         lm.fit()  # coreset (PatchCore) or Gaussian (PaDiM)
     fit_s = time.perf_counter() - t0
+    fit_cpu_s = time.process_time() - c0
     del train
     test = load(job["test"][: job.get("test_limit") or None])
     model.eval()
     scores, maps = [], []
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     with torch.no_grad():
         for s in range(0, len(test), bs):
             res = model(prep(resized(test[s : s + bs], size)))
             scores.append(res.pred_score.flatten().float())
             maps.append(res.anomaly_map.reshape(-1, size, size).half())
     predict_s = time.perf_counter() - t1
+    predict_cpu_s = time.process_time() - c1
     np.save(out / "scores.npy", torch.cat(scores).numpy())
     np.save(out / "maps.npy", torch.cat(maps).numpy())
     bank = getattr(model, "memory_bank", None)
+    # own peak RSS: ru_maxrss seen by the parent includes the parent's high-water mark
+    hwm = [ln for ln in Path("/proc/self/status").read_text().splitlines() if ln[:6] == "VmHWM:"]
     (out / "timing.json").write_text(
         json.dumps(
             {
+                "peak_rss_mib": int(hwm[0].split()[1]) / 1024 if hwm else None,
                 "fit_s": fit_s,
+                "fit_cpu_s": fit_cpu_s,
+                "predict_cpu_s": predict_cpu_s,
                 "feature_s": t_feat,
                 "predict_s": predict_s,
                 "n_test": len(test),
