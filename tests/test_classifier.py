@@ -108,6 +108,27 @@ def test_probabilities_for_every_class(fitted: Classifier, test_set: ImageSet) -
     assert torch.equal(fitted.predict_proba(test_set), pred.probs)
 
 
+def test_tta_averages_the_probabilities_of_the_flipped_views(
+    fitted: Classifier, test_set: ImageSet
+) -> None:
+    from inspectkit.stages.classify import ViewAverage
+
+    plain = fitted.predict_proba(test_set)
+    flipped = fitted.predict_proba(test_set.replace(images=test_set.image_tensor().flip(-1)))
+    tta = Classifier(**{**FAST, "tta": "flip"})
+    tta.set_state(fitted.get_state())
+    both = tta.predict_proba(test_set)
+    assert torch.allclose(both, (plain + flipped) / 2, atol=1e-5)
+    assert accuracy(tta.run(test_set)) >= 0.9
+    # the 8 views of the dihedral group: a flipped or turned input gets the same answer
+    eight = Classifier(**{**FAST, "tta": "dihedral"})
+    eight.set_state(fitted.get_state())
+    turned = test_set.replace(images=torch.rot90(test_set.image_tensor(), 1, dims=(-2, -1)))
+    assert torch.allclose(eight.predict_proba(turned), eight.predict_proba(test_set), atol=1e-5)
+    with pytest.raises(ConfigError, match="tta"):
+        ViewAverage(torch.nn.Identity(), "none")
+
+
 def test_preprocess_feeds_the_model(fitted: Classifier, test_set: ImageSet) -> None:
     x = fitted.preprocess(test_set.image_tensor()[:5])
     assert x.dtype == torch.float32 and x.shape == (5, 3, 16, 16)
@@ -266,6 +287,9 @@ def test_reject_below_outside_unit_interval_is_refused(value: float) -> None:
         {"epochs": 0},
         {"val_fraction": 1.0},
         {"unknown": 1},
+        {"tta": "rot45"},
+        {"pool": "median"},
+        {"ema": 1.0},
     ],
 )
 def test_bad_config_is_refused(kwargs: dict) -> None:

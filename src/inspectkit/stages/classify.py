@@ -127,6 +127,10 @@ class Classifier(Stage[ImageSet, Predictions]):
         progress: tqdm bar with loss and validation macro-F1.
         reject_below: Predictions whose top probability is below this go to ``None``
             ("needs human review"); ``None`` never rejects.
+        tta: Test-time augmentation: probabilities averaged over the identity and a
+            horizontal flip (``"flip"``, 2 passes) or over all 8 flips/quarter-turns
+            (``"dihedral"``, 8 passes; square inputs, else the 4 flips); ``"none"`` is
+            one pass. Costs that many times the inference time.
 
     Example:
         >>> from inspectkit.stages import Classifier
@@ -165,6 +169,7 @@ class Classifier(Stage[ImageSet, Predictions]):
         num_workers: int = Field(0, ge=0)
         progress: bool = True
         reject_below: float | None = Field(None, ge=0, le=1)
+        tta: Literal["none", "flip", "dihedral"] = "none"
 
         @field_validator("weights", mode="before")
         @classmethod
@@ -491,7 +496,9 @@ class Classifier(Stage[ImageSet, Predictions]):
             else torch.device("cpu")
         )
         # BatchNorm folded into the convolutions: same probabilities, faster on CPU
-        model = self.model.fused().to(dev)
+        model: nn.Module = self.model.fused().to(dev)
+        if self.config.tta != "none":
+            model = ViewAverage(model, self.config.tta)
         logits = predict_logits(model, self._input_batches(data), device=dev)
         return torch.softmax(logits.double(), dim=1).float()
 
@@ -569,6 +576,43 @@ class Classifier(Stage[ImageSet, Predictions]):
         return count_parameters(self.model)
 
 
+class ViewAverage(nn.Module):
+    """Test-time augmentation: log of the class probabilities averaged over views.
+
+    ``"flip"``: the image and its horizontal mirror; ``"dihedral"``: the 8 flips and
+    quarter-turns of a square image (the 4 flips of a non-square one). All views go
+    through the network as one batch.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        >>> ViewAverage(net, "dihedral")(torch.zeros(2, 1, 4, 4)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(self, net: nn.Module, views: str) -> None:
+        super().__init__()
+        if views not in ("flip", "dihedral"):
+            raise ConfigError(f"tta must be 'none', 'flip' or 'dihedral', got {views!r}")
+        self.net = net
+        self.views = views
+
+    def _views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.views == "flip":
+            return [x, x.flip(-1)]
+        if x.shape[-1] != x.shape[-2]:
+            return [x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)]
+        turns = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
+        return turns + [t.flip(-1) for t in turns]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        views = self._views(x)
+        batch = torch.cat(views)
+        if batch.device.type == "cpu" and batch.ndim == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        probs = torch.softmax(self.net(batch).float(), dim=1)
+        return probs.view(len(views), x.shape[0], -1).mean(0).clamp_min(1e-12).log()
+
+
 class _SubsetBatches(Dataset):
     """The training positions of an :class:`_IndexedImages`, fetched a batch at a time."""
 
@@ -587,4 +631,4 @@ class _SubsetBatches(Dataset):
         return x[0], y[0]
 
 
-__all__ = ["Classifier"]
+__all__ = ["Classifier", "ViewAverage"]
