@@ -527,6 +527,7 @@ def main() -> None:
         "anomalib PatchCore random 10% bank (throughput only)",
         "inspectkit PaDiM",
         "anomalib PaDiM",
+        "inspectkit PatchCore r=0.1 fit only",
         "anomalib PatchCore r=0.001",
         "inspectkit SelfSupervised (CutPaste, gaussian)",
         "inspectkit PatchCore r=0.001",
@@ -541,7 +542,14 @@ def main() -> None:
     runs.sort(key=lambda r: priority.index(r["name"]) if r["name"] in priority else len(priority))
     if args.only:
         keys = [k.strip().lower() for k in args.only.split(",") if k.strip()]
-        runs = [r for r in runs if any(k in r["name"].lower() for k in keys)]
+        # "=name" selects exactly that run, anything else every run whose name contains it
+        runs = [
+            r
+            for r in runs
+            if any(
+                k[1:] == r["name"].lower() if k[0] == "=" else k in r["name"].lower() for k in keys
+            )
+        ]
 
     results = []
     masks_cache: dict = {}
