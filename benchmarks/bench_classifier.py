@@ -183,6 +183,23 @@ def evaluate(clf: Classifier, test: ImageSet, focus: list[str]) -> dict:
     }
 
 
+def tta_figures(clf: Classifier, test: ImageSet, focus: list[str]) -> dict:
+    """The same trained network with test-time augmentation (2 and 8 views)."""
+    out = {}
+    base = clf.config
+    for mode in ("flip", "dihedral"):
+        clf.config = base.model_copy(update={"tta": mode})
+        figures = evaluate(clf, test, focus)
+        t0 = time.perf_counter()
+        clf.predict_proba(test)
+        speed = len(test) / (time.perf_counter() - t0)
+        out[mode] = {k: figures[k] for k in ("accuracy", "macro_f1", "recall", "focus_recall")} | {
+            "end_to_end_maps_per_s": round(speed, 1)
+        }
+    clf.config = base
+    return out
+
+
 def bench_wm811k(root: Path, args: argparse.Namespace) -> dict:
     wm = root / "wm811k"
     train_file = "WM811K_train_1_split.npz" if args.quick else "WM811K_train_29_split.npz"
@@ -202,6 +219,8 @@ def bench_wm811k(root: Path, args: argparse.Namespace) -> dict:
         "imbalance": args.imbalance,
         "patience": args.patience,
         "time_budget": None if args.quick else args.time_budget,
+        "ema": args.ema,
+        "pool": args.pool,
         "seed": 0,
         "progress": not args.no_progress,
     }
@@ -218,6 +237,7 @@ def bench_wm811k(root: Path, args: argparse.Namespace) -> dict:
         "val_macro_f1": [round(h.get("val", float("nan")), 4) for h in clf.history],
         **evaluate(clf, test, ["Scratch", "Loc", "Donut"]),
         **inference_speed(clf, test),
+        "tta": tta_figures(clf, test, ["Scratch", "Loc", "Donut"]),
     }
     result = {
         "train_file": train_file,
@@ -275,8 +295,10 @@ def bench_neu(root: Path, args: argparse.Namespace) -> dict:
         "batch_size": 32,
         "lr": args.lr,
         "imbalance": "none",
-        "patience": args.patience,
+        "augment": args.neu_augment,
+        "patience": None if args.neu_patience < 0 else args.neu_patience,
         "time_budget": None if args.quick else args.neu_time_budget,
+        "ema": args.ema,
         "seed": 0,
         "progress": not args.no_progress,
     }
@@ -294,6 +316,7 @@ def bench_neu(root: Path, args: argparse.Namespace) -> dict:
         "train_seconds": round(train_s, 1),
         "epochs_run": len(clf.history),
         **evaluate(clf, test, []),
+        "tta": tta_figures(clf, test, []),
     }
 
 
@@ -312,14 +335,19 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--imbalance", default="weighted_loss")
     ap.add_argument("--patience", type=int, default=8)
-    ap.add_argument("--neu-size", type=int, default=64)
-    ap.add_argument("--neu-epochs", type=int, default=40)
+    ap.add_argument("--ema", type=float, default=0.999, help="weight EMA decay (0 = off)")
+    ap.add_argument("--pool", default="avg", choices=["avg", "avgmax"])
+    ap.add_argument("--neu-size", type=int, default=128)
+    ap.add_argument("--neu-epochs", type=int, default=60)
+    ap.add_argument("--neu-patience", type=int, default=-1, help="-1: no early stopping")
+    ap.add_argument("--neu-augment", default="dihedral", choices=["auto", "dihedral", "flip"])
     ap.add_argument("--neu-time-budget", type=float, default=300.0, help="seconds of NEU training")
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--skip-neu", action="store_true")
     ap.add_argument("--skip-wafer", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
+    args.ema = args.ema or None
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     torch.set_num_threads(args.threads)
     root = data_root(args.data)
