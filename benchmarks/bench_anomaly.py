@@ -523,6 +523,7 @@ def main() -> None:
         )
     # run in order of priority, so that a cut-short run still answers the main questions
     priority = [
+        TUNED_NAME,
         "inspectkit PatchCore r=0.1",
         "anomalib PatchCore random 10% bank (throughput only)",
         "inspectkit PaDiM",
@@ -531,7 +532,6 @@ def main() -> None:
         "anomalib PatchCore r=0.001",
         "inspectkit SelfSupervised (CutPaste, gaussian)",
         "inspectkit PatchCore r=0.001",
-        TUNED_NAME,
         "inspectkit PatchCore r=0.1 (EffNet-Lite0 ImageNet)",
         "anomalib PatchCore r=0.001 (EffNet-Lite0 ImageNet)",
         "inspectkit PaDiM (EffNet-Lite0 ImageNet)",

@@ -410,7 +410,9 @@ def test_exact_search_matches_brute_force_and_bf16_search_finds_neighbours():
     assert float(rel.mean()) < 0.005
 
 
-def test_patchcore_search_modes_agree():
+def test_patchcore_search_modes_agree(monkeypatch):
+    import inspectkit.anomaly.patchcore as pc_module
+
     good, _, _ = textures(6, seed=11)
     test, _, _ = textures(3, seed=12, defect=True)
     pc = PatchCore(coreset_ratio=0.5, progress=False, device="cpu", search_dim=0)
@@ -418,7 +420,13 @@ def test_patchcore_search_modes_agree():
     exact_s, exact_m = pc.fit(good).score(test)
     pc.search_dim, pc.search_dtype = 128, "bfloat16"
     pc.reset_caches()
+    small_s, _ = pc.score(test)  # a small bank is searched exactly whatever the settings
+    assert pc._search_cache[2] is None and pc._search_cache[4] == torch.float32
+    assert torch.allclose(small_s, exact_s, rtol=1e-4)
+    monkeypatch.setattr(pc_module, "EXACT_SEARCH_MAX_BANK", 0)
+    pc.reset_caches()
     s, m = pc.score(test)
+    assert pc._search_cache[4] == torch.bfloat16
     assert torch.allclose(s, exact_s, rtol=0.02)
     assert float((m - exact_m).abs().mean() / exact_m.abs().mean()) < 0.01
     with pytest.raises(ConfigError, match="search_dtype"):

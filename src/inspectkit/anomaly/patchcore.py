@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 #: Elements of a distance matrix computed at once in kNN scoring (64 MiB of float32).
 _DIST_BLOCK = 16 * 1024 * 1024
+#: Banks up to this many patches are searched exactly: below it the approximate search's
+#: top-k and re-rank gather cost more than the full float32 distances they avoid.
+EXACT_SEARCH_MAX_BANK = 4096
 
 
 def greedy_coreset(
@@ -170,7 +173,8 @@ class PatchCore(AnomalyModel):
         rerank: Candidates per test patch re-ranked exactly when the search is approximate.
         search_dtype: Dtype of the candidate search: ``"auto"`` (``bfloat16`` where it is
             fast, see :func:`fast_search_dtype`), ``"float32"`` or ``"bfloat16"``. With
-            ``search_dim=0`` and ``"float32"`` the search is exact.
+            ``search_dim=0`` and ``"float32"``, or a bank of at most
+            ``EXACT_SEARCH_MAX_BANK`` patches, the search is exact.
         chunk_size: Patches per greedy-selection chunk (bounds memory and time).
         num_neighbors: Bank neighbours used in the score re-weighting (paper: b = 9).
         pool_size: Local neighbourhood of the patch features (paper: 3).
@@ -356,6 +360,8 @@ class PatchCore(AnomalyModel):
                 if self.search_dtype == "auto"
                 else getattr(torch, self.search_dtype)
             )
+            if bank.shape[0] <= EXACT_SEARCH_MAX_BANK:  # small bank: exact is cheaper
+                proj, dtype = None, torch.float32
             approx = proj is not None or dtype != torch.float32
             center = bank.mean(0) if approx else None  # smaller norms: less rounding
             projected = bank if center is None else bank - center
