@@ -114,7 +114,8 @@ def train(
     key_src = json.dumps(
         {
             "dataset": dataset,
-            "config": cfg,
+            # validated and dumped, so 900 and 900.0 give one key
+            "config": Classifier.Config(**cfg).model_dump(mode="json"),
             "size": list(train_set.size or ()),
             "samples": [s.id for s in train_set.samples],
         },
