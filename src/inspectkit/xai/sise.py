@@ -22,10 +22,11 @@ Four phases, per image and target class:
    scored about half the energy-pointing-game on our tests.)
 
 Cost: one forward/backward pass plus at most ``max_blocks × max_masks`` masked forward
-passes per image (defaults 4 × 16 = 64). Measured CPU time per 200×200 image, one
-thread (``benchmarks/bench_xai.py``, BENCHMARKS.md "Explanations"): about 2.4 s for a
-ResNet-18 (so about 1.2-1.5 s on 2 idle cores) and 0.3 s for the compact CNN. Lower
-``max_masks`` for a faster, coarser map.
+passes per image (defaults 4 × 16 = 64), run on :func:`inference_copy` of the model.
+Measured per 200×200 image with the defaults, one image per call, 2 torch threads on
+the 2-core development box at a load average of 3 (``benchmarks/bench_xai.py``,
+BENCHMARKS.md "Explanations"): 1.6 s wall for a ResNet-18, 0.15 s for the compact CNN
+(1.5 and 0.12 CPU-seconds on one thread). Lower ``max_masks`` for a faster, coarser map.
 
 Example:
     >>> import torch
