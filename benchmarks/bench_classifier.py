@@ -297,8 +297,9 @@ def bench_neu(root: Path, args: argparse.Namespace) -> dict:
         "imbalance": "none",
         "augment": args.neu_augment,
         "patience": None if args.neu_patience < 0 else args.neu_patience,
+        "val_fraction": args.neu_val_fraction,
         "time_budget": None if args.quick else args.neu_time_budget,
-        "ema": args.ema,
+        "ema": args.neu_ema or None,
         "seed": 0,
         "progress": not args.no_progress,
     }
@@ -338,10 +339,17 @@ def main() -> None:
     ap.add_argument("--ema", type=float, default=0.999, help="weight EMA decay (0 = off)")
     ap.add_argument("--pool", default="avg", choices=["avg", "avgmax"])
     ap.add_argument("--neu-size", type=int, default=128)
-    ap.add_argument("--neu-epochs", type=int, default=60)
+    ap.add_argument("--neu-epochs", type=int, default=100)
+    ap.add_argument("--neu-ema", type=float, default=0.998, help="weight EMA decay (0 = off)")
+    ap.add_argument(
+        "--neu-val-fraction",
+        type=float,
+        default=0.0,
+        help="held out of the 80 %% for early stopping (0: train on all of it, keep the last epoch)",
+    )
     ap.add_argument("--neu-patience", type=int, default=-1, help="-1: no early stopping")
     ap.add_argument("--neu-augment", default="dihedral", choices=["auto", "dihedral", "flip"])
-    ap.add_argument("--neu-time-budget", type=float, default=300.0, help="seconds of NEU training")
+    ap.add_argument("--neu-time-budget", type=float, default=600.0, help="seconds of NEU training")
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--skip-neu", action="store_true")
     ap.add_argument("--skip-wafer", action="store_true")
