@@ -12,10 +12,20 @@ pytorch-grad-cam peer.
 Localisation metrics explain the true class of each image (the defect the box/mask
 marks); deletion/insertion and the peer comparison explain the predicted class.
 
+Classifiers: the compact network from scratch, NEU at its native 200×200, magnetic tile
+at ``--mt-size`` with a wider network (``--mt-max-params``) and more epochs; the one-cycle
+schedule runs to the end and the best validation epoch is kept. ``--model-cache DIR``
+saves each trained classifier as a one-stage pipeline (plus ``train.json``: time, epochs,
+validation curve) in a folder keyed by the recipe and the training samples, and later
+runs with the same recipe load it instead of training.
+
 Usage::
 
     bash benchmarks/peers/gradcam.sh          # once: the peer's virtualenv
-    flock /tmp/inspectkit-bench.lock python benchmarks/bench_xai.py > benchmarks/results/xai.json
+    python benchmarks/bench_xai.py --threads 1 --only neu --model-cache benchmarks/results/xai_models
+    python benchmarks/bench_xai.py --threads 1 --only magnetic_tile --model-cache benchmarks/results/xai_models
+    flock /tmp/inspectkit-bench.lock python benchmarks/bench_xai.py \
+        --model-cache benchmarks/results/xai_models > benchmarks/results/xai.json
     python benchmarks/bench_xai.py --quick    # smoke run on a few images
 
 Prints one JSON object.
