@@ -394,6 +394,14 @@ def main() -> None:
             "options": {"coreset_ratio": 0.1, "max_bank_size": None},
             "fit_only": True,
         },
+        {
+            # same test images as the peer's throughput-only row, back to back with it
+            "name": "inspectkit PatchCore r=0.1 (throughput only)",
+            "lib": "inspectkit",
+            "method": "patchcore",
+            "options": {"coreset_ratio": 0.1, "max_bank_size": None},
+            "test_limit": 8 if quick else args.throughput_images,
+        },
         {"name": "inspectkit PaDiM", "lib": "inspectkit", "method": "padim", "options": {}},
         {
             "name": "inspectkit SelfSupervised (CutPaste, gaussian)",
