@@ -233,3 +233,33 @@ def test_avgmax_pooling_sees_a_single_hot_pixel_that_average_pooling_dilutes() -
         assert torch.allclose(net(x), net.fused()(x), atol=1e-5)
     with pytest.raises(ConfigError, match="pool"):
         build_classifier("compact", 3, 9, pool="median")
+
+
+def test_time_budget_recovers_epochs_after_a_slow_start() -> None:
+    import time
+
+    x = torch.randn(32, 1, 16, 16)
+    y = torch.randint(0, 2, (32,))
+
+    class SlowFirstEpoch:
+        """Two batches; the first epoch is slowed down as if the machine were busy."""
+
+        def __init__(self) -> None:
+            self.epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __len__(self) -> int:
+            return 2
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            for i in (0, 16):
+                if self.epoch == 0:
+                    time.sleep(0.3)
+                yield x[i : i + 16], y[i : i + 16]
+
+    net = build_classifier("compact", 1, 2, input_size=(16, 16), max_params=5_000)
+    result = train_epochs(net, SlowFirstEpoch(), epochs=12, time_budget=4.0, progress=False)
+    # the first epoch alone would have allowed ~6 epochs; the pace afterwards allows all 12
+    assert result.epochs_run == 12 and not result.stopped_early

@@ -258,7 +258,8 @@ def train_epochs(
         ddp: Wrap in ``DistributedDataParallel`` when a process group is initialised
             (``"auto"``); the loader must then shard the data (``DistributedSampler``).
         time_budget: Seconds of training allowed: after each epoch the schedule is
-            shortened to the epochs that fit (estimated from the epochs so far).
+            re-fitted to the epochs that fit (from the pace of the last three epochs),
+            never beyond ``epochs``.
         ema: Decay of an exponential moving average of the weights (and BatchNorm
             statistics), updated after every step with a warm-up (the decay starts low
             and rises to ``ema``). Validation, best-checkpoint choice and the returned
@@ -297,6 +298,7 @@ def train_epochs(
     best_state: dict[str, torch.Tensor] | None = None
     best = -math.inf
     stale = 0
+    durations: list[float] = []
     t0 = time.perf_counter()
     bar = progress_bar(
         enabled=progress and is_main, total=steps_per_epoch * epochs or None, desc=desc
@@ -305,6 +307,7 @@ def train_epochs(
         epoch = -1
         while epoch + 1 < epochs:
             epoch += 1
+            epoch_t0 = time.perf_counter()
             _set_epoch(loader, epoch)
             train_model.train()
             total, count = 0.0, 0
@@ -364,10 +367,17 @@ def train_epochs(
                 if elapsed > time_budget:
                     result.stopped_early = epoch + 1 < epochs
                     break
-                # fit the schedule to the epochs the budget allows (decided on rank 0)
-                fits = broadcast_float(float(int(time_budget / (elapsed / (epoch + 1)))), device)
-                if fits < epochs:
-                    epochs = max(epoch + 1, int(fits))
+                # fit the schedule to the epochs the budget allows, from the pace of the
+                # last epochs (a slow start on a busy machine is not held against the
+                # rest), never beyond the planned epochs (decided on rank 0)
+                durations.append(time.perf_counter() - epoch_t0)
+                pace = sum(durations[-3:]) / len(durations[-3:])
+                fits = broadcast_float(
+                    float(epoch + 1 + int(max(0.0, time_budget - elapsed) / pace)), device
+                )
+                fitted_epochs = min(planned, max(epoch + 1, int(fits)))
+                if fitted_epochs != epochs:
+                    epochs = fitted_epochs
                     horizon.total = max(1, steps_per_epoch * epochs)
                     bar.total = horizon.total
                     log.info("%s: time budget allows %d epochs", desc, epochs)
