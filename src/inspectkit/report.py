@@ -348,6 +348,17 @@ def _thumbnail(
     return img
 
 
+def _record_thumbnail(record: Any, j: int, heat: torch.Tensor | None) -> Image.Image:
+    """Thumbnail of sample ``j`` of a record, with its ground-truth mask and boxes."""
+    return _thumbnail(
+        record.images[j],
+        heat,
+        record.kind,
+        mask=record.masks[j] if record.masks is not None else None,
+        boxes=record.boxes[j] if record.boxes is not None else None,
+    )
+
+
 def _normalise_map(m: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     """Map values to [0, 1] on one scale shared by every map shown (so good parts stay cool)."""
     return ((m.float() - lo) / (hi - lo)).clamp(0, 1) if hi > lo else torch.zeros_like(m.float())
@@ -372,13 +383,7 @@ def _mistakes_predictions(pred: Predictions, limit: int) -> str:
     cells = []
     for j, s in enumerate(sub.samples):
         hm = heat[j] if heat is not None else None
-        img = _thumbnail(
-            sub.images[j],
-            hm,
-            sub.kind,
-            mask=sub.masks[j] if sub.masks is not None else None,
-            boxes=sub.boxes[j] if sub.boxes is not None else None,
-        )
+        img = _record_thumbnail(sub, j, hm)
         cap = (
             f"{_esc(s.id)}<br>true <b>{_esc(s.label)}</b> → <b>{_esc(sub.predicted[j])}</b> "
             f"({float(sub.probs[j].max()):.2f})"
@@ -413,13 +418,7 @@ def _mistakes_scores(scores: AnomalyScores, limit: int) -> str:
     cells = []
     for j, smp in enumerate(sub.samples):
         hm = _normalise_map(sub.maps[j], lo, hi) if sub.maps is not None else None
-        img = _thumbnail(
-            sub.images[j],
-            hm,
-            sub.kind,
-            mask=sub.masks[j] if sub.masks is not None else None,
-            boxes=sub.boxes[j] if sub.boxes is not None else None,
-        )
+        img = _record_thumbnail(sub, j, hm)
         verdict = "missed defect" if truth_all[picked[j]] else "false alarm"
         cap = f"{_esc(smp.id)}<br><b>{verdict}</b> ({_esc(smp.label)}), score {float(sub.scores[j]):.3g}"
         cells.append(
