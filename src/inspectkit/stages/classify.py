@@ -122,7 +122,9 @@ class Classifier(Stage[ImageSet, Predictions]):
         seed: Seed of initialisation, split, sampling and augmentation.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
         amp: Mixed precision on CUDA (ignored on CPU).
-        batch_size_predict: Batch size of inference.
+        batch_size_predict: Batch size of inference. The default, 128, keeps a compact
+            network's activations in the CPU caches (on 2 cores, 512-map batches ran at
+            65 % and 1,024-map batches at 30 % of its speed); raise it on a GPU.
         num_workers: DataLoader workers feeding training batches (0 = main process).
         progress: tqdm bar with loss and validation macro-F1.
         reject_below: Predictions whose top probability is below this go to ``None``
@@ -165,7 +167,7 @@ class Classifier(Stage[ImageSet, Predictions]):
         seed: int = 0
         device: str = "auto"
         amp: bool = True
-        batch_size_predict: int = Field(512, ge=1)
+        batch_size_predict: int = Field(128, ge=1)
         num_workers: int = Field(0, ge=0)
         progress: bool = True
         reject_below: float | None = Field(None, ge=0, le=1)
@@ -580,8 +582,9 @@ class ViewAverage(nn.Module):
     """Test-time augmentation: log of the class probabilities averaged over views.
 
     ``"flip"``: the image and its horizontal mirror; ``"dihedral"``: the 8 flips and
-    quarter-turns of a square image (the 4 flips of a non-square one). All views go
-    through the network as one batch.
+    quarter-turns of a square image (the 4 flips of a non-square one). Each view goes
+    through the network as its own pass over the batch, so the network's batch stays the
+    size it was given (larger batches fall out of the CPU caches and run slower per map).
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
@@ -606,11 +609,14 @@ class ViewAverage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         views = self._views(x)
-        batch = torch.cat(views)
-        if batch.device.type == "cpu" and batch.ndim == 4:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        probs = torch.softmax(self.net(batch).float(), dim=1)
-        return probs.view(len(views), x.shape[0], -1).mean(0).clamp_min(1e-12).log()
+        total: torch.Tensor | None = None
+        for view in views:
+            if view.device.type == "cpu" and view.ndim == 4:
+                view = view.contiguous(memory_format=torch.channels_last)
+            probs = torch.softmax(self.net(view).float(), dim=1)
+            total = probs if total is None else total + probs
+        assert total is not None
+        return (total / len(views)).clamp_min(1e-12).log()
 
 
 class _SubsetBatches(Dataset):
