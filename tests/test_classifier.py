@@ -129,6 +129,17 @@ def test_tta_averages_the_probabilities_of_the_flipped_views(
         ViewAverage(torch.nn.Identity(), "none")
 
 
+def test_predict_batch_size_does_not_change_probabilities(
+    fitted: Classifier, test_set: ImageSet
+) -> None:
+    # views and batches are separate passes: the split of the input must not matter
+    small = Classifier(**{**FAST, "tta": "flip", "batch_size_predict": 3})
+    small.set_state(fitted.get_state())
+    large = Classifier(**{**FAST, "tta": "flip", "batch_size_predict": 1024})
+    large.set_state(fitted.get_state())
+    assert torch.allclose(small.predict_proba(test_set), large.predict_proba(test_set), atol=1e-5)
+
+
 def test_preprocess_feeds_the_model(fitted: Classifier, test_set: ImageSet) -> None:
     x = fitted.preprocess(test_set.image_tensor()[:5])
     assert x.dtype == torch.float32 and x.shape == (5, 3, 16, 16)
