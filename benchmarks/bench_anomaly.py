@@ -403,6 +403,19 @@ def main() -> None:
             "test_limit": 8 if quick else args.throughput_images,
         },
         {"name": "inspectkit PaDiM", "lib": "inspectkit", "method": "padim", "options": {}},
+        # the same detectors with the backbone under bfloat16 autocast (feature_dtype)
+        {
+            "name": "inspectkit PatchCore r=0.001 bf16",
+            "lib": "inspectkit",
+            "method": "patchcore",
+            "options": {"coreset_ratio": 0.001, "feature_dtype": "bfloat16"},
+        },
+        {
+            "name": "inspectkit PaDiM bf16",
+            "lib": "inspectkit",
+            "method": "padim",
+            "options": {"feature_dtype": "bfloat16"},
+        },
         {
             "name": "inspectkit SelfSupervised (CutPaste, gaussian)",
             "lib": "inspectkit",

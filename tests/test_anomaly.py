@@ -431,3 +431,31 @@ def test_patchcore_search_modes_agree(monkeypatch):
     assert float((m - exact_m).abs().mean() / exact_m.abs().mean()) < 0.01
     with pytest.raises(ConfigError, match="search_dtype"):
         PatchCore(search_dtype="float16")
+
+
+@pytest.mark.parametrize("method", ["patchcore", "padim"])
+def test_bfloat16_features_keep_the_verdicts(fitted, data, method, tmp_path):
+    # the backbone under bfloat16 autocast: features round to ~3 digits, the ranking of
+    # parts and the saved option survive
+    opts = {**FAST_OPTIONS[method], "feature_dtype": "bfloat16"}
+    det = AnomalyDetector(
+        method=method,
+        size=SIZE,
+        options=opts,
+        progress=False,
+        calibration_fraction=0.25,
+        target_false_alarm_rate=0.2,
+        device="cpu",
+    ).fit(data["train"])
+    res = det.run(data["test"])
+    ref = fitted[method].run(data["test"])
+    assert image_auroc(res) >= 0.9
+    corr = torch.corrcoef(torch.stack([res.scores, ref.scores]))[0, 1]
+    assert float(corr) > 0.95
+    assert not torch.equal(res.scores, ref.scores)  # it did run in bfloat16
+    pipe = Pipeline([det])
+    pipe.save(tmp_path / "bf16")
+    again = Pipeline.load(tmp_path / "bf16").run(data["test"])
+    assert torch.equal(again.scores, res.scores)
+    with pytest.raises(ConfigError, match="feature_dtype"):
+        AnomalyDetector(method=method, options={"feature_dtype": "float16"})

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inspectkit.errors import DataError, NotFittedError
+from inspectkit.errors import ConfigError, DataError, NotFittedError
 from inspectkit.ops import to_float
 from inspectkit.runtime import progress, resolve_device
 
@@ -119,6 +119,11 @@ class AnomalyModel(nn.Module):
         sigma: Gaussian smoothing of anomaly maps, in pixels.
         device: Where computations run (``"auto"`` = CUDA when present).
         show_progress: tqdm bars on loops a person waits for.
+        feature_dtype: ``"float32"`` (default) or ``"bfloat16"``: the frozen backbone
+            runs under bfloat16 autocast and its features are returned as float32. On
+            CPUs with AVX-512 BF16 / AMX (and on GPUs) the backbone runs 2-3× faster;
+            features change by bfloat16 rounding (about 3 significant digits), which
+            moved image AUROC by well under 0.01 in the magnetic-tile benchmark.
     """
 
     def __init__(
@@ -128,10 +133,16 @@ class AnomalyModel(nn.Module):
         sigma: float = 4.0,
         device: str = "auto",
         progress: bool = True,
+        feature_dtype: str = "float32",
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise DataError(f"batch_size must be at least 1, got {batch_size}")
+        if feature_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(
+                f"feature_dtype must be 'float32' or 'bfloat16', got {feature_dtype!r}"
+            )
+        self.feature_dtype = feature_dtype
         self.batch_size = int(batch_size)
         self.sigma = float(sigma)
         self.show_progress = progress
@@ -152,6 +163,10 @@ class AnomalyModel(nn.Module):
         if cached is None or cached[0] is not extractor or cached[1] != x.device:
             cached = (extractor, x.device, extractor.inference_copy())
             self.__dict__["_fast_extractor"] = cached
+        if self.feature_dtype == "bfloat16":
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                out = cached[2](x)
+            return {name: f.float() for name, f in out.items()}
         return cached[2](x)
 
     def reset_caches(self) -> None:

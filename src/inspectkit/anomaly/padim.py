@@ -37,7 +37,7 @@ class PaDiM(AnomalyModel):
         eps: Regularisation added to every covariance diagonal.
         sigma: Gaussian smoothing of the maps in pixels.
         seed: Seed of backbone init and channel subset.
-        batch_size, device, progress: See :class:`AnomalyModel`.
+        batch_size, device, progress, feature_dtype: See :class:`AnomalyModel`.
 
     Example:
         >>> import torch
@@ -60,8 +60,15 @@ class PaDiM(AnomalyModel):
         device: str = "auto",
         progress: bool = True,
         extractor: FeatureExtractor | None = None,
+        feature_dtype: str = "float32",
     ) -> None:
-        super().__init__(batch_size=batch_size, sigma=sigma, device=device, progress=progress)
+        super().__init__(
+            batch_size=batch_size,
+            sigma=sigma,
+            device=device,
+            progress=progress,
+            feature_dtype=feature_dtype,
+        )
         if eps <= 0:
             raise ConfigError(f"eps must be positive, got {eps}")
         self.extractor = extractor or FeatureExtractor(backbone, layers, weights, seed=seed)

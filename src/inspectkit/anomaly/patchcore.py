@@ -180,7 +180,7 @@ class PatchCore(AnomalyModel):
         pool_size: Local neighbourhood of the patch features (paper: 3).
         sigma: Gaussian smoothing of the maps in pixels (paper: 4).
         seed: Seed of backbone init, projection and coreset start.
-        batch_size, device, progress: See :class:`AnomalyModel`.
+        batch_size, device, progress, feature_dtype: See :class:`AnomalyModel`.
         extractor: A ready :class:`FeatureExtractor` (overrides backbone/layers/weights),
             e.g. the one :class:`SelfSupervised` trained.
 
@@ -214,8 +214,15 @@ class PatchCore(AnomalyModel):
         device: str = "auto",
         progress: bool = True,
         extractor: FeatureExtractor | None = None,
+        feature_dtype: str = "float32",
     ) -> None:
-        super().__init__(batch_size=batch_size, sigma=sigma, device=device, progress=progress)
+        super().__init__(
+            batch_size=batch_size,
+            sigma=sigma,
+            device=device,
+            progress=progress,
+            feature_dtype=feature_dtype,
+        )
         if not 0 < coreset_ratio <= 1:
             raise ConfigError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}")
         if max_bank_size is not None and max_bank_size < 1:
