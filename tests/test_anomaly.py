@@ -459,3 +459,34 @@ def test_bfloat16_features_keep_the_verdicts(fitted, data, method, tmp_path):
     assert torch.equal(again.scores, res.scores)
     with pytest.raises(ConfigError, match="feature_dtype"):
         AnomalyDetector(method=method, options={"feature_dtype": "float16"})
+
+
+def test_intensity_standardisation_ignores_lighting(data, tmp_path):
+    # a good part photographed darker and with less contrast is not an anomaly once
+    # intensities are standardised; with raw intensities it scores far higher
+    def scores(intensity: str) -> tuple[torch.Tensor, torch.Tensor, AnomalyDetector]:
+        det = AnomalyDetector(
+            method="padim",
+            size=SIZE,
+            intensity=intensity,
+            options=FAST_OPTIONS["padim"],
+            progress=False,
+            calibration_fraction=0.25,
+            target_false_alarm_rate=0.2,
+            device="cpu",
+        ).fit(data["train"])
+        test = data["test"]
+        dim = test.replace(images=(test.image_tensor().float() * 0.6 + 20).round().to(torch.uint8))
+        return det.run(test).scores, det.run(dim).scores, det
+
+    raw, raw_dim, _ = scores("raw")
+    std, std_dim, det = scores("standardize")
+    good = slice(0, 8)
+    assert float(raw_dim[good].mean()) > 1.5 * float(raw[good].mean())
+    assert torch.allclose(std_dim, std, rtol=0.1)
+    assert image_auroc(det.run(data["test"])) >= 0.9
+    Pipeline([det]).save(tmp_path / "std")
+    again = Pipeline.load(tmp_path / "std").run(data["test"])
+    assert torch.equal(again.scores, std)
+    with pytest.raises(ConfigError, match="intensity"):
+        AnomalyDetector(method="padim", intensity="equalize")

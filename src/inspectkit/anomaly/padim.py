@@ -140,7 +140,16 @@ class PaDiM(AnomalyModel):
         cov = (s2 - n * mean.unsqueeze(2) * mean.unsqueeze(1)) / (n - 1)
         cov += self.eps * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
         self.mean = mean.float()
-        self.inv_cov = torch.linalg.inv(cov).float()
+        # covariances are symmetric positive definite (eps·I added): invert through a
+        # Cholesky factor, which is stable where batched LU (`linalg.inv`) failed on
+        # thousands of 200×200 matrices; positions whose factorisation fails fall back to
+        # the pseudo-inverse
+        chol, info = torch.linalg.cholesky_ex(cov)
+        inv = torch.cholesky_inverse(chol)
+        bad = info != 0
+        if bool(bad.any()):
+            inv[bad] = torch.linalg.pinv(cov[bad], hermitian=True)
+        self.inv_cov = inv.float()
 
     def _score_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         e = self.embed(x)
