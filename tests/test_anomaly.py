@@ -79,22 +79,24 @@ FAST_OPTIONS = {
 }
 
 
+def small_detector(method: str, options: dict | None = None, **config) -> AnomalyDetector:
+    """The tests' stage: small options, threshold from a quarter of the goods at 20 %."""
+    return AnomalyDetector(
+        method=method,
+        size=SIZE,
+        options={**FAST_OPTIONS[method], **(options or {})},
+        progress=False,
+        calibration_fraction=0.25,
+        target_false_alarm_rate=0.2,
+        device="cpu",
+        **config,
+    )
+
+
 @pytest.fixture(scope="module")
 def fitted(data) -> dict:
     """One fitted stage per method, shared by the tests below (fitting is the slow part)."""
-    out = {}
-    for method, opts in FAST_OPTIONS.items():
-        det = AnomalyDetector(
-            method=method,
-            size=SIZE,
-            options=opts,
-            progress=False,
-            calibration_fraction=0.25,
-            target_false_alarm_rate=0.2,
-            device="cpu",
-        )
-        out[method] = det.fit(data["train"])
-    return out
+    return {method: small_detector(method).fit(data["train"]) for method in FAST_OPTIONS}
 
 
 @pytest.mark.parametrize("method", list(FAST_OPTIONS))
@@ -437,16 +439,7 @@ def test_patchcore_search_modes_agree(monkeypatch):
 def test_bfloat16_features_keep_the_verdicts(fitted, data, method, tmp_path):
     # the backbone under bfloat16 autocast: features round to ~3 digits, the ranking of
     # parts and the saved option survive
-    opts = {**FAST_OPTIONS[method], "feature_dtype": "bfloat16"}
-    det = AnomalyDetector(
-        method=method,
-        size=SIZE,
-        options=opts,
-        progress=False,
-        calibration_fraction=0.25,
-        target_false_alarm_rate=0.2,
-        device="cpu",
-    ).fit(data["train"])
+    det = small_detector(method, {"feature_dtype": "bfloat16"}).fit(data["train"])
     res = det.run(data["test"])
     ref = fitted[method].run(data["test"])
     assert image_auroc(res) >= 0.9
@@ -465,16 +458,7 @@ def test_intensity_standardisation_ignores_lighting(data, tmp_path):
     # a good part photographed darker and with less contrast is not an anomaly once
     # intensities are standardised; with raw intensities it scores far higher
     def scores(intensity: str) -> tuple[torch.Tensor, torch.Tensor, AnomalyDetector]:
-        det = AnomalyDetector(
-            method="padim",
-            size=SIZE,
-            intensity=intensity,
-            options=FAST_OPTIONS["padim"],
-            progress=False,
-            calibration_fraction=0.25,
-            target_false_alarm_rate=0.2,
-            device="cpu",
-        ).fit(data["train"])
+        det = small_detector("padim", intensity=intensity).fit(data["train"])
         test = data["test"]
         dim = test.replace(images=(test.image_tensor().float() * 0.6 + 20).round().to(torch.uint8))
         return det.run(test).scores, det.run(dim).scores, det

@@ -197,22 +197,24 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         """
         is_uint8 = images.dtype == torch.uint8
         top = 255.0 if is_uint8 else 1.0
-        stats = torch.empty(images.shape[0], 2, dtype=torch.float64)
-        for s in range(0, images.shape[0], 256):
-            x = images[s : s + 256].float()
-            stats[s : s + 256, 0] = x.mean((1, 2, 3)).double()
-            stats[s : s + 256, 1] = x.std((1, 2, 3)).double() if x[0].numel() > 1 else 0.0
+        chunks = range(0, images.shape[0], 256)
+        # per image (std, mean) over all pixels and channels; sizes are ≥ 16×16
+        stats = torch.cat(
+            [torch.stack(torch.std_mean(images[s : s + 256].float(), (1, 2, 3)), 1) for s in chunks]
+        )
         if fitting:
-            self.intensity_stats = (float(stats[:, 0].mean()), float(stats[:, 1].mean()))
+            self.intensity_stats = (
+                float(stats[:, 1].double().mean()),
+                float(stats[:, 0].double().mean()),
+            )
         if self.intensity_stats is None:
             raise NotFittedError("intensity statistics are learned in fit; call fit first")
         mean, std = self.intensity_stats
         out = torch.empty_like(images)
-        for s in range(0, images.shape[0], 256):
-            x = images[s : s + 256].float()
-            m = stats[s : s + 256, 0].float().view(-1, 1, 1, 1)
-            sd = stats[s : s + 256, 1].float().clamp_min(1e-3 * top).view(-1, 1, 1, 1)
-            y = ((x - m) / sd * std + mean).clamp(0, top)
+        for s in chunks:
+            sd = stats[s : s + 256, 0].clamp_min(1e-3 * top).view(-1, 1, 1, 1)
+            m = stats[s : s + 256, 1].view(-1, 1, 1, 1)
+            y = ((images[s : s + 256].float() - m) / sd * std + mean).clamp(0, top)
             out[s : s + 256] = y.round().to(torch.uint8) if is_uint8 else y.to(images.dtype)
         return out
 
