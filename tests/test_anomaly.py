@@ -12,6 +12,7 @@ from torch import nn
 from inspectkit import Pipeline
 from inspectkit.anomaly import (
     AnomalyDetector,
+    Ensemble,
     PaDiM,
     PatchCore,
     SelfSupervised,
@@ -76,6 +77,13 @@ FAST_OPTIONS = {
     "padim": {"n_features": 64},
     "autoencoder": {"epochs": 12, "batch_size": 8},
     "selfsupervised": {"steps": 8, "crop_size": 32, "batch_size": 8, "n_features": 48},
+}
+FAST_OPTIONS["ensemble"] = {
+    "holdout": 0.25,
+    "members": [
+        {"method": "patchcore", **FAST_OPTIONS["patchcore"]},
+        {"method": "padim", **FAST_OPTIONS["padim"]},
+    ],
 }
 
 
@@ -474,3 +482,77 @@ def test_intensity_standardisation_ignores_lighting(data, tmp_path):
     assert torch.equal(again.scores, std)
     with pytest.raises(ConfigError, match="intensity"):
         AnomalyDetector(method="padim", intensity="equalize")
+
+
+class Louder(PaDiM):
+    """PaDiM whose scores and maps come out in other units (×1000, +5)."""
+
+    def _score_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s, m = super()._score_batch(x)
+        return s * 1000 + 5, m * 1000 + 5
+
+
+@pytest.mark.parametrize("image_score", ["map_max", "mean"])
+def test_ensemble_members_count_the_same_whatever_their_units(data, image_score):
+    # each member is put on the scale of its own held-out good scores, so a detector that
+    # reports in other units neither dominates the average nor is drowned by it
+    x = data["train"].image_tensor()
+    test = data["test"].image_tensor()
+
+    def members(padim_cls: type[PaDiM]) -> list:
+        return [
+            PatchCore(layers=["layer1", "layer2"], coreset_ratio=0.5, progress=False),
+            padim_cls(n_features=64, progress=False),
+        ]
+
+    plain = Ensemble(members(PaDiM), holdout=0.25, image_score=image_score).fit(x)
+    loud = Ensemble(members(Louder), holdout=0.25, image_score=image_score).fit(x)
+    s_plain, m_plain = plain.score(test)
+    s_loud, m_loud = loud.score(test)
+    assert torch.allclose(s_plain, s_loud, atol=1e-3)
+    assert torch.allclose(m_plain, m_loud, atol=1e-3)
+    # held-out good parts sit at 0 on the common scale, the defects well above the goods
+    _, held_out = plain.split(x.shape[0])
+    h_scores, h_maps = plain.score(x[held_out])
+    assert abs(float(h_maps.mean())) < 1e-3
+    if image_score == "mean":
+        assert abs(float(h_scores.mean())) < 1e-3
+    assert float(s_plain[8:].min()) > float(s_plain[:8].mean())
+    # a zero weight leaves a member out: the ranking is then the other member's alone
+    alone = Ensemble(members(PaDiM), weights=[0, 1], holdout=0.25, image_score=image_score)
+    alone.fit(x)
+    fit_idx, _ = alone.split(x.shape[0])
+    ref = PaDiM(n_features=64, progress=False, device="cpu").fit(x[fit_idx]).score(test)[0]
+    assert torch.equal(alone.score(test)[0].argsort(), ref.argsort())
+
+
+def test_bad_ensembles_are_refused(data):
+    def pc():
+        return PatchCore(layers=["layer1"], progress=False, device="cpu")
+
+    one = pc()
+    with pytest.raises(ConfigError, match="at least 2"):
+        Ensemble([pc()])
+    with pytest.raises(ConfigError, match="twice"):
+        Ensemble([one, one])
+    with pytest.raises(ConfigError, match="detectors"):
+        Ensemble([pc(), nn.Linear(2, 2)])  # type: ignore[list-item]
+    with pytest.raises(ConfigError, match="weights"):
+        Ensemble([pc(), pc()], weights=[1, -1])
+    with pytest.raises(ConfigError, match="weights"):
+        Ensemble([pc(), pc()], weights=[1])
+    with pytest.raises(ConfigError, match="holdout"):
+        Ensemble([pc(), pc()], holdout=0.9)
+    with pytest.raises(ConfigError, match="image_score"):
+        Ensemble([pc(), pc()], image_score="median")
+    with pytest.raises(DataError, match="at least 3"):
+        Ensemble([pc(), pc()]).fit(data["train"].image_tensor()[:2])
+    with pytest.raises(ConfigError, match="list of dicts"):
+        AnomalyDetector(method="ensemble", options={"members": "patchcore,padim"})
+    with pytest.raises(ConfigError, match="member method"):
+        AnomalyDetector(method="ensemble", options={"members": [{"method": "knn"}, {}]})
+    with pytest.raises(ConfigError, match="coreset_rate"):
+        AnomalyDetector(
+            method="ensemble",
+            options={"members": [{"method": "patchcore", "coreset_rate": 1}, {"method": "padim"}]},
+        )

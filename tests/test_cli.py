@@ -387,7 +387,7 @@ def test_anomaly_train_predict_evaluate_explain(
         "--task",
         "anomaly",
         "--method",
-        "padim",
+        "ensemble",  # PatchCore + PaDiM on one scale
         "--size",
         "32",
         "--out",

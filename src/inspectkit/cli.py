@@ -934,9 +934,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--method",
-        choices=["patchcore", "padim", "autoencoder", "selfsupervised"],
+        choices=["patchcore", "padim", "autoencoder", "selfsupervised", "ensemble"],
         default=None,
-        help="anomaly detector of --task anomaly (default patchcore)",
+        help="anomaly detector of --task anomaly (default patchcore; ensemble = patchcore + padim)",
     )
     p.set_defaults(func=cmd_train)
 

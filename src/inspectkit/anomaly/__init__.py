@@ -2,7 +2,7 @@
 
 Detectors are plain torch modules with ``fit(images)`` / ``score(images)``:
 :class:`PatchCore` (memory bank), :class:`PaDiM` (Gaussian per position),
-:class:`AutoEncoder` (reconstruction) and :class:`SelfSupervised` (CutPaste). The
+:class:`AutoEncoder` (reconstruction) and :class:`SelfSupervised` (CutPaste), and :class:`Ensemble` of several of them. The
 :class:`AnomalyDetector` stage wraps any of them for a pipeline, with threshold
 calibration from held-out good images.
 
@@ -14,6 +14,7 @@ Example:
 
 from inspectkit.anomaly.autoencoder import AutoEncoder
 from inspectkit.anomaly.base import AnomalyModel
+from inspectkit.anomaly.ensemble import Ensemble
 from inspectkit.anomaly.padim import PaDiM
 from inspectkit.anomaly.patchcore import PatchCore, greedy_coreset
 from inspectkit.anomaly.selfsupervised import SelfSupervised, cutpaste
@@ -29,6 +30,7 @@ __all__ = [
     "AnomalyDetector",
     "AnomalyModel",
     "AutoEncoder",
+    "Ensemble",
     "PaDiM",
     "PatchCore",
     "SelfSupervised",

@@ -41,6 +41,7 @@ from pydantic import Field, field_validator
 
 from inspectkit.anomaly.autoencoder import AutoEncoder
 from inspectkit.anomaly.base import AnomalyModel
+from inspectkit.anomaly.ensemble import Ensemble
 from inspectkit.anomaly.padim import PaDiM
 from inspectkit.anomaly.patchcore import PatchCore
 from inspectkit.anomaly.selfsupervised import SelfSupervised
@@ -66,12 +67,18 @@ METHODS: dict[str, type[AnomalyModel]] = {
     "selfsupervised": SelfSupervised,
 }
 
+#: ``method="ensemble"`` without ``members``: the memory bank and the Gaussian, each with
+#: its default settings
+DEFAULT_ENSEMBLE: list[dict[str, Any]] = [{"method": "patchcore"}, {"method": "padim"}]
+
 
 class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
     """Good-only anomaly detection as a pipeline stage.
 
     Args:
-        method: ``"patchcore"``, ``"padim"``, ``"autoencoder"`` or ``"selfsupervised"``.
+        method: ``"patchcore"``, ``"padim"``, ``"autoencoder"``, ``"selfsupervised"`` or
+            ``"ensemble"`` (several of them averaged on one scale; see
+            :class:`~inspectkit.anomaly.ensemble.Ensemble` and ``options`` below).
         backbone: torchvision or registered backbone name (not used by the autoencoder).
         weights: Local state-dict file for the backbone (``None`` = seeded random init).
         layers: Backbone layers; ``None`` = the method's default.
@@ -85,6 +92,12 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
             (0 = none; the stage then reports no threshold until :meth:`calibrate`).
         options: Further keyword arguments of the detector class (e.g.
             ``{"coreset_ratio": 0.01}`` for PatchCore, ``{"steps": 500}`` for CutPaste).
+            For ``method="ensemble"``: ``members``, a list of dicts each naming a
+            ``method`` plus that detector's ``layers`` and options (default: PatchCore
+            and PaDiM with their default settings); ``holdout``, ``weights`` and
+            ``image_score`` of :class:`~inspectkit.anomaly.ensemble.Ensemble`; every other
+            key (e.g. ``feature_dtype``) is given to every member. Members share the
+            backbone and its weights file.
         batch_size: Images per forward pass.
         seed: Seed of initialisation, hold-out split and sampling.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
@@ -99,7 +112,9 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
     stateful = True
 
     class Config(StageConfig):
-        method: Literal["patchcore", "padim", "autoencoder", "selfsupervised"] = "patchcore"
+        method: Literal["patchcore", "padim", "autoencoder", "selfsupervised", "ensemble"] = (
+            "patchcore"
+        )
         backbone: str = "resnet18"
         weights: str | None = None
         layers: list[str] | None = None
@@ -148,24 +163,66 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
     # ------------------------------------------------------------------ building
     def _build(self, weights: str | None, in_channels: int) -> AnomalyModel:
         cfg = self.config
-        kwargs: dict[str, Any] = {
+        common: dict[str, Any] = {
             "seed": cfg.seed,
             "batch_size": cfg.batch_size,
             "device": cfg.device,
             "progress": cfg.progress,
         }
-        if cfg.method == "autoencoder":
+        if cfg.method != "ensemble":
+            return self._build_one(
+                cfg.method, common, cfg.options, cfg.layers, weights, in_channels
+            )
+        options = dict(cfg.options)
+        specs = options.pop("members", DEFAULT_ENSEMBLE)
+        ensemble_args = {
+            k: options.pop(k) for k in ("holdout", "weights", "image_score") if k in options
+        }
+        if not isinstance(specs, list) or not all(isinstance(s, dict) for s in specs):
+            raise ConfigError(
+                "ensemble members are a list of dicts, e.g. options={'members': "
+                f"[{{'method': 'patchcore', ...}}, {{'method': 'padim', ...}}]}}, got {specs!r}"
+            )
+        members = []
+        for spec in specs:
+            spec = dict(spec)
+            method = spec.pop("method", None)
+            if method not in METHODS:
+                raise ConfigError(
+                    f"ensemble member method must be one of {sorted(METHODS)}, got {method!r}"
+                )
+            layers = spec.pop("layers", cfg.layers)
+            members.append(
+                self._build_one(method, common, {**options, **spec}, layers, weights, in_channels)
+            )
+        try:
+            return Ensemble(members, **common, **ensemble_args)
+        except TypeError as exc:
+            raise ConfigError(f"ensemble options do not fit: {exc}") from None
+
+    def _build_one(
+        self,
+        method: str,
+        common: dict[str, Any],
+        options: dict[str, Any],
+        layers: list[str] | None,
+        weights: str | None,
+        in_channels: int,
+    ) -> AnomalyModel:
+        """One detector of ``method`` from the stage's settings plus its ``options``."""
+        kwargs = dict(common)
+        if method == "autoencoder":
             kwargs["in_channels"] = in_channels
         else:
-            kwargs.update(backbone=cfg.backbone, weights=weights)
-            if cfg.layers is not None:
-                kwargs["layers"] = cfg.layers
-        kwargs.update(cfg.options)
+            kwargs.update(backbone=self.config.backbone, weights=weights)
+            if layers is not None:
+                kwargs["layers"] = layers
+        kwargs.update(options)
         try:
-            return METHODS[cfg.method](**kwargs)
+            return METHODS[method](**kwargs)
         except TypeError as exc:
             raise ConfigError(
-                f"AnomalyDetector options {sorted(cfg.options)} do not fit {cfg.method}: {exc}"
+                f"AnomalyDetector options {sorted(options)} do not fit {method}: {exc}"
             ) from None
 
     # ------------------------------------------------------------------ data

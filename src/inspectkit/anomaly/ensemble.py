@@ -1,0 +1,147 @@
+"""``Ensemble``: several good-only detectors, their scores put on one scale and averaged.
+
+Detectors fail differently. A memory bank (PatchCore) flags a patch unlike *any* good
+patch; a per-position Gaussian (PaDiM) flags a patch unusual *at its place*. Their raw
+scores live on unrelated scales (feature distances vs. Mahalanobis distances), so the
+ensemble learns each member's scale from good images it did not fit on:
+
+1. a seeded ``holdout`` share of the good images is kept aside; every member fits on the
+   rest;
+2. each member scores the held-out images; the mean and standard deviation of its image
+   scores, and of all its anomaly-map pixels, are stored as buffers;
+3. scoring averages the members' z-scored anomaly maps pixel by pixel,
+   ``Σ_m w_m (M_m − μ_m) / σ_m`` (weights sum to 1), and the image score is the maximum
+   of that fused map (``image_score="map_max"``, the default): a spot counts when the
+   members agree on *where* it is, while one member's stray peak is halved. With
+   ``image_score="mean"`` it is the weighted mean of the members' z-scored image scores.
+
+So a map value of 0 is "a typical good pixel" for every member, whatever its units. On
+magnetic tiles (pretrained EfficientNet-Lite0, 384 px) PatchCore + PaDiM raised the
+validation image AUROC from 0.944 / 0.936 to 0.963 with ``"mean"`` and 0.970 with
+``"map_max"``.
+
+Example:
+    >>> import torch
+    >>> from inspectkit.anomaly import PaDiM, PatchCore
+    >>> good = torch.rand(12, 3, 64, 64)
+    >>> ens = Ensemble([PatchCore(progress=False), PaDiM(progress=False)], holdout=0.25)
+    >>> scores, maps = ens.fit(good).score(good[:2])
+    >>> tuple(maps.shape)
+    (2, 64, 64)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from inspectkit.anomaly.base import AnomalyModel
+from inspectkit.errors import ConfigError, DataError
+
+
+class Ensemble(AnomalyModel):
+    """Average of z-normalised member detectors (see the module notes).
+
+    Args:
+        members: Two or more unfitted detectors (any :class:`AnomalyModel`).
+        weights: Weight per member (non-negative, normalised to sum 1); ``None`` = equal.
+        holdout: Share of the good images kept aside to learn each member's score scale,
+            in (0, 0.5]; at least 2 images are held out and at least 1 is fitted on.
+        image_score: ``"map_max"`` (maximum of the fused map) or ``"mean"`` (weighted
+            mean of the members' z-scored image scores).
+        seed: Seed of the hold-out split.
+        batch_size: Images per scoring batch (each member then batches as it likes).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
+        progress: Progress bars.
+    """
+
+    def __init__(
+        self,
+        members: Sequence[AnomalyModel],
+        *,
+        weights: Sequence[float] | None = None,
+        holdout: float = 0.1,
+        image_score: str = "map_max",
+        seed: int = 0,
+        batch_size: int = 32,
+        device: str = "auto",
+        progress: bool = True,
+    ) -> None:
+        super().__init__(batch_size=batch_size, device=device, progress=progress)
+        members = list(members)
+        if len(members) < 2:
+            raise ConfigError(f"an ensemble needs at least 2 detectors, got {len(members)}")
+        for m in members:
+            if not isinstance(m, AnomalyModel):
+                raise ConfigError(f"ensemble members must be detectors, got {type(m).__name__}")
+            if m is self:
+                raise ConfigError("an ensemble cannot contain itself")
+        if len({id(m) for m in members}) != len(members):
+            raise ConfigError("the same detector object appears twice in the ensemble")
+        w = [1.0] * len(members) if weights is None else [float(v) for v in weights]
+        if len(w) != len(members):
+            raise ConfigError(f"{len(w)} weights for {len(members)} ensemble members")
+        if any(not math.isfinite(v) or v < 0 for v in w) or sum(w) <= 0:
+            raise ConfigError(f"ensemble weights must be non-negative with a positive sum: {w}")
+        if not 0 < holdout <= 0.5:
+            raise ConfigError(f"holdout must be in (0, 0.5], got {holdout}")
+        if image_score not in ("map_max", "mean"):
+            raise ConfigError(f"image_score must be 'map_max' or 'mean', got {image_score!r}")
+        self.image_score = image_score
+        self.members = nn.ModuleList(members)
+        self.holdout = float(holdout)
+        self.seed = int(seed)
+        self.register_buffer("weights", torch.tensor(w, dtype=torch.float32) / sum(w))
+        # per member: (mean, std) of held-out good image scores, and of their map pixels
+        self.register_buffer("image_stats", torch.zeros(len(members), 2))
+        self.register_buffer("map_stats", torch.zeros(len(members), 2))
+
+    def split(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices ``(fit, held_out)`` of ``n`` good images (seeded, sorted)."""
+        n_out = max(2, round(self.holdout * n))
+        if n - n_out < 1:
+            raise DataError(
+                f"an ensemble needs at least 3 good images (2 held out to learn the "
+                f"members' score scales, 1 to fit on), got {n}"
+            )
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        return order[n_out:].sort().values, order[:n_out].sort().values
+
+    def _fit(self, images: torch.Tensor) -> None:
+        fit_idx, out_idx = self.split(images.shape[0])
+        held_out = images[out_idx]
+        for k, member in enumerate(self.members):
+            member.fit(images[fit_idx])
+            scores, maps = member.score(held_out)
+            self.image_stats[k] = _mean_std(scores)
+            self.map_stats[k] = _mean_std(maps)
+            member.to(self.device)
+
+    def _score_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = maps = None
+        for k, member in enumerate(self.members):
+            s, m = member._score_batch(x)
+            w = self.weights[k]
+            zs = (s.float() - self.image_stats[k, 0]) / self.image_stats[k, 1] * w
+            zm = (m.float() - self.map_stats[k, 0]) / self.map_stats[k, 1] * w
+            scores = zs if scores is None else scores + zs
+            maps = zm if maps is None else maps + zm
+        assert scores is not None and maps is not None
+        if self.image_score == "map_max":
+            scores = maps.flatten(1).amax(1)
+        return scores, maps
+
+
+def _mean_std(values: torch.Tensor) -> torch.Tensor:
+    """``[mean, std]`` of all values (float64 sums); a floor keeps constant scores finite."""
+    v = values.double().flatten()
+    mean = v.mean()
+    std = v.std() if v.numel() > 1 else torch.zeros((), dtype=torch.float64)
+    floor = 1e-6 * max(float(mean.abs()), 1.0)
+    return torch.stack([mean, std.clamp_min(floor)]).float()
+
+
+__all__ = ["Ensemble"]
