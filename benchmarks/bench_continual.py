@@ -523,7 +523,7 @@ def main() -> None:
     os.environ.setdefault("INSPECTKIT_PROGRESS", "0")
     torch.set_num_threads(args.threads)
     # the first optimiser pays torch's one-time import of its compiler stack: not a method's cost
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)], foreach=True)
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)], fused=True)
     started = time.perf_counter()
     load0 = os.getloadavg()
     wm = data_root()

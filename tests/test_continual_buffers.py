@@ -174,6 +174,36 @@ def test_snnl_buffer_keeps_class_cohesive_samples() -> None:
     assert kept_outliers > 0
 
 
+def test_snnl_cohesive_fraction_sets_where_the_quota_is_drawn_from() -> None:
+    # two classes on arcs of the unit circle facing each other: the nearer a class-0
+    # sample is to class 1, the higher its SNNL; the fraction decides how far down that
+    # ranking the kept samples may come from
+    angles = torch.cat([torch.linspace(0.0, 0.6, 40), torch.linspace(1.2, 1.8, 40)])
+    x = torch.stack([angles.cos(), angles.sin()], 1).reshape(-1, 1, 1, 2)
+    y = torch.tensor([0] * 40 + [1] * 40)
+    scores = snnl_per_sample(_flat(x), y, temperature=0.5)
+    rank_of = {int(i): r for r, i in enumerate(scores[:40].argsort().tolist())}
+
+    def kept_ranks(fraction: float, seed: int) -> list[int]:
+        buf = SNNLBuffer(20, temperature=0.5, cohesive_fraction=fraction, seed=seed)
+        buf.update(x, y, features=_flat)
+        assert buf.images is not None and buf.class_counts() == {0: 10, 1: 10}
+        kept = buf.images[buf.labels == 0].reshape(-1, 2)
+        rows = [int((x[:40].reshape(-1, 2) == k).all(1).nonzero()[0]) for k in kept]
+        return sorted(rank_of[i] for i in rows)
+
+    # 0: exactly the ten most cohesive samples of class 0, whatever the seed
+    assert kept_ranks(0.0, 0) == list(range(10)) == kept_ranks(0.0, 5)
+    # 0.5: ten of the twenty most cohesive, not always the same ten
+    draws = [kept_ranks(0.5, seed) for seed in range(6)]
+    assert all(max(d) < 20 for d in draws)
+    assert any(d != list(range(10)) for d in draws)
+    # 1: from anywhere in the class (class-balanced random sampling)
+    assert any(max(kept_ranks(1.0, seed)) >= 20 for seed in range(6))
+    with pytest.raises(ConfigError, match="cohesive_fraction"):
+        SNNLBuffer(5, cohesive_fraction=1.5)
+
+
 def test_snnl_temperature_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="temperature"):
         SNNLBuffer(5, temperature=0)

@@ -13,9 +13,10 @@ Policies:
   far is in memory with the same probability ``capacity / seen``.
 * :class:`ClassBalancedBuffer` — the capacity split as evenly as possible over the classes
   seen, random samples within a class.
-* :class:`SNNLBuffer` — per class, the samples with the lowest Soft Nearest Neighbour Loss
-  (Frosst, Papernot & Hinton, ICML 2019) in the current model's feature space: the most
-  class-cohesive ones.
+* :class:`SNNLBuffer` — per class, a random draw among the samples with the lowest Soft
+  Nearest Neighbour Loss (Frosst, Papernot & Hinton, ICML 2019) in the current model's
+  feature space: the class-cohesive half (``cohesive_fraction``), or only the most
+  cohesive ones.
 * :class:`HerdingBuffer` — per class, iCaRL herding (Rebuffi et al., CVPR 2017): samples
   chosen greedily so that their feature mean stays closest to the class mean.
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -445,18 +447,26 @@ def snnl_per_sample(
 
 
 class SNNLBuffer(ClassBalancedBuffer):
-    """Class-balanced quotas filled with the most class-cohesive samples (lowest SNNL).
+    """Class-balanced quotas filled from the class-cohesive samples (low SNNL).
 
     At every update, all candidates (stored samples plus new ones) are embedded with the
-    current model, their per-sample Soft Nearest Neighbour Loss is computed over the
-    candidate pool at ``temperature``, and each class keeps its ``quota`` samples with
-    the lowest loss — those whose neighbourhood is most purely their own class, so the
-    memory holds clean, representative examples rather than outliers or label noise.
+    current model and their per-sample Soft Nearest Neighbour Loss is computed over the
+    candidate pool at ``temperature``. Per class, the candidates are ranked by that loss
+    and only the most cohesive ``cohesive_fraction`` of them (at least the class's
+    quota) are eligible — those whose neighbourhood is most purely their own class, so
+    outliers, label noise and samples lost among other classes never enter the memory;
+    the quota is a seeded uniform draw among the eligible ones. ``cohesive_fraction=0``
+    keeps exactly the ``quota`` lowest-loss samples; ``1`` is class-balanced random
+    sampling. The default 0.5 (the cohesive half) was chosen on validation splits of
+    WM-811K streams: keeping only the very most cohesive samples loses the class's
+    spread, which replay needs (BENCHMARKS.md).
 
     Args:
         capacity: Most samples kept.
         seed: Seed (ties and the candidate subsample).
         temperature: SNNL temperature on L2-normalised features.
+        cohesive_fraction: Share of each class's candidates, lowest SNNL first, that the
+            quota is drawn from, in [0, 1] (see above).
         max_candidates: Candidates scored per update at most (a seeded, class-stratified
             subsample beyond that, to bound the N² cost).
 
@@ -477,18 +487,26 @@ class SNNLBuffer(ClassBalancedBuffer):
         *,
         seed: int = 0,
         temperature: float = 0.1,
+        cohesive_fraction: float = 0.5,
         max_candidates: int = 6000,
     ) -> None:
         super().__init__(capacity, seed=seed)
         if not temperature > 0:
             raise ConfigError(f"SNNL temperature must be positive, got {temperature}")
+        if not 0 <= cohesive_fraction <= 1:
+            raise ConfigError(f"cohesive_fraction must be in [0, 1], got {cohesive_fraction}")
+        self.cohesive_fraction = float(cohesive_fraction)
         if max_candidates < 2:
             raise ConfigError(f"max_candidates must be at least 2, got {max_candidates}")
         self.temperature = float(temperature)
         self.max_candidates = int(max_candidates)
 
     def _params(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "max_candidates": self.max_candidates}
+        return {
+            "temperature": self.temperature,
+            "cohesive_fraction": self.cohesive_fraction,
+            "max_candidates": self.max_candidates,
+        }
 
     def _candidates(
         self, labels: torch.Tensor, n_stored: int, quotas: dict[int, int], rng: np.random.Generator
@@ -523,9 +541,12 @@ class SNNLBuffer(ClassBalancedBuffer):
         scores = snnl_per_sample(feats, labels[cidx], self.temperature).numpy()
         lab = labels[cidx].numpy()
         order: dict[int, np.ndarray] = {}
-        for c in quotas:
+        for c, q in quotas.items():
             members = np.flatnonzero(lab == c)
             ranked = members[np.argsort(scores[members], kind="stable")]
+            eligible = max(q, math.ceil(self.cohesive_fraction * len(ranked)))
+            if eligible > q:  # a uniform draw among the cohesive ones
+                ranked = rng.permutation(ranked[:eligible])
             order[int(c)] = cand[ranked]
         return order
 

@@ -80,6 +80,8 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
             ``"herding"`` or ``"none"`` (plain fine-tuning).
         capacity: Replay memory size in samples (≥ 1).
         temperature: SNNL temperature (``buffer="snnl"``).
+        cohesive_fraction: Share of each class's most cohesive samples the SNNL buffer
+            draws its quota from (``buffer="snnl"``; 0 = only the most cohesive ones).
         epochs: Epochs per experience.
         batch_size: New samples per mini-batch.
         lr: Adam learning rate.
@@ -108,6 +110,7 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
         buffer: BufferPolicy = "snnl"
         capacity: int = 200
         temperature: float = Field(0.1, gt=0)
+        cohesive_fraction: float = Field(0.5, ge=0, le=1)
         epochs: int = Field(3, ge=1)
         batch_size: int = Field(64, ge=2)
         lr: float = Field(1e-3, gt=0)
@@ -163,7 +166,9 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
         cfg = self.config
         if cfg.buffer == "none":
             return None
-        params: dict[str, Any] = {"temperature": cfg.temperature} if cfg.buffer == "snnl" else {}
+        params: dict[str, Any] = {}
+        if cfg.buffer == "snnl":
+            params = {"temperature": cfg.temperature, "cohesive_fraction": cfg.cohesive_fraction}
         return make_buffer(cfg.buffer, cfg.capacity, seed=cfg.seed, **params)
 
     def _trainer(
