@@ -519,7 +519,7 @@ def test_ensemble_members_count_the_same_whatever_their_units(data, image_score)
         assert abs(float(h_scores.mean())) < 1e-3
     assert float(s_plain[8:].min()) > float(s_plain[:8].mean())
     # a zero weight leaves a member out: the ranking is then the other member's alone
-    alone = Ensemble(members(PaDiM), weights=[0, 1], holdout=0.25, image_score=image_score)
+    alone = Ensemble(members(PaDiM), member_weights=[0, 1], holdout=0.25, image_score=image_score)
     alone.fit(x)
     fit_idx, _ = alone.split(x.shape[0])
     ref = PaDiM(n_features=64, progress=False, device="cpu").fit(x[fit_idx]).score(test)[0]
@@ -537,10 +537,10 @@ def test_bad_ensembles_are_refused(data):
         Ensemble([one, one])
     with pytest.raises(ConfigError, match="detectors"):
         Ensemble([pc(), nn.Linear(2, 2)])  # type: ignore[list-item]
-    with pytest.raises(ConfigError, match="weights"):
-        Ensemble([pc(), pc()], weights=[1, -1])
-    with pytest.raises(ConfigError, match="weights"):
-        Ensemble([pc(), pc()], weights=[1])
+    with pytest.raises(ConfigError, match="member_weights"):
+        Ensemble([pc(), pc()], member_weights=[1, -1])
+    with pytest.raises(ConfigError, match="member_weights"):
+        Ensemble([pc(), pc()], member_weights=[1])
     with pytest.raises(ConfigError, match="holdout"):
         Ensemble([pc(), pc()], holdout=0.9)
     with pytest.raises(ConfigError, match="image_score"):

@@ -10,10 +10,11 @@ ensemble learns each member's scale from good images it did not fit on:
 2. each member scores the held-out images; the mean and standard deviation of its image
    scores, and of all its anomaly-map pixels, are stored as buffers;
 3. scoring averages the members' z-scored anomaly maps pixel by pixel,
-   ``Σ_m w_m (M_m − μ_m) / σ_m`` (weights sum to 1), and the image score is the maximum
-   of that fused map (``image_score="map_max"``, the default): a spot counts when the
-   members agree on *where* it is, while one member's stray peak is halved. With
-   ``image_score="mean"`` it is the weighted mean of the members' z-scored image scores.
+   ``Σ_m w_m (M_m − μ_m) / σ_m`` (``member_weights``, summing to 1), and the image score
+   is the maximum of that fused map (``image_score="map_max"``, the default): a spot
+   counts when the members agree on *where* it is, while one member's stray peak is
+   halved. With ``image_score="mean"`` it is the weighted mean of the members' z-scored
+   image scores.
 
 So a map value of 0 is "a typical good pixel" for every member, whatever its units. On
 magnetic tiles (pretrained EfficientNet-Lite0, 384 px) PatchCore + PaDiM raised the
@@ -47,7 +48,8 @@ class Ensemble(AnomalyModel):
 
     Args:
         members: Two or more unfitted detectors (any :class:`AnomalyModel`).
-        weights: Weight per member (non-negative, normalised to sum 1); ``None`` = equal.
+        member_weights: Weight per member (non-negative, normalised to sum 1); ``None`` =
+            equal.
         holdout: Share of the good images kept aside to learn each member's score scale,
             in (0, 0.5]; at least 2 images are held out and at least 1 is fitted on.
         image_score: ``"map_max"`` (maximum of the fused map) or ``"mean"`` (weighted
@@ -62,7 +64,7 @@ class Ensemble(AnomalyModel):
         self,
         members: Sequence[AnomalyModel],
         *,
-        weights: Sequence[float] | None = None,
+        member_weights: Sequence[float] | None = None,
         holdout: float = 0.1,
         image_score: str = "map_max",
         seed: int = 0,
@@ -81,11 +83,11 @@ class Ensemble(AnomalyModel):
                 raise ConfigError("an ensemble cannot contain itself")
         if len({id(m) for m in members}) != len(members):
             raise ConfigError("the same detector object appears twice in the ensemble")
-        w = [1.0] * len(members) if weights is None else [float(v) for v in weights]
+        w = [1.0] * len(members) if member_weights is None else [float(v) for v in member_weights]
         if len(w) != len(members):
-            raise ConfigError(f"{len(w)} weights for {len(members)} ensemble members")
+            raise ConfigError(f"{len(w)} member_weights for {len(members)} ensemble members")
         if any(not math.isfinite(v) or v < 0 for v in w) or sum(w) <= 0:
-            raise ConfigError(f"ensemble weights must be non-negative with a positive sum: {w}")
+            raise ConfigError(f"member_weights must be non-negative with a positive sum: {w}")
         if not 0 < holdout <= 0.5:
             raise ConfigError(f"holdout must be in (0, 0.5], got {holdout}")
         if image_score not in ("map_max", "mean"):
@@ -94,7 +96,7 @@ class Ensemble(AnomalyModel):
         self.members = nn.ModuleList(members)
         self.holdout = float(holdout)
         self.seed = int(seed)
-        self.register_buffer("weights", torch.tensor(w, dtype=torch.float32) / sum(w))
+        self.register_buffer("member_weights", torch.tensor(w, dtype=torch.float32) / sum(w))
         # per member: (mean, std) of held-out good image scores, and of their map pixels
         self.register_buffer("image_stats", torch.zeros(len(members), 2))
         self.register_buffer("map_stats", torch.zeros(len(members), 2))
@@ -124,7 +126,7 @@ class Ensemble(AnomalyModel):
         scores = maps = None
         for k, member in enumerate(self.members):
             s, m = member._score_batch(x)
-            w = self.weights[k]
+            w = self.member_weights[k]
             zs = (s.float() - self.image_stats[k, 0]) / self.image_stats[k, 1] * w
             zm = (m.float() - self.map_stats[k, 0]) / self.map_stats[k, 1] * w
             scores = zs if scores is None else scores + zs

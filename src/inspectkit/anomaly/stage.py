@@ -94,8 +94,8 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
             ``{"coreset_ratio": 0.01}`` for PatchCore, ``{"steps": 500}`` for CutPaste).
             For ``method="ensemble"``: ``members``, a list of dicts each naming a
             ``method`` plus that detector's ``layers`` and options (default: PatchCore
-            and PaDiM with their default settings); ``holdout``, ``weights`` and
-            ``image_score`` of :class:`~inspectkit.anomaly.ensemble.Ensemble`; every other
+            and PaDiM with their default settings); ``holdout``, ``member_weights``
+            and ``image_score`` of :class:`~inspectkit.anomaly.ensemble.Ensemble`; every other
             key (e.g. ``feature_dtype``) is given to every member. Members share the
             backbone and its weights file.
         batch_size: Images per forward pass.
@@ -176,7 +176,7 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         options = dict(cfg.options)
         specs = options.pop("members", DEFAULT_ENSEMBLE)
         ensemble_args = {
-            k: options.pop(k) for k in ("holdout", "weights", "image_score") if k in options
+            k: options.pop(k) for k in ("holdout", "member_weights", "image_score") if k in options
         }
         if not isinstance(specs, list) or not all(isinstance(s, dict) for s in specs):
             raise ConfigError(
