@@ -120,7 +120,6 @@ class Ensemble(AnomalyModel):
             scores, maps = member.score(held_out)
             self.image_stats[k] = _mean_std(scores)
             self.map_stats[k] = _mean_std(maps)
-            member.to(self.device)
 
     def _score_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scores = maps = None
