@@ -26,6 +26,7 @@ from inspectkit.anomaly.patchcore import nearest_distances
 from inspectkit.errors import ConfigError, DataError, InspectkitError, NotFittedError
 from inspectkit.metrics.anomaly import image_auroc
 from inspectkit.models.features import FeatureExtractor
+from inspectkit.ops import to_float
 from inspectkit.records import AnomalyScores, ImageSet, SampleMeta
 
 SIZE = 64
@@ -382,6 +383,25 @@ def test_fused_upsample_smooth_equals_sampling_then_blur(grid, size, sigma):
     ref = model.upsample_smooth_reference(maps, size)
     assert fused.shape == (3, *size)
     assert torch.allclose(fused, ref, atol=1e-5)
+
+
+def test_padim_inverse_covariances_are_exact_and_chunking_changes_nothing(monkeypatch):
+    # the Gaussian per position: inverses of (sample covariance + eps·I), computed from
+    # float64 sums chunk by chunk, equal a direct float64 inverse of the embeddings
+    g = torch.Generator().manual_seed(0)
+    good = torch.rand(12, 3, 32, 32, generator=g)
+    ref = PaDiM(n_features=8, progress=False, device="cpu").fit(good)
+    with torch.no_grad():
+        e = ref.embed(to_float(good)).double()  # N×d×h×w
+    n, d, h, w = e.shape
+    x = e.permute(2, 3, 0, 1).reshape(h * w, n, d)
+    centred = x - x.mean(1, keepdim=True)
+    cov = centred.transpose(1, 2) @ centred / (n - 1) + ref.eps * torch.eye(d, dtype=torch.float64)
+    assert torch.allclose(ref.inv_cov.double(), torch.linalg.inv(cov), rtol=1e-3, atol=1e-3)
+    monkeypatch.setattr(PaDiM, "INVERT_CHUNK", 5)  # chunks that do not divide the grid
+    small = PaDiM(n_features=8, progress=False, device="cpu").fit(good)
+    assert torch.equal(small.mean, ref.mean)
+    assert torch.allclose(small.inv_cov, ref.inv_cov, rtol=1e-5, atol=1e-6)
 
 
 def test_padim_embedding_equals_concatenate_then_select():

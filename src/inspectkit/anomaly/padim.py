@@ -46,6 +46,9 @@ class PaDiM(AnomalyModel):
         torch.Size([1, 64, 64])
     """
 
+    #: positions whose covariance sums / inverses are computed at once (bounds temporaries)
+    INVERT_CHUNK = 512
+
     def __init__(
         self,
         backbone: str | nn.Module = "resnet18",
@@ -131,25 +134,43 @@ class PaDiM(AnomalyModel):
                 self._grid = (h, w)
             assert s2 is not None
             s1 += e.sum(1).double()
-            s2 += torch.bmm(e.transpose(1, 2), e).double()  # float32 per batch, float64 sums
+            et = e.transpose(1, 2)
+            for start in range(0, h * w, self.INVERT_CHUNK):
+                # float32 products per batch and chunk of positions, float64 sums
+                sl = slice(start, start + self.INVERT_CHUNK)
+                s2[sl] += torch.bmm(et[sl], e[sl])
             n += b
         assert s1 is not None and s2 is not None
         if n < 2:
             raise DataError("PaDiM needs at least 2 good images to estimate covariances")
         mean = s1 / n
-        cov = (s2 - n * mean.unsqueeze(2) * mean.unsqueeze(1)) / (n - 1)
-        cov += self.eps * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
         self.mean = mean.float()
-        # covariances are symmetric positive definite (eps·I added): invert through a
-        # Cholesky factor, which is stable where batched LU (`linalg.inv`) failed on
-        # thousands of 200×200 matrices; positions whose factorisation fails fall back to
-        # the pseudo-inverse
-        chol, info = torch.linalg.cholesky_ex(cov)
-        inv = torch.cholesky_inverse(chol)
-        bad = info != 0
-        if bool(bad.any()):
-            inv[bad] = torch.linalg.pinv(cov[bad], hermitian=True)
-        self.inv_cov = inv.float()
+        self.inv_cov = self._inverse_covariances(s2, mean, n)
+
+    def _inverse_covariances(self, s2: torch.Tensor, mean: torch.Tensor, n: int) -> torch.Tensor:
+        """Float32 inverses of the per-position covariances, from float64 sums.
+
+        Covariances are symmetric positive definite (``eps·I`` added), so they are inverted
+        through a Cholesky factor, which is stable where batched LU (``linalg.inv``) failed
+        on thousands of 200×200 matrices; a position whose factorisation fails falls back
+        to the pseudo-inverse. Positions go ``INVERT_CHUNK`` at a time, so the float64
+        covariance, factor and inverse exist for one chunk only (as do the float32
+        outer products while summing).
+        """
+        p, d, _ = s2.shape
+        eye = self.eps * torch.eye(d, dtype=s2.dtype, device=s2.device)
+        inv = torch.empty(p, d, d, dtype=torch.float32, device=s2.device)
+        for start in range(0, p, self.INVERT_CHUNK):
+            sl = slice(start, start + self.INVERT_CHUNK)
+            m = mean[sl]
+            cov = (s2[sl] - n * m.unsqueeze(2) * m.unsqueeze(1)) / (n - 1) + eye
+            chol, info = torch.linalg.cholesky_ex(cov)
+            part = torch.cholesky_inverse(chol)
+            bad = info != 0
+            if bool(bad.any()):
+                part[bad] = torch.linalg.pinv(cov[bad], hermitian=True)
+            inv[sl] = part
+        return inv
 
     def _score_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         e = self.embed(x)
