@@ -11,9 +11,10 @@ Streams (data from ``INSPECTKIT_DATA`` or ``../shared/data``):
 To fit the 2-core development machine, every method trains on a seeded subsample of
 at most ``--per-class`` maps per class and experience (``--domain-per-class`` for the
 domain stream; defaults 1,000 and 350, about 5,800 and 5,000 training maps, 27 minutes
-for three seeds — sessions 2 and 3 used 200 and 70), is evaluated on at most ``--test-per-class`` test maps per class and
-experience, and runs a fixed number of ``--epochs``; all methods share the same compact
-network (same initial weights), optimiser, batch sizes and epochs.
+for three seeds — sessions 2 and 3 used 200 and 70), is evaluated on at most
+``--test-per-class`` test maps per class and experience, and runs a fixed number of
+``--epochs``; all methods share the same compact network (same initial weights),
+optimiser, batch sizes and epochs.
 
 Methods: fine-tune, ER-reservoir, ER-class-balanced, ER-SNNL, batch-level ER + review,
 ER-SNNL + ensemble (the ensemble of the ER-SNNL run's per-experience models), joint

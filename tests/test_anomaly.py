@@ -398,7 +398,7 @@ def test_padim_inverse_covariances_are_exact_and_chunking_changes_nothing(monkey
     centred = x - x.mean(1, keepdim=True)
     cov = centred.transpose(1, 2) @ centred / (n - 1) + ref.eps * torch.eye(d, dtype=torch.float64)
     assert torch.allclose(ref.inv_cov.double(), torch.linalg.inv(cov), rtol=1e-3, atol=1e-3)
-    monkeypatch.setattr(PaDiM, "INVERT_CHUNK", 5)  # chunks that do not divide the grid
+    monkeypatch.setattr(PaDiM, "POSITION_CHUNK", 5)  # chunks that do not divide the grid
     small = PaDiM(n_features=8, progress=False, device="cpu").fit(good)
     assert torch.equal(small.mean, ref.mean)
     assert torch.allclose(small.inv_cov, ref.inv_cov, rtol=1e-5, atol=1e-6)

@@ -2,9 +2,9 @@
 
 Detectors are plain torch modules with ``fit(images)`` / ``score(images)``:
 :class:`PatchCore` (memory bank), :class:`PaDiM` (Gaussian per position),
-:class:`AutoEncoder` (reconstruction) and :class:`SelfSupervised` (CutPaste), and :class:`Ensemble` of several of them. The
-:class:`AnomalyDetector` stage wraps any of them for a pipeline, with threshold
-calibration from held-out good images.
+:class:`AutoEncoder` (reconstruction), :class:`SelfSupervised` (CutPaste) and
+:class:`Ensemble` (several of them on one scale). The :class:`AnomalyDetector` stage
+wraps any of them for a pipeline, with threshold calibration from held-out good images.
 
 Example:
     >>> from inspectkit.anomaly import AnomalyDetector

@@ -79,8 +79,6 @@ class Ensemble(AnomalyModel):
         for m in members:
             if not isinstance(m, AnomalyModel):
                 raise ConfigError(f"ensemble members must be detectors, got {type(m).__name__}")
-            if m is self:
-                raise ConfigError("an ensemble cannot contain itself")
         if len({id(m) for m in members}) != len(members):
             raise ConfigError("the same detector object appears twice in the ensemble")
         w = [1.0] * len(members) if member_weights is None else [float(v) for v in member_weights]
@@ -114,25 +112,25 @@ class Ensemble(AnomalyModel):
 
     def _fit(self, images: torch.Tensor) -> None:
         fit_idx, out_idx = self.split(images.shape[0])
-        held_out = images[out_idx]
+        fit_images, held_out = images[fit_idx], images[out_idx]
         for k, member in enumerate(self.members):
-            member.fit(images[fit_idx])
+            member.fit(fit_images)
             scores, maps = member.score(held_out)
             self.image_stats[k] = _mean_std(scores)
             self.map_stats[k] = _mean_std(maps)
 
     def _score_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = maps = None
+        scores = maps = 0.0
         for k, member in enumerate(self.members):
             s, m = member._score_batch(x)
             w = self.member_weights[k]
-            zs = (s.float() - self.image_stats[k, 0]) / self.image_stats[k, 1] * w
-            zm = (m.float() - self.map_stats[k, 0]) / self.map_stats[k, 1] * w
-            scores = zs if scores is None else scores + zs
-            maps = zm if maps is None else maps + zm
-        assert scores is not None and maps is not None
+            maps = maps + (m.float() - self.map_stats[k, 0]) / self.map_stats[k, 1] * w
+            if self.image_score == "mean":
+                scores = scores + (s.float() - self.image_stats[k, 0]) / self.image_stats[k, 1] * w
+        assert isinstance(maps, torch.Tensor)
         if self.image_score == "map_max":
-            scores = maps.flatten(1).amax(1)
+            return maps.flatten(1).amax(1), maps
+        assert isinstance(scores, torch.Tensor)
         return scores, maps
 
 

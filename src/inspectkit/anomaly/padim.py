@@ -47,7 +47,7 @@ class PaDiM(AnomalyModel):
     """
 
     #: positions whose covariance sums / inverses are computed at once (bounds temporaries)
-    INVERT_CHUNK = 512
+    POSITION_CHUNK = 512
 
     def __init__(
         self,
@@ -135,9 +135,9 @@ class PaDiM(AnomalyModel):
             assert s2 is not None
             s1 += e.sum(1).double()
             et = e.transpose(1, 2)
-            for start in range(0, h * w, self.INVERT_CHUNK):
+            for start in range(0, h * w, self.POSITION_CHUNK):
                 # float32 products per batch and chunk of positions, float64 sums
-                sl = slice(start, start + self.INVERT_CHUNK)
+                sl = slice(start, start + self.POSITION_CHUNK)
                 s2[sl] += torch.bmm(et[sl], e[sl])
             n += b
         assert s1 is not None and s2 is not None
@@ -153,15 +153,15 @@ class PaDiM(AnomalyModel):
         Covariances are symmetric positive definite (``eps·I`` added), so they are inverted
         through a Cholesky factor, which is stable where batched LU (``linalg.inv``) failed
         on thousands of 200×200 matrices; a position whose factorisation fails falls back
-        to the pseudo-inverse. Positions go ``INVERT_CHUNK`` at a time, so the float64
+        to the pseudo-inverse. Positions go ``POSITION_CHUNK`` at a time, so the float64
         covariance, factor and inverse exist for one chunk only (as do the float32
         outer products while summing).
         """
         p, d, _ = s2.shape
         eye = self.eps * torch.eye(d, dtype=s2.dtype, device=s2.device)
         inv = torch.empty(p, d, d, dtype=torch.float32, device=s2.device)
-        for start in range(0, p, self.INVERT_CHUNK):
-            sl = slice(start, start + self.INVERT_CHUNK)
+        for start in range(0, p, self.POSITION_CHUNK):
+            sl = slice(start, start + self.POSITION_CHUNK)
             m = mean[sl]
             cov = (s2[sl] - n * m.unsqueeze(2) * m.unsqueeze(1)) / (n - 1) + eye
             chol, info = torch.linalg.cholesky_ex(cov)
