@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 from torch import nn
@@ -11,6 +13,9 @@ from inspectkit.continual import (
     ContinualClassifier,
     ReplayTrainer,
     ReservoirBuffer,
+    accuracy_matrix,
+    class_incremental_stream,
+    continual_summary,
     expand_head,
     merge_classes,
     update_pipeline,
@@ -19,6 +24,8 @@ from inspectkit.continual import buffers as buffers_mod
 from inspectkit.continual.trainer import wafer_one_hot
 from inspectkit.errors import ConfigError, DataError, InspectkitError, NotFittedError
 from inspectkit.records import ImageSet, Predictions, SampleMeta
+from inspectkit.sources import load_wafer_maps
+from inspectkit.stages import Wrangle
 
 SIZE = 12
 
@@ -293,3 +300,45 @@ def test_buffer_features_from_the_folded_copy_match_the_live_model() -> None:
     assert tr.model.training, "embedding must restore the training mode it found"
     folded = tr._feature_fn(fuse=True)(codes)
     assert torch.allclose(live, folded, atol=1e-4)
+
+
+@pytest.mark.realdata
+def test_replay_keeps_old_wafer_defects_that_fine_tuning_forgets(wm811k_dir) -> None:
+    """Three experiences of real WM-811K maps (new defect types each): fine-tuning forgets
+    every old class, replay from a 100-map memory keeps a good share of them."""
+    train = load_wafer_maps(wm811k_dir / "WM811K_train_10_split.npz")
+    test = load_wafer_maps(wm811k_dir / "WM811K_test_data.npz")
+    rng, by_class = random.Random(0), {}
+    for i, s in enumerate(test.samples):
+        by_class.setdefault(s.label, []).append(i)
+    test = test.subset(sorted(i for v in by_class.values() for i in rng.sample(v, min(60, len(v)))))
+    order = [["none", "Center", "Edge-Ring"], ["Edge-Loc", "Loc"], ["Scratch", "Random"]]
+    stream = class_incremental_stream(train, test, order, max_train_per_class=150, seed=0)
+    wrangle = Wrangle(size=32)
+    for e in stream:
+        e.train, e.test = wrangle.run(e.train), wrangle.run(e.test)
+
+    def run(buffer: str) -> tuple[dict[str, float], list[list[float]], list[str]]:
+        clf = ContinualClassifier(
+            arch="compact", max_params=30_000, epochs=6, batch_size=32, lr=3e-3, buffer=buffer,
+            capacity=100, device="cpu", progress=False, seed=0,
+        )  # fmt: skip
+        rows = []
+        for t, e in enumerate(stream):
+            clf.fit(e.train) if t == 0 else clf.update(e.train)
+            row = []
+            for seen in stream[: t + 1]:
+                pred = [clf.classes[k] for k in clf.predict_proba(seen.test).argmax(1).tolist()]
+                row.append(sum(p == s.label for p, s in zip(pred, seen.test.samples)) / len(pred))
+            rows.append(row)
+        return continual_summary(accuracy_matrix(rows)), rows, clf.classes
+
+    finetune, ft_rows, classes = run("none")
+    assert classes == [c for group in order for c in group]
+    assert ft_rows[0][0] > 0.7  # the first three patterns are learned (chance: 1/3)
+    assert max(ft_rows[-1][:2]) < 0.1  # fine-tuning forgets every old defect type
+    for buffer in ("reservoir", "snnl"):
+        replay, rows, _ = run(buffer)
+        assert rows[-1][0] >= 0.25, buffer  # the first experience's classes survive two updates
+        assert replay["forgetting"] <= finetune["forgetting"] - 0.2, buffer
+        assert replay["final_avg_accuracy"] > finetune["final_avg_accuracy"], buffer
