@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from scipy import stats
 
 from inspectkit.continual import (
@@ -16,6 +18,7 @@ from inspectkit.continual import (
     class_quotas,
     herding_order,
     make_buffer,
+    proportional_quotas,
     snnl_per_sample,
 )
 from inspectkit.errors import ConfigError, DataError, InspectkitError
@@ -100,6 +103,63 @@ def test_class_quotas_are_exact() -> None:
     # a rare class keeps what it has, the others share its spare slots
     assert class_quotas({0: 50, 1: 2, 2: 50}, 12) == {0: 5, 1: 2, 2: 5}
     assert class_quotas({0: 3, 1: 2}, 100) == {0: 3, 1: 2}
+
+
+def test_proportional_quotas_follow_the_stream_mix() -> None:
+    assert proportional_quotas({0: 900, 1: 90, 2: 10}, {0: 900, 1: 90, 2: 10}, 100) == {
+        0: 90,
+        1: 9,
+        2: 1,
+    }
+    # the shares follow what the stream brought, not the candidates at hand
+    assert proportional_quotas({0: 300, 1: 100}, {0: 50, 1: 50}, 40) == {0: 30, 1: 10}
+    # a class short of candidates keeps them all; its slots go to the others
+    assert proportional_quotas({0: 500, 1: 500}, {0: 500, 1: 20}, 100) == {0: 80, 1: 20}
+    # remainders: largest first, ties to the lower class index
+    assert proportional_quotas({0: 1, 1: 1, 2: 1}, {0: 5, 1: 5, 2: 5}, 10) == {0: 4, 1: 3, 2: 3}
+    assert proportional_quotas({0: 2, 1: 3}, {0: 2, 1: 3}, 100) == {0: 2, 1: 3}
+
+
+_counts = st.dictionaries(st.integers(0, 8), st.integers(0, 400), min_size=1, max_size=6)
+
+
+@given(available=_counts, extra=_counts, capacity=st.integers(1, 300))
+def test_quota_rules_fill_the_capacity_within_the_candidates(
+    available: dict[int, int], extra: dict[int, int], capacity: int
+) -> None:
+    seen = {c: n + extra.get(c, 0) for c, n in available.items()}
+    room = min(capacity, sum(available.values()))
+    for quotas in (
+        class_quotas(available, capacity),
+        proportional_quotas(seen, available, capacity),
+    ):
+        assert set(quotas) == set(available)
+        assert sum(quotas.values()) == room
+        assert all(0 <= quotas[c] <= available[c] for c in available)
+    # where no class runs short, each share is its exact proportion rounded up or down
+    prop = proportional_quotas(seen, available, capacity)
+    total = sum(max(seen[c], available[c]) for c in available if available[c] > 0)
+    if total and all(prop[c] < available[c] for c in available if available[c] > 0):
+        for c in available:
+            if available[c] > 0:
+                assert abs(prop[c] - room * max(seen[c], available[c]) / total) < 1
+
+
+def test_snnl_proportional_quotas_keep_the_class_mix_of_a_domain_stream() -> None:
+    g = torch.Generator().manual_seed(0)
+    y = torch.tensor([0] * 90 + [1] * 10)
+    balanced = SNNLBuffer(20, temperature=0.5, seed=0)
+    prop = SNNLBuffer(20, temperature=0.5, seed=0, quotas="proportional")
+    for _ in range(2):  # two domains, the same class mix in each
+        x = torch.randn(100, 1, 1, 4, generator=g) + y.reshape(-1, 1, 1, 1)
+        balanced.update(x, y, features=_flat)
+        prop.update(x, y, features=_flat)
+    assert balanced.class_counts() == {0: 10, 1: 10}
+    assert prop.class_counts() == {0: 18, 1: 2}
+    back = buffer_from_state(prop.get_state())
+    assert isinstance(back, SNNLBuffer) and back.quotas == "proportional"
+    with pytest.raises(ConfigError, match="quotas"):
+        SNNLBuffer(5, quotas="equal")
 
 
 def test_class_balanced_rebalances_when_classes_arrive() -> None:

@@ -161,7 +161,7 @@ def test_update_grows_classes_and_predictions() -> None:
 
 
 def test_save_load_round_trip_with_buffer_and_ensemble(tmp_path) -> None:
-    pipe = ik.Pipeline([_clf(buffer="snnl", ensemble=True)])
+    pipe = ik.Pipeline([_clf(buffer="snnl", quotas="proportional", ensemble=True)])
     pipe.fit(_exp(0))
     update_pipeline(pipe, _exp(1))
     test = _set(ALL[:3], ALL[:3], 4, seed=5, prefix="t")
@@ -175,6 +175,7 @@ def test_save_load_round_trip_with_buffer_and_ensemble(tmp_path) -> None:
     assert b.classes == a.classes and b.experiences == 2
     assert len(b.members) == 2 and b.buffer is not None and a.buffer is not None
     assert type(b.buffer) is type(a.buffer)
+    assert b.buffer.quotas == a.buffer.quotas == "proportional"
     assert torch.equal(b.buffer.images, a.buffer.images) and torch.equal(
         b.buffer.labels, a.buffer.labels
     )
@@ -231,6 +232,8 @@ def test_bad_input_gives_clear_errors() -> None:
         ContinualClassifier(capacity=0)
     with pytest.raises(InspectkitError, match="capacity must be at least 1"):
         ContinualClassifier(capacity=-3)
+    with pytest.raises(InspectkitError, match="quotas"):
+        ContinualClassifier(quotas="equal")
     clf = _clf()
     with pytest.raises(NotFittedError, match="fitted"):
         clf.update(_exp(1))

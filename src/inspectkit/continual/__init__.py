@@ -27,6 +27,7 @@ _LAZY: dict[str, str] = {
     "class_quotas": "inspectkit.continual.buffers",
     "herding_order": "inspectkit.continual.buffers",
     "make_buffer": "inspectkit.continual.buffers",
+    "proportional_quotas": "inspectkit.continual.buffers",
     "snnl_per_sample": "inspectkit.continual.buffers",
     # training
     "ReplayTrainer": "inspectkit.continual.trainer",

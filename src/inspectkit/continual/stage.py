@@ -82,6 +82,10 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
         temperature: SNNL temperature (``buffer="snnl"``).
         cohesive_fraction: Share of each class's most cohesive samples the SNNL buffer
             draws its quota from (``buffer="snnl"``; 0 = only the most cohesive ones).
+        quotas: How the SNNL buffer splits its capacity over classes: ``"balanced"``
+            (equal shares; lines where new defect types arrive) or ``"proportional"``
+            (the class mix of the stream; domain-incremental lines where every class
+            comes back with each new product).
         epochs: Epochs per experience.
         batch_size: New samples per mini-batch.
         lr: Adam learning rate.
@@ -111,6 +115,7 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
         capacity: int = 200
         temperature: float = Field(0.1, gt=0)
         cohesive_fraction: float = Field(0.5, ge=0, le=1)
+        quotas: Literal["balanced", "proportional"] = "balanced"
         epochs: int = Field(3, ge=1)
         batch_size: int = Field(64, ge=2)
         lr: float = Field(1e-3, gt=0)
@@ -168,7 +173,11 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
             return None
         params: dict[str, Any] = {}
         if cfg.buffer == "snnl":
-            params = {"temperature": cfg.temperature, "cohesive_fraction": cfg.cohesive_fraction}
+            params = {
+                "temperature": cfg.temperature,
+                "cohesive_fraction": cfg.cohesive_fraction,
+                "quotas": cfg.quotas,
+            }
         return make_buffer(cfg.buffer, cfg.capacity, seed=cfg.seed, **params)
 
     def _trainer(
