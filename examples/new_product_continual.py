@@ -1,9 +1,13 @@
-"""A deployed wafer classifier learns new defect types without forgetting the old ones.
+"""A deployed wafer classifier learns new defect types and new products without forgetting.
 
 The line ships a classifier that knows a few WM-811K failure patterns. Later, new
 patterns show up (a new process step, a new tool) and the model must learn them from a
-handful of fresh examples while still recognising everything it knew. The example
-replays a small memory of past samples (SNNL-chosen by default) while training on each
+handful of fresh examples while still recognising everything it knew
+(``--stream class``, the default). Or the fab starts new products — wafers with more,
+smaller dies — and every known pattern comes back at a new die size (``--stream
+domain``: experiences by die count, small → medium → large). The example replays a
+small memory of past samples (SNNL-chosen by default; on the product stream its class
+quotas follow the line's class mix, ``quotas="proportional"``) while training on each
 new experience, and compares with plain fine-tuning (``--buffer none``). It prints the
 accuracy matrix ``R[t, i]`` (accuracy on experience ``i``'s test set after learning
 experience ``t``), the final average accuracy, forgetting and backward transfer, saves
@@ -12,8 +16,9 @@ previous model) and writes an HTML report.
 
 Run::
 
-    python examples/new_product_continual.py --quick            # ~15 s of CPU
-    python examples/new_product_continual.py --buffer none      # the forgetting baseline
+    python examples/new_product_continual.py --quick                  # ~15 s of CPU
+    python examples/new_product_continual.py --quick --stream domain  # new products
+    python examples/new_product_continual.py --buffer none            # the forgetting baseline
 
 Data: ``$INSPECTKIT_DATA/wm811k`` or ``../shared/data/wm811k``.
 """
@@ -36,6 +41,8 @@ from inspectkit.continual import (
     accuracy_matrix,
     class_incremental_stream,
     continual_summary,
+    domain_incremental_stream,
+    size_bucket,
     update_pipeline,
 )
 from inspectkit.metrics import classification_report
@@ -50,6 +57,10 @@ CLASS_ORDER = [
     ["Scratch", "Random"],
     ["Donut", "Near-full"],
 ]
+
+#: Products in the order the fab starts them: wafer maps by die count ``H×W``.
+PRODUCTS = ["small", "medium", "large"]
+DIE_COUNT_EDGES = [676, 1353]
 
 
 def data_root() -> Path:
@@ -80,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         default="snnl",
         choices=["snnl", "reservoir", "class_balanced", "herding", "none"],
     )
+    ap.add_argument(
+        "--stream",
+        default="class",
+        choices=["class", "domain"],
+        help="new defect types (class) or new products, i.e. die sizes (domain)",
+    )
     ap.add_argument("--capacity", type=int, default=None, help="replay memory size (samples)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -95,9 +112,19 @@ def main(argv: list[str] | None = None) -> int:
     test = load_wafer_maps(root / "WM811K_test_data.npz", unlabelled="skip")
     if quick:
         test = per_class_cap(test, 20, args.seed)
-    stream = class_incremental_stream(
-        train, test, CLASS_ORDER, max_train_per_class=60 if quick else 600, seed=args.seed
-    )
+    if args.stream == "class":
+        stream = class_incremental_stream(
+            train, test, CLASS_ORDER, max_train_per_class=60 if quick else 600, seed=args.seed
+        )
+    else:  # per class and product
+        stream = domain_incremental_stream(
+            train,
+            test,
+            size_bucket(DIE_COUNT_EDGES),
+            order=PRODUCTS,
+            max_train_per_class=40 if quick else 300,
+            seed=args.seed,
+        )
     for exp in stream:
         print(f"{exp.name}: {len(exp.train)} train, {len(exp.test)} test maps")
 
@@ -109,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         max_params=30_000 if quick else 100_000,
         seed=args.seed,
         progress=not quick,
+        # every class returns with each product: keep the line's class mix in memory
+        quotas="proportional" if args.stream == "domain" else "balanced",
     )
     pipe = ik.Pipeline([Wrangle(size=32 if quick else 48), clf])
     out = Path(args.out)
@@ -140,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
 
     everything = ik.ImageSet.concat([e.test for e in stream])
     final = pipe.run(everything)
-    report = classification_report(final, title=f"Continual wafer line: {args.buffer} replay")
+    what = "new defect types" if args.stream == "class" else "new products"
+    report = classification_report(
+        final, title=f"Continual wafer line, {what}: {args.buffer} replay"
+    )
     report.metrics.update(summary)
     report.details["accuracy_matrix"] = {
         "matrix": [[None if math.isnan(a) else round(float(a), 4) for a in row] for row in R],

@@ -83,3 +83,16 @@ def test_new_product_continual(wm811k_dir: Path, tmp_path: Path) -> None:
     assert matrix[0][1] is None and matrix[3][3] is not None  # lower-triangular R[t, i]
     loaded = ik.Pipeline.load(tmp_path / "model")
     assert len(loaded.stages[-1].classes) == 9  # learned every new defect type
+
+
+@pytest.mark.realdata
+def test_new_product_continual_on_new_die_sizes(wm811k_dir: Path, tmp_path: Path) -> None:
+    s = run_example("new_product_continual.py", wm811k_dir.parent, tmp_path, "--stream", "domain")
+    assert 0.2 < s["final_avg_accuracy"] <= 1  # nine classes: chance is 0.11
+    report = json.loads((tmp_path / "report.json").read_text())
+    matrix = report["details"]["accuracy_matrix"]
+    assert matrix["columns"] == ["small", "medium", "large"]
+    assert matrix["matrix"][0][1] is None and matrix["matrix"][2][2] is not None
+    stage = ik.Pipeline.load(tmp_path / "model").stages[-1]
+    assert stage.config.quotas == "proportional" and stage.buffer.quotas == "proportional"
+    assert len(stage.buffer) == 60  # the quick run's memory, filled
