@@ -278,7 +278,13 @@ def speed_pairs(
     CPU seconds (and the per-pair ratios are kept).
     """
     test, exp_of = joined_test(stream)
+
+    def speedup(rows: list[dict[str, float]]) -> float:
+        ours = sum(r["ours_cpu"] for r in rows)
+        return round(sum(r["peer_cpu"] for r in rows) / max(ours, 1e-9), 3)
+
     out: dict[str, Any] = {}
+    every: list[dict[str, float]] = []
     for mem in buffers:
         rows = []
         for k in range(pairs):
@@ -304,12 +310,9 @@ def speed_pairs(
                     "ratio_cpu": round(times["peer"][0] / max(times["ours"][0], 1e-9), 3),
                 }
             )
-        ours = sum(r["ours_cpu"] for r in rows)
-        peer = sum(r["peer_cpu"] for r in rows)
-        out[f"@{mem}"] = {"pairs": rows, "speedup_cpu": round(peer / max(ours, 1e-9), 3)}
-    ours = sum(r["ours_cpu"] for v in out.values() for r in v["pairs"])
-    peer = sum(r["peer_cpu"] for v in out.values() for r in v["pairs"])
-    out["speedup_cpu_all"] = round(peer / max(ours, 1e-9), 3)
+        out[f"@{mem}"] = {"pairs": rows, "speedup_cpu": speedup(rows)}
+        every += rows
+    out["speedup_cpu_all"] = speedup(every)
     return out
 
 

@@ -579,7 +579,7 @@ class SNNLBuffer(ClassBalancedBuffer):
     def _quotas(self, available: dict[int, int], seen: dict[int, int]) -> dict[int, int]:
         if self.quotas == "proportional":
             return proportional_quotas(seen, available, self.capacity)
-        return class_quotas(available, self.capacity)
+        return super()._quotas(available, seen)
 
     def _candidates(
         self, labels: torch.Tensor, n_stored: int, quotas: dict[int, int], rng: np.random.Generator
