@@ -382,9 +382,9 @@ def _load_generated(folder: Path, data: Any, args: argparse.Namespace) -> Any:
 
 
 def _write_card(model_dir: Path, card: dict[str, Any]) -> None:
-    tmp = model_dir / f".{CARD_FILE}.tmp"
-    tmp.write_text(json.dumps(card, indent=2))
-    os.replace(tmp, model_dir / CARD_FILE)
+    from inspectkit.atomic import atomic_write
+
+    atomic_write(model_dir / CARD_FILE, json.dumps(card, indent=2))
 
 
 # ---------------------------------------------------------------------- commands
@@ -663,7 +663,9 @@ def _anomaly_overlays(scores: Any, out: Path) -> list[Path]:
             {"file": name, "id": s.id, "score": float(scores.scores[i]), "anomalous": verdict}
         )
     index = {"method": "anomaly_map", "threshold": scores.threshold, "overlays": entries}
-    (out / "overlays.json").write_text(json.dumps(index, indent=2))
+    from inspectkit.atomic import atomic_write
+
+    atomic_write(out / "overlays.json", json.dumps(index, indent=2))
     return paths
 
 
@@ -682,15 +684,18 @@ def _save_generated(synth: Any, out: Path, cls: str) -> list[Path]:
         shapes = np.array([m.shape for m in maps], dtype=np.int32)
         offsets = np.concatenate([[0], np.cumsum([m.size for m in maps])]).astype(np.int64)
         path = out / f"{safe_cls}-{stamp}.npz"
-        tmp = out / f".{path.name}.tmp.npz"
-        np.savez_compressed(
-            tmp,
-            flat=np.concatenate([m.ravel() for m in maps]),
-            shapes=shapes,
-            offsets=offsets,
-            failure_type=np.array([cls] * len(maps)),
+        from inspectkit.atomic import atomic_write
+
+        atomic_write(
+            path,
+            lambda fh: np.savez_compressed(
+                fh,
+                flat=np.concatenate([m.ravel() for m in maps]),
+                shapes=shapes,
+                offsets=offsets,
+                failure_type=np.array([cls] * len(maps)),
+            ),
         )
-        os.replace(tmp, path)
         written.append(path)
         preview = out / "previews"
         preview.mkdir(exist_ok=True)

@@ -10,16 +10,12 @@ Example:
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import copy
 import json
 import logging
 import os
 import shutil
-import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,9 +23,11 @@ from typing import Any
 import torch
 
 from inspectkit._version import __version__
+from inspectkit.atomic import swap_folder, temp_folder_beside
 from inspectkit.errors import ConfigError, DataError, PersistenceError, PipelineError
 from inspectkit.records import Record
 from inspectkit.registry import get_stage, name_of
+from inspectkit.runtime import is_main_process
 from inspectkit.stage import Stage, check_state
 
 log = logging.getLogger(__name__)
@@ -148,6 +146,68 @@ class Pipeline:
     def __repr__(self) -> str:
         return "Pipeline([" + ", ".join(f"{type(s).__name__}(...)" for s in self.stages) + "])"
 
+    # ------------------------------------------------------------------ settings
+    def stage_keys(self) -> list[str]:
+        """The prefix of each stage's settings in :meth:`get_params`: its registry name,
+        numbered ``name-1``, ``name-2`` ... when several stages share it.
+
+        Example:
+            >>> from inspectkit.stages import Wrangle
+            >>> Pipeline([Wrangle(size=32), Wrangle(size=16)]).stage_keys()
+            ['wrangle-1', 'wrangle-2']
+        """
+        names = [st.registry_name() for st in self.stages]
+        seen: dict[str, int] = {}
+        keys = []
+        for n in names:
+            if names.count(n) == 1:
+                keys.append(n)
+            else:
+                seen[n] = seen.get(n, 0) + 1
+                keys.append(f"{n}-{seen[n]}")
+        return keys
+
+    def get_params(self) -> dict[str, Any]:
+        """Every stage setting as ``{"stage__setting": value}`` (scikit-learn style).
+
+        Example:
+            >>> from inspectkit.stages import Wrangle
+            >>> Pipeline([Wrangle(size=32)]).get_params()["wrangle__size"]
+            (32, 32)
+        """
+        return {
+            f"{key}__{name}": value
+            for key, st in zip(self.stage_keys(), self.stages)
+            for name, value in st.get_params().items()
+        }
+
+    def set_params(self, **changes: Any) -> Pipeline:
+        """Change stage settings with ``stage__setting=value`` keys (see :meth:`get_params`);
+        ``stage__setting__key`` reaches into a dict-valued setting. Every change is
+        validated before any is made: on a ``ConfigError`` no stage has changed.
+
+        Example:
+            >>> from inspectkit.stages import Classifier, Wrangle
+            >>> pipe = Pipeline([Wrangle(size=32), Classifier()])
+            >>> pipe.set_params(classifier__epochs=5)["classifier"].config.epochs
+            5
+        """
+        by_key = dict(zip(self.stage_keys(), self.stages))
+        grouped: dict[str, dict[str, Any]] = {}
+        for key, value in changes.items():
+            stage_key, sep, setting = key.partition("__")
+            if not sep or not setting:
+                raise ConfigError(f"setting {key!r} must look like 'stage__setting'")
+            if stage_key not in by_key:
+                raise ConfigError(
+                    f"no stage {stage_key!r} in this pipeline; stages: {', '.join(by_key)}"
+                )
+            grouped.setdefault(stage_key, {})[setting] = value
+        trial = {k: copy.copy(by_key[k]).set_params(**v).config for k, v in grouped.items()}
+        for k, config in trial.items():
+            by_key[k].config = config
+        return self
+
     # ------------------------------------------------------------------ spec
     def spec(self) -> dict[str, Any]:
         """Stage names and configs as plain JSON (no learned state)."""
@@ -160,6 +220,51 @@ class Pipeline:
                 for st in self.stages
             ],
         }
+
+    @staticmethod
+    def spec_schema() -> dict[str, Any]:
+        """JSON Schema (draft 2020-12) of a pipeline spec, with one branch per stage known
+        here (built-in and installed plugins): ``{"stages": [{"name": ..., "config": {...}}]}``.
+        ``inspectkit spec-schema`` prints it; :meth:`from_spec` applies the same rules.
+        """
+        from inspectkit.registry import STAGES
+
+        branches = []
+        defs: dict[str, Any] = {}
+        for name, stage_cls in STAGES.items():
+            config = stage_cls.Config.model_json_schema(mode="validation")
+            defs.update(config.pop("$defs", {}))
+            config["title"] = f"{stage_cls.__name__} settings"
+            branches.append(
+                {
+                    "type": "object",
+                    "properties": {
+                        "name": {"const": name},
+                        "config": config,
+                        "fitted": {"type": "boolean"},
+                        "state": {"type": "string"},
+                        "sha256": {"type": "string"},
+                    },
+                    "required": ["name"],
+                    "additionalProperties": False,
+                }
+            )
+        schema: dict[str, Any] = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": "https://inspectkit.dev/schemas/pipeline-spec-1.json",
+            "title": "inspectkit pipeline spec",
+            "type": "object",
+            "properties": {
+                "format": {"const": FORMAT},
+                "format_version": {"type": "integer", "minimum": 1},
+                "inspectkit_version": {"type": "string"},
+                "stages": {"type": "array", "minItems": 1, "items": {"oneOf": branches}},
+            },
+            "required": ["stages"],
+        }
+        if defs:
+            schema["$defs"] = defs
+        return schema
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Pipeline:
@@ -192,8 +297,6 @@ class Pipeline:
         In a ``torchrun`` job only rank 0 writes; other ranks return ``path`` untouched.
         """
         path = Path(path)
-        from inspectkit.models.distributed import is_main_process
-
         if not is_main_process():
             log.info("not rank 0 of a distributed job: leaving %s to rank 0", path)
             return path
@@ -204,7 +307,7 @@ class Pipeline:
                 f"{path} is a non-empty folder that holds no saved pipeline; refusing to replace it"
             )
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+        tmp = temp_folder_beside(path)
         try:
             spec = self.spec()
             for i, (st, entry) in enumerate(zip(self.stages, spec["stages"])):
@@ -222,7 +325,7 @@ class Pipeline:
                 json.dump(spec, fh, indent=2)
                 fh.flush()
                 os.fsync(fh.fileno())
-            _swap_into_place(tmp, path)
+            swap_folder(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -269,38 +372,6 @@ class Pipeline:
             st.set_state(state)
             st.fitted = True
         return pipe
-
-
-# ---------------------------------------------------------------------- atomic swap
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _renameat2_exchange(a: Path, b: Path) -> bool:
-    """Atomically exchange two paths on Linux; False when unsupported."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    return rc == 0
-
-
-def _swap_into_place(tmp: Path, path: Path) -> None:
-    if not path.exists():
-        os.rename(tmp, path)
-        return
-    if _renameat2_exchange(tmp, path):
-        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old model
-        return
-    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(path, old)
-    os.rename(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 __all__ = ["Pipeline"]

@@ -34,7 +34,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from inspectkit._version import __version__
+from inspectkit.atomic import atomic_write
 from inspectkit.errors import DataError
 from inspectkit.metrics.anomaly import anomaly_truth
 from inspectkit.ops import to_float
@@ -581,18 +581,7 @@ def write_html(
         max_mistakes=max_mistakes,
     )
     out.mkdir(parents=True, exist_ok=True)
-    path = out / filename
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{filename}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(page)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    path = atomic_write(out / filename, page)
     log.info("wrote HTML report %s (%d kB)", path, len(page) // 1024)
     return path
 

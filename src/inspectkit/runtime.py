@@ -37,6 +37,18 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a distributed job (only rank 0 writes files)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    try:
+        return int(os.environ.get("RANK", "0")) == 0
+    except ValueError:
+        return True
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; returns a CPU generator seeded the same way."""
     random.seed(seed)
@@ -75,4 +87,11 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-__all__ = ["progress", "progress_bar", "resolve_device", "seed_everything", "torch_threads"]
+__all__ = [
+    "is_main_process",
+    "progress",
+    "progress_bar",
+    "resolve_device",
+    "seed_everything",
+    "torch_threads",
+]

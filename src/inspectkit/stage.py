@@ -149,6 +149,47 @@ class Stage(Generic[In, Out]):
         """Restore what ``get_state`` returned (after ``torch.load(weights_only=True)``)."""
         self.fitted = True
 
+    # ------------------------------------------------------------------ settings
+    def get_params(self) -> dict[str, Any]:
+        """The stage's settings as plain values (its config).
+
+        Example:
+            >>> from inspectkit.stages import Wrangle
+            >>> Wrangle(size=32).get_params()["size"]
+            (32, 32)
+        """
+        return self.config.model_dump()
+
+    def set_params(self, **changes: Any) -> Self:
+        """Change settings by name, validated as at construction (``ConfigError`` when a
+        name is unknown or a value is refused; the stage is then left unchanged).
+
+        A key may reach into a dict-valued setting with ``__``:
+        ``set_params(options__coreset_ratio=0.1)`` changes one entry of ``options``.
+
+        Example:
+            >>> from inspectkit.stages import Wrangle
+            >>> Wrangle(size=32).set_params(size=48).config.size
+            (48, 48)
+        """
+        values = self.config.model_dump()
+        fields = type(self.config).model_fields
+        for key, value in changes.items():
+            name, _, rest = key.partition("__")
+            if name not in fields:
+                raise ConfigError(
+                    f"{type(self).__name__} has no setting {name!r}; settings: {', '.join(fields)}"
+                )
+            if rest:
+                values[name] = _set_nested(values[name], rest.split("__"), value, key)
+            else:
+                values[name] = value
+        try:
+            self.config = self.Config(**values)
+        except ValidationError as exc:
+            raise ConfigError(f"{type(self).__name__}: {_format_validation(exc)}") from None
+        return self
+
     # ------------------------------------------------------------------ spec
     def spec(self) -> dict[str, Any]:
         return {"name": self.registry_name(), "config": self.config.model_dump(mode="json")}
@@ -160,6 +201,18 @@ class Stage(Generic[In, Out]):
     def __repr__(self) -> str:
         cfg = ", ".join(f"{k}={v!r}" for k, v in self.config.model_dump().items())
         return f"{type(self).__name__}({cfg})"
+
+
+def _set_nested(container: Any, path: list[str], value: Any, key: str) -> dict[str, Any]:
+    """A copy of the dict ``container`` with ``value`` at ``path`` (created if missing)."""
+    if container is None:
+        container = {}
+    if not isinstance(container, dict):
+        raise ConfigError(f"{key}: {path[0]!r} is inside a setting that is not a dict")
+    out = dict(container)
+    head, rest = path[0], path[1:]
+    out[head] = _set_nested(out.get(head), rest, value, key) if rest else value
+    return out
 
 
 def check_state(state: Any, path: str = "state") -> None:

@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from inspectkit.runtime import is_main_process
+
 log = logging.getLogger(__name__)
 
 
@@ -50,16 +52,6 @@ def _env_world_size() -> int:
         return int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
         return 1
-
-
-def is_main_process() -> bool:
-    """True unless this is a non-zero rank of a distributed job (only rank 0 writes files)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    try:
-        return int(os.environ.get("RANK", "0")) == 0
-    except ValueError:
-        return True
 
 
 def setup_distributed(device: torch.device | str) -> DistInfo:

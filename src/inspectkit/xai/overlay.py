@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from inspectkit.atomic import atomic_write
 from inspectkit.errors import DataError
 from inspectkit.ops import to_float
 from inspectkit.records import Explained
@@ -79,17 +79,6 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "x"
 
 
-def _atomic_png(img: Image.Image, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_overlays(
     explained: Explained, out_dir: str | os.PathLike[str], *, alpha: float = 0.5
 ) -> list[Path]:
@@ -131,7 +120,7 @@ def write_overlays(
             name = f"{index:05d}_{_safe(sample.id)}_{_safe(shown)}_{prob:.2f}.png"
             img = overlay(batch.images[j], batch.heatmaps[j], alpha=alpha, kind=batch.kind)
             path = out / name
-            _atomic_png(img, path)
+            atomic_write(path, lambda fh, img=img: img.save(fh, format="PNG"))
             paths.append(path)
             t = batch.target_classes[j]
             entries.append(
@@ -147,15 +136,9 @@ def write_overlays(
                 }
             )
             index += 1
-    side = out / SIDECAR
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{SIDECAR}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"method": explained.method, "overlays": entries}, fh, indent=2)
-        os.replace(tmp, side)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(
+        out / SIDECAR, json.dumps({"method": explained.method, "overlays": entries}, indent=2)
+    )
     log.info("wrote %d overlays to %s", len(paths), out)
     return paths
 
