@@ -17,6 +17,22 @@ from inspectkit.errors import DataError
 
 ResizeMode = Literal["nearest", "antialias"]
 
+#: Smallest and largest side (pixels) any stage resizes images to: one range for all.
+SIZE_RANGE = (1, 8192)
+
+
+def check_size(size: tuple[int, int]) -> tuple[int, int]:
+    """Refuse a working size outside :data:`SIZE_RANGE` (``ValueError`` for validators).
+
+    Example:
+        >>> check_size((64, 48))
+        (64, 48)
+    """
+    lo, hi = SIZE_RANGE
+    if len(size) != 2 or not all(lo <= int(v) <= hi for v in size):
+        raise ValueError(f"size must be between {lo} and {hi} pixels per side, got {tuple(size)}")
+    return (int(size[0]), int(size[1]))
+
 
 def _tf():  # type: ignore[no-untyped-def]
     """torchvision's functional transforms, imported on first use (the import costs ~160 MB RSS)."""
@@ -103,4 +119,4 @@ def to_float(images: torch.Tensor, *, kind: str = "image") -> torch.Tensor:
     return images.float() / scale
 
 
-__all__ = ["resize_batch", "resize_images", "to_channels", "to_float"]
+__all__ = ["SIZE_RANGE", "check_size", "resize_batch", "resize_images", "to_channels", "to_float"]

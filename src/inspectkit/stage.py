@@ -25,10 +25,11 @@ import typing
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 import torch
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 from typing_extensions import Self
 
 from inspectkit.errors import ConfigError, DataError, NotFittedError
+from inspectkit.ops import check_size
 from inspectkit.records import ImageSet, Record, _format_validation
 
 In = TypeVar("In", bound=Record)
@@ -46,8 +47,10 @@ def _square_size(value: Any) -> Any:
     return value
 
 
-#: An image size ``(H, W)`` config field; a single int ``n`` means ``(n, n)``.
-ImageSize = Annotated[tuple[int, int], BeforeValidator(_square_size)]
+#: An image size ``(H, W)`` config field; a single int ``n`` means ``(n, n)``. Every stage
+#: that resizes declares its size with this type, so one range applies everywhere
+#: (:data:`inspectkit.ops.SIZE_RANGE`).
+ImageSize = Annotated[tuple[int, int], BeforeValidator(_square_size), AfterValidator(check_size)]
 
 
 class StageConfig(BaseModel):

@@ -60,6 +60,9 @@ from inspectkit.stage import ImageSize, Stage, StageConfig
 log = logging.getLogger(__name__)
 
 
+#: Smallest side a detector works at: backbone feature maps are 8-16× smaller.
+MIN_DETECTOR_SIDE = 16
+
 METHODS: dict[str, type[AnomalyModel]] = {
     "patchcore": PatchCore,
     "padim": PaDiM,
@@ -132,9 +135,12 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
 
         @field_validator("size")
         @classmethod
-        def _positive(cls, v: tuple[int, int]) -> tuple[int, int]:
-            if v[0] < 16 or v[1] < 16 or v[0] > 4096 or v[1] > 4096:
-                raise ValueError(f"size must be between 16 and 4096 pixels, got {v}")
+        def _detector_minimum(cls, v: tuple[int, int]) -> tuple[int, int]:
+            if min(v) < MIN_DETECTOR_SIDE:
+                raise ValueError(
+                    f"detectors need images of at least {MIN_DETECTOR_SIDE} pixels per side "
+                    f"(their feature maps are 8-16× smaller), got {v}"
+                )
             return v
 
         @field_validator("target_false_alarm_rate")

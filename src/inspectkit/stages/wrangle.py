@@ -427,13 +427,6 @@ class Wrangle(Stage[ImageSet, ImageSet]):
         batch_size: int = Field(1024, ge=1)
         threads: int | Literal["auto"] | None = "auto"
 
-        @field_validator("size")
-        @classmethod
-        def _positive(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
-            if v is not None and (v[0] < 1 or v[1] < 1 or v[0] > 8192 or v[1] > 8192):
-                raise ValueError(f"size must be between 1 and 8192 pixels, got {v}")
-            return v
-
         @field_validator("threads")
         @classmethod
         def _threads(cls, v: int | str | None) -> int | str | None:
