@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torchvision.transforms.v2 import functional as TF
 
 from inspectkit.errors import ConfigError, DataError
-from inspectkit.records import Box
+from inspectkit.records import Box, ImageSet, SampleMeta
 
 #: Default rotation range (± degrees) when ``rotation`` is left ``None``.
 DEFAULT_ROTATION = {"wafer": 180.0, "image": 15.0}
@@ -420,8 +421,76 @@ def spread_sources(n_sources: int, k: int, generator: torch.Generator) -> torch.
     return torch.cat(perms)[:k] if perms else torch.zeros(0, dtype=torch.long)
 
 
+# ---------------------------------------------------------------------- sample bookkeeping
+Mode = Literal["auto", "wafer", "image"]
+
+
+def wafer_mode(data: ImageSet, mode: Mode, stage: str) -> bool:
+    """Decide wafer-aware or photo mode for ``data``; refuse contradictions clearly."""
+    if mode == "auto":
+        return data.kind == "wafer"
+    if mode == "image" and data.kind == "wafer":
+        raise ConfigError(
+            f"{stage}: mode='image' would interpolate the 0/1/2 codes of wafer maps; "
+            "use mode='wafer' or 'auto' for them"
+        )
+    return mode == "wafer"
+
+
+def real_indices_by_class(data: ImageSet, classes: list[str]) -> dict[str, list[int]]:
+    """Positions of the real (non-synthetic) samples of each class."""
+    out: dict[str, list[int]] = {c: [] for c in classes}
+    for i, s in enumerate(data.samples):
+        if s.label in out and not s.synthetic:
+            out[s.label].append(i)
+    return out
+
+
+def synthetic_meta(
+    origin: SampleMeta, new_id: str, method: str, extra: dict[str, Any] | None = None
+) -> SampleMeta:
+    """Metadata of a sample derived from ``origin``: same label, split and group, flagged synthetic."""
+    meta: dict[str, Any] = {"origin": origin.id, "method": method}
+    if extra:
+        meta.update(extra)
+    return SampleMeta(
+        id=new_id,
+        source=origin.source,
+        label=origin.label,
+        split=origin.split,
+        synthetic=True,
+        group=origin.group,
+        meta=meta,
+    )
+
+
+def unique_id(base: str, counter: dict[str, int], taken: set[str], tag: str) -> str:
+    """``"<base>#<tag><k>"`` with the smallest unused ``k`` for that base."""
+    k = counter.get(base, 0)
+    new = f"{base}#{tag}{k}"
+    while new in taken:
+        k += 1
+        new = f"{base}#{tag}{k}"
+    counter[base] = k + 1
+    taken.add(new)
+    return new
+
+
+def target_classes(data: ImageSet, classes: list[str] | None, stage: str) -> list[str]:
+    """The classes to top up: ``classes`` (checked against the set) or all of the set's."""
+    if classes is None:
+        return list(data.classes)
+    unknown = [c for c in classes if c not in data.classes]
+    if unknown:
+        raise ConfigError(
+            f"{stage}: classes {unknown} are not in the data's classes {data.classes}"
+        )
+    return list(classes)
+
+
 __all__ = [
     "AugmentRanges",
+    "Mode",
     "augment_batch",
     "augment_wafers",
     "check_wafer_maps",
@@ -429,10 +498,15 @@ __all__ = [
     "photometric",
     "random_affine_matrices",
     "ranges_from",
+    "real_indices_by_class",
     "sampling_grid",
     "spread_sources",
+    "synthetic_meta",
+    "target_classes",
     "top_up_plan",
     "transform_boxes",
+    "unique_id",
     "wafer_centres",
+    "wafer_mode",
     "warp",
 ]

@@ -41,7 +41,7 @@ def _tf():  # type: ignore[no-untyped-def]
     return functional
 
 
-def _group_by_size(images: Sequence[torch.Tensor]) -> dict[tuple[int, ...], list[int]]:
+def group_by_size(images: Sequence[torch.Tensor]) -> dict[tuple[int, ...], list[int]]:
     groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for i, t in enumerate(images):
         groups[tuple(t.shape)].append(i)
@@ -88,11 +88,53 @@ def resize_images(
     if len(channels) != 1:
         raise DataError(f"images have different channel counts {sorted(channels)}")
     out = torch.empty((len(images), first.shape[0], *size), dtype=first.dtype)
-    for shape, idx in _group_by_size(images).items():
+    for shape, idx in group_by_size(images).items():
         del shape
         batch = torch.stack([images[i] for i in idx])
         out[torch.as_tensor(idx)] = resize_batch(batch, size, mode)
     return out
+
+
+def letterbox(
+    images: torch.Tensor | Sequence[torch.Tensor],
+    size: tuple[int, int],
+    mode: Literal["nearest", "antialias"],
+    fill: float = 0,
+) -> tuple[torch.Tensor, list[tuple[float, float, int, int]]]:
+    """Aspect-preserving resize into ``size`` with padding, grouped by input size.
+
+    Returns the ``N×C×H×W`` batch and, per image, ``(sx, sy, left, top)``: the scale
+    factors and the offset of the resized image inside the padded canvas.
+
+    Example:
+        >>> import torch
+        >>> out, geo = letterbox([torch.ones(1, 10, 20, dtype=torch.uint8)], (8, 8), "nearest")
+        >>> out[0, 0, :, 0].tolist(), geo[0]
+        ([0, 0, 1, 1, 1, 1, 0, 0], (0.4, 0.4, 0, 2))
+    """
+    seq = list(images) if not isinstance(images, torch.Tensor) else images
+    n = len(seq)
+    if n == 0:
+        raise DataError("no images to resize")
+    first = seq[0]
+    height, width = size
+    out = torch.full((n, int(first.shape[0]), height, width), fill, dtype=first.dtype)
+    geometry: list[tuple[float, float, int, int]] = [(1.0, 1.0, 0, 0)] * n
+    groups = (
+        {tuple(seq.shape[1:]): list(range(n))}
+        if isinstance(seq, torch.Tensor)
+        else group_by_size(seq)
+    )
+    for (_, h, w), idx in groups.items():
+        scale = min(height / h, width / w)
+        nh, nw = min(height, max(1, round(h * scale))), min(width, max(1, round(w * scale)))
+        index = torch.as_tensor(idx)
+        batch = seq[index] if isinstance(seq, torch.Tensor) else torch.stack([seq[i] for i in idx])
+        top, left = (height - nh) // 2, (width - nw) // 2
+        out[index, :, top : top + nh, left : left + nw] = resize_batch(batch, (nh, nw), mode)
+        for i in idx:
+            geometry[i] = (nw / w, nh / h, left, top)
+    return out, geometry
 
 
 def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
@@ -119,4 +161,13 @@ def to_float(images: torch.Tensor, *, kind: str = "image") -> torch.Tensor:
     return images.float() / scale
 
 
-__all__ = ["SIZE_RANGE", "check_size", "resize_batch", "resize_images", "to_channels", "to_float"]
+__all__ = [
+    "SIZE_RANGE",
+    "check_size",
+    "group_by_size",
+    "letterbox",
+    "resize_batch",
+    "resize_images",
+    "to_channels",
+    "to_float",
+]

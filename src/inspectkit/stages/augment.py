@@ -8,89 +8,29 @@ untouched. Wafer maps are augmented wafer-aware (see :mod:`inspectkit.augment_op
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
 
 from inspectkit.augment_ops import (
     AugmentRanges,
+    Mode,
     augment_batch,
     check_wafer_maps,
     ranges_from,
+    real_indices_by_class,
     spread_sources,
+    synthetic_meta,
+    target_classes,
     top_up_plan,
+    unique_id,
+    wafer_mode,
 )
-from inspectkit.errors import ConfigError, DataError
+from inspectkit.errors import DataError
 from inspectkit.records import Box, ImageSet, SampleMeta
 from inspectkit.stage import Stage, StageConfig
 
 log = logging.getLogger(__name__)
-
-Mode = Literal["auto", "wafer", "image"]
-
-
-def wafer_mode(data: ImageSet, mode: Mode, stage: str) -> bool:
-    """Decide wafer-aware or photo mode for ``data``; refuse contradictions clearly."""
-    if mode == "auto":
-        return data.kind == "wafer"
-    if mode == "image" and data.kind == "wafer":
-        raise ConfigError(
-            f"{stage}: mode='image' would interpolate the 0/1/2 codes of wafer maps; "
-            "use mode='wafer' or 'auto' for them"
-        )
-    return mode == "wafer"
-
-
-def real_indices_by_class(data: ImageSet, classes: list[str]) -> dict[str, list[int]]:
-    """Positions of the real (non-synthetic) samples of each class."""
-    out: dict[str, list[int]] = {c: [] for c in classes}
-    for i, s in enumerate(data.samples):
-        if s.label in out and not s.synthetic:
-            out[s.label].append(i)
-    return out
-
-
-def synthetic_meta(
-    origin: SampleMeta, new_id: str, method: str, extra: dict[str, Any] | None = None
-) -> SampleMeta:
-    """Metadata of a sample derived from ``origin``: same label, split and group, flagged synthetic."""
-    meta: dict[str, Any] = {"origin": origin.id, "method": method}
-    if extra:
-        meta.update(extra)
-    return SampleMeta(
-        id=new_id,
-        source=origin.source,
-        label=origin.label,
-        split=origin.split,
-        synthetic=True,
-        group=origin.group,
-        meta=meta,
-    )
-
-
-def unique_id(base: str, counter: dict[str, int], taken: set[str], tag: str) -> str:
-    """``"<base>#<tag><k>"`` with the smallest unused ``k`` for that base."""
-    k = counter.get(base, 0)
-    new = f"{base}#{tag}{k}"
-    while new in taken:
-        k += 1
-        new = f"{base}#{tag}{k}"
-    counter[base] = k + 1
-    taken.add(new)
-    return new
-
-
-def target_classes(data: ImageSet, classes: list[str] | None, stage: str) -> list[str]:
-    """The classes to top up: ``classes`` (checked against the set) or all of the set's."""
-    if classes is None:
-        return list(data.classes)
-    unknown = [c for c in classes if c not in data.classes]
-    if unknown:
-        raise ConfigError(
-            f"{stage}: classes {unknown} are not in the data's classes {data.classes}"
-        )
-    return list(classes)
 
 
 class Augment(Stage[ImageSet, ImageSet]):

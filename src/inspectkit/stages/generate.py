@@ -23,10 +23,14 @@ from pydantic import Field, field_validator
 
 from inspectkit.augment_ops import (
     AugmentRanges,
+    Mode,
     augment_batch,
     check_wafer_maps,
+    real_indices_by_class,
     spread_sources,
+    target_classes,
     top_up_plan,
+    wafer_mode,
 )
 from inspectkit.errors import ConfigError, DataError, NotFittedError
 from inspectkit.models.generators import (
@@ -40,12 +44,6 @@ from inspectkit.ops import resize_batch
 from inspectkit.records import ImageSet, SampleMeta
 from inspectkit.runtime import resolve_device, torch_threads
 from inspectkit.stage import Stage, StageConfig
-from inspectkit.stages.augment import (
-    Mode,
-    real_indices_by_class,
-    target_classes,
-    wafer_mode,
-)
 
 log = logging.getLogger(__name__)
 

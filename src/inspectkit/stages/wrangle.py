@@ -47,7 +47,7 @@ from pydantic import Field, field_validator
 from typing_extensions import Self
 
 from inspectkit.errors import ConfigError, DataError
-from inspectkit.ops import resize_batch, resize_images, to_channels, to_float
+from inspectkit.ops import group_by_size, letterbox, resize_images, to_channels, to_float
 from inspectkit.records import Box, ImageSet, LazyImages, Report, SampleMeta
 from inspectkit.runtime import torch_threads
 from inspectkit.stage import ImageSize, Stage, StageConfig
@@ -180,62 +180,13 @@ def split_of(data: ImageSet, split: SplitName) -> ImageSet:
     return data.select(lambda s: s.split == split)
 
 
-def _group_indices(images: Sequence[torch.Tensor]) -> dict[tuple[int, ...], list[int]]:
-    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i, t in enumerate(images):
-        groups[tuple(t.shape)].append(i)
-    return groups
-
-
-def letterbox(
-    images: torch.Tensor | Sequence[torch.Tensor],
-    size: tuple[int, int],
-    mode: Literal["nearest", "antialias"],
-    fill: float = 0,
-) -> tuple[torch.Tensor, list[tuple[float, float, int, int]]]:
-    """Aspect-preserving resize into ``size`` with padding, grouped by input size.
-
-    Returns the ``N×C×H×W`` batch and, per image, ``(sx, sy, left, top)``: the scale
-    factors and the offset of the resized image inside the padded canvas.
-
-    Example:
-        >>> import torch
-        >>> out, geo = letterbox([torch.ones(1, 10, 20, dtype=torch.uint8)], (8, 8), "nearest")
-        >>> out[0, 0, :, 0].tolist(), geo[0]
-        ([0, 0, 1, 1, 1, 1, 0, 0], (0.4, 0.4, 0, 2))
-    """
-    seq = list(images) if not isinstance(images, torch.Tensor) else images
-    n = len(seq)
-    if n == 0:
-        raise DataError("no images to resize")
-    first = seq[0]
-    height, width = size
-    out = torch.full((n, int(first.shape[0]), height, width), fill, dtype=first.dtype)
-    geometry: list[tuple[float, float, int, int]] = [(1.0, 1.0, 0, 0)] * n
-    groups = (
-        {tuple(seq.shape[1:]): list(range(n))}
-        if isinstance(seq, torch.Tensor)
-        else _group_indices(seq)
-    )
-    for (_, h, w), idx in groups.items():
-        scale = min(height / h, width / w)
-        nh, nw = min(height, max(1, round(h * scale))), min(width, max(1, round(w * scale)))
-        index = torch.as_tensor(idx)
-        batch = seq[index] if isinstance(seq, torch.Tensor) else torch.stack([seq[i] for i in idx])
-        top, left = (height - nh) // 2, (width - nw) // 2
-        out[index, :, top : top + nh, left : left + nw] = resize_batch(batch, (nh, nw), mode)
-        for i in idx:
-            geometry[i] = (nw / w, nh / h, left, top)
-    return out, geometry
-
-
 def _channels(
     images: torch.Tensor | list[torch.Tensor], channels: int
 ) -> torch.Tensor | list[torch.Tensor]:
     if isinstance(images, torch.Tensor):
         return to_channels(images, channels)
     out: list[torch.Tensor] = list(images)
-    for idx in _group_indices(images).values():
+    for idx in group_by_size(images).values():
         converted = to_channels(torch.stack([images[i] for i in idx]), channels)
         for k, i in enumerate(idx):
             out[i] = converted[k]
