@@ -12,12 +12,14 @@ fine texture, so the bottleneck size matters.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inspectkit.anomaly.base import AnomalyModel
+from inspectkit.anomaly.base import AnomalyModel, DetectorSettings
+from inspectkit.anomaly.registry import register_detector
 from inspectkit.errors import ConfigError, DataError
 from inspectkit.runtime import progress_bar
 
@@ -73,6 +75,7 @@ def _up(cin: int, cout: int) -> nn.Sequential:
     )
 
 
+@register_detector
 class AutoEncoder(AnomalyModel):
     """Convolutional autoencoder detector.
 
@@ -84,9 +87,10 @@ class AutoEncoder(AnomalyModel):
         lr: Adam learning rate.
         loss: ``"l2"`` or ``"ssim"`` (L2 + (1 − SSIM)) training loss.
         map: ``"ssim"`` (1 − SSIM) or ``"l2"`` (squared error) anomaly map.
-        sigma: Gaussian smoothing of the maps in pixels.
-        seed: Seed of init and batch order.
-        batch_size, device, progress: See :class:`AnomalyModel`.
+        settings, **shared: The settings every detector has (``seed`` of init and batch
+            order, ``sigma``, ``batch_size`` (default 16 here), ``device``,
+            ``progress``): see :class:`~inspectkit.anomaly.base.DetectorSettings`.
+            ``feature_dtype`` does not apply (no frozen backbone).
 
     Example:
         >>> import torch
@@ -94,6 +98,9 @@ class AutoEncoder(AnomalyModel):
         >>> ae.score(torch.rand(2, 1, 32, 32))[0].shape
         torch.Size([2])
     """
+
+    name = "autoencoder"
+    default_settings = DetectorSettings(batch_size=16)
 
     def __init__(
         self,
@@ -105,13 +112,10 @@ class AutoEncoder(AnomalyModel):
         lr: float = 2e-3,
         loss: str = "l2",
         map: str = "ssim",
-        sigma: float = 4.0,
-        seed: int = 0,
-        batch_size: int = 16,
-        device: str = "auto",
-        progress: bool = True,
+        settings: DetectorSettings | None = None,
+        **shared: Any,
     ) -> None:
-        super().__init__(batch_size=batch_size, sigma=sigma, device=device, progress=progress)
+        super().__init__(settings, **shared)
         if in_channels not in (1, 3):
             raise ConfigError(f"in_channels must be 1 or 3, got {in_channels}")
         if loss not in ("l2", "ssim") or map not in ("l2", "ssim"):
@@ -123,10 +127,9 @@ class AutoEncoder(AnomalyModel):
         self.lr = float(lr)
         self.loss_kind = loss
         self.map_kind = map
-        self.seed = int(seed)
         b = base_channels
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(self.seed)
             self.encoder = nn.Sequential(
                 _block(in_channels, b),
                 _block(b, 2 * b),

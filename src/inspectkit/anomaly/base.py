@@ -1,4 +1,4 @@
-"""What every good-only detector shares: batching, map smoothing, state with dynamic shapes.
+"""What every good-only detector shares: settings, batching, map smoothing, dynamic state.
 
 A detector is a plain ``nn.Module`` (no pipeline glue): ``fit(images)`` learns from good
 images only, ``score(images)`` returns image scores and anomaly maps. ``images`` is an
@@ -6,17 +6,28 @@ images only, ``score(images)`` returns image scores and anomaly maps. ``images``
 :class:`~inspectkit.anomaly.stage.AnomalyDetector` does the resizing. Everything a
 detector learned lives in its ``state_dict`` (parameters and buffers), so it travels
 with a saved pipeline.
+
+The settings every detector has (seed, batch size, device, progress bars, feature dtype,
+map smoothing) are one :class:`DetectorSettings`, declared and checked here; a detector
+declares only its own options. :meth:`AnomalyModel.from_settings` is how the stage
+builds any detector by name (see :mod:`inspectkit.anomaly.registry`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
-from collections.abc import Iterator
-from typing import Any
+import math
+import operator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import Self
 
 from inspectkit.errors import ConfigError, DataError, NotFittedError
 from inspectkit.ops import to_float
@@ -108,46 +119,197 @@ def check_images(images: Any, what: str = "images") -> torch.Tensor:
     return images
 
 
+FEATURE_DTYPES = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """The settings every detector shares, checked once here.
+
+    A detector takes them as keywords (``PaDiM(batch_size=8, device="cpu")``) or as one
+    object (``PaDiM(settings=DetectorSettings(...))``, the stage's path); its attributes
+    of the same names (``detector.batch_size``, ``detector.seed`` ...) read them.
+
+    Attributes:
+        seed: Seed of initialisation, projections, sampling and training order.
+        batch_size: Images per forward pass (at least 1).
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` ...
+        progress: tqdm bars on loops a person waits for.
+        feature_dtype: ``"float32"`` (default) or ``"bfloat16"``: a frozen backbone runs
+            under bfloat16 autocast and hands float32 features on (2-3× faster where the
+            CPU has AVX-512 BF16 / AMX, and on GPUs; features rounded to about three
+            significant digits). Detectors without a frozen backbone pass ignore it.
+        sigma: Gaussian smoothing of anomaly maps, in pixels (0 = none).
+
+    Example:
+        >>> DetectorSettings(batch_size=8).replace(seed=3).seed
+        3
+        >>> DetectorSettings(batch_size=0)
+        Traceback (most recent call last):
+        ...
+        inspectkit.errors.ConfigError: detector setting batch_size must be a whole number of at least 1, got 0
+    """
+
+    seed: int = 0
+    batch_size: int = 32
+    device: str | torch.device = "auto"
+    progress: bool = True
+    feature_dtype: str = "float32"
+    sigma: float = 4.0
+
+    def __post_init__(self) -> None:
+        def refuse(name: str, what: str) -> ConfigError:
+            return ConfigError(
+                f"detector setting {name} must be {what}, got {getattr(self, name)!r}"
+            )
+
+        for name in ("seed", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool):
+                raise refuse(name, "a whole number")
+            try:
+                value = operator.index(value)
+            except TypeError:
+                raise refuse(name, "a whole number") from None
+            object.__setattr__(self, name, int(value))
+        if self.batch_size < 1:
+            raise refuse("batch_size", "a whole number of at least 1")
+        if not isinstance(self.progress, bool):
+            raise refuse("progress", "True or False")
+        if self.feature_dtype not in FEATURE_DTYPES:
+            raise refuse("feature_dtype", "'float32' or 'bfloat16'")
+        sigma = self.sigma
+        if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not sigma >= 0:
+            raise refuse("sigma", "a number of pixels, 0 or more")
+        if not math.isfinite(sigma):
+            raise refuse("sigma", "finite")
+        object.__setattr__(self, "sigma", float(sigma))
+        if not isinstance(self.device, str | torch.device):
+            raise refuse("device", "a device name such as 'auto', 'cpu' or 'cuda'")
+        resolve_device(self.device)  # ConfigError for unknown or absent devices
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The setting names, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def replace(self, **changes: Any) -> DetectorSettings:
+        """A copy with ``changes`` (checked like a new object; unknown names refused)."""
+        unknown = sorted(set(changes) - set(self.names()))
+        if unknown:
+            raise ConfigError(
+                f"unknown detector setting(s) {', '.join(map(repr, unknown))}; "
+                f"settings: {', '.join(self.names())}"
+            )
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def split(cls, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``options`` as (shared settings, the rest)."""
+        names = set(cls.names())
+        shared = {k: v for k, v in options.items() if k in names}
+        return shared, {k: v for k, v in options.items() if k not in names}
+
+
+class _Setting:
+    """A detector attribute that reads one field of its ``settings`` (assigning replaces
+    the settings with a checked copy)."""
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        return self if obj is None else getattr(obj.settings, self.field)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.settings = obj.settings.replace(**{self.field: value})
+
+
 class AnomalyModel(nn.Module):
     """Base class of the detectors: a torch module with ``fit`` and ``score``.
 
     Subclasses implement ``_fit(images)`` and ``_score_batch(x) -> (scores, maps)``
-    where ``x`` is a float batch in [0, 1] on the model's device.
+    where ``x`` is a float batch in [0, 1] on the model's device. Their ``__init__``
+    declares only the detector's own options and hands the shared settings on::
+
+        def __init__(self, *, min_std: float = 0.02, **settings):
+            super().__init__(**settings)
+
+    A detector becomes usable by name (``AnomalyDetector(method=...)``) through
+    :func:`~inspectkit.anomaly.registry.register_detector`.
 
     Attributes:
-        batch_size: Images per forward pass.
-        sigma: Gaussian smoothing of anomaly maps, in pixels.
-        device: Where computations run (``"auto"`` = CUDA when present).
-        show_progress: tqdm bars on loops a person waits for.
-        feature_dtype: ``"float32"`` (default) or ``"bfloat16"``: the frozen backbone
-            runs under bfloat16 autocast and its features are returned as float32. On
-            CPUs with AVX-512 BF16 / AMX (and on GPUs) the backbone runs 2-3× faster;
-            features change by bfloat16 rounding (about 3 significant digits), which
-            moved image AUROC by well under 0.01 in the magnetic-tile benchmark.
+        name: The registry name (``"patchcore"``); empty for unregistered subclasses.
+        default_settings: The settings a detector built without them starts from.
+        settings: This detector's :class:`DetectorSettings`; ``seed``, ``batch_size``,
+            ``sigma``, ``feature_dtype``, ``show_progress`` and ``device`` read it.
     """
 
-    def __init__(
-        self,
-        *,
-        batch_size: int = 32,
-        sigma: float = 4.0,
-        device: str = "auto",
-        progress: bool = True,
-        feature_dtype: str = "float32",
-    ) -> None:
+    name: ClassVar[str] = ""
+    default_settings: ClassVar[DetectorSettings] = DetectorSettings()
+
+    seed = _Setting("seed")
+    batch_size = _Setting("batch_size")
+    sigma = _Setting("sigma")
+    feature_dtype = _Setting("feature_dtype")
+    show_progress = _Setting("progress")
+
+    def __init__(self, settings: DetectorSettings | None = None, **changes: Any) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise DataError(f"batch_size must be at least 1, got {batch_size}")
-        if feature_dtype not in ("float32", "bfloat16"):
+        unknown = sorted(set(changes) - set(DetectorSettings.names()))
+        if unknown:
             raise ConfigError(
-                f"feature_dtype must be 'float32' or 'bfloat16', got {feature_dtype!r}"
+                f"{type(self).__name__} has no option {', '.join(map(repr, unknown))}; "
+                f"its options: {', '.join(self.option_names()) or 'none'}; settings of "
+                f"every detector: {', '.join(DetectorSettings.names())}"
             )
-        self.feature_dtype = feature_dtype
-        self.batch_size = int(batch_size)
-        self.sigma = float(sigma)
-        self.show_progress = progress
-        self._device = resolve_device(device)
+        if settings is not None and not isinstance(settings, DetectorSettings):
+            raise ConfigError(f"settings must be a DetectorSettings, got {type(settings).__name__}")
+        base = self.default_settings if settings is None else settings
+        self.settings = base.replace(**changes) if changes else base
         self.register_buffer("fitted_flag", torch.zeros((), dtype=torch.bool))
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """The detector's own keyword options (its ``__init__`` parameters, without the
+        shared settings)."""
+        skip = {"self", "settings", *DetectorSettings.names()}
+        return [
+            p.name
+            for p in inspect.signature(cls.__init__).parameters.values()
+            if p.name not in skip and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        ]
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: DetectorSettings,
+        *,
+        backbone: str | nn.Module | None = None,
+        weights: str | None = None,
+        layers: Sequence[str] | None = None,
+        in_channels: int | None = None,
+        **options: Any,
+    ) -> Self:
+        """Build this detector from the stage: shared ``settings``, the stage's backbone,
+        weights file, layers and image channels, and the detector's own ``options``.
+
+        Of ``backbone``, ``weights``, ``layers`` and ``in_channels`` only those the
+        detector's ``__init__`` names, and that are not ``None``, are passed on (so a
+        detector without a backbone never sees one); ``options`` win over them. Override
+        this when a detector is built from other detectors (see ``Ensemble``).
+        """
+        context = {
+            "backbone": backbone,
+            "weights": weights,
+            "layers": layers,
+            "in_channels": in_channels,
+        }
+        params = inspect.signature(cls.__init__).parameters
+        kwargs = {k: v for k, v in context.items() if v is not None and k in params}
+        kwargs.update(options)
+        return cls(settings=settings, **kwargs)
 
     # ------------------------------------------------------------------ helpers
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -182,7 +344,8 @@ class AnomalyModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self._device
+        """Where computations run (``settings.device`` resolved)."""
+        return resolve_device(self.settings.device)
 
     @property
     def is_fitted(self) -> bool:
@@ -193,7 +356,7 @@ class AnomalyModel(nn.Module):
         n = images.shape[0]
         starts = range(0, n, self.batch_size)
         for s in progress(starts, enabled=self.show_progress and n > self.batch_size, desc=desc):
-            yield to_float(images[s : s + self.batch_size]).to(self._device)
+            yield to_float(images[s : s + self.batch_size]).to(self.device)
 
     def upsample_smooth(self, patch_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """``N×h×w`` patch scores → ``N×H×W`` maps: bilinear upsampling then Gaussian blur.
@@ -245,7 +408,7 @@ class AnomalyModel(nn.Module):
     def fit(self, images: torch.Tensor) -> AnomalyModel:
         """Learn from good images only (``N×C×H×W``, uint8 or float in [0, 1])."""
         images = check_images(images, "training images")
-        self.to(self._device)
+        self.to(self.device)
         self.reset_caches()
         self._fit(images)
         self.reset_caches()
@@ -260,7 +423,7 @@ class AnomalyModel(nn.Module):
                 f"{type(self).__name__} must be fitted on good images before scoring"
             )
         images = check_images(images)
-        self.to(self._device)
+        self.to(self.device)
         self.eval()
         scores, maps = [], []
         for x in self.batches(images, desc=f"{type(self).__name__} scoring"):
@@ -294,4 +457,11 @@ class AnomalyModel(nn.Module):
         self.reset_caches()
 
 
-__all__ = ["AnomalyModel", "check_images", "gaussian_smooth", "upsample_smooth_matrices"]
+__all__ = [
+    "FEATURE_DTYPES",
+    "AnomalyModel",
+    "DetectorSettings",
+    "check_images",
+    "gaussian_smooth",
+    "upsample_smooth_matrices",
+]

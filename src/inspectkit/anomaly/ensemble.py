@@ -35,14 +35,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
+from typing_extensions import Self
 
-from inspectkit.anomaly.base import AnomalyModel
+from inspectkit.anomaly.base import AnomalyModel, DetectorSettings
+from inspectkit.anomaly.registry import build_detector, check_method, register_detector
 from inspectkit.errors import ConfigError, DataError
 
+#: Members of ``AnomalyDetector(method="ensemble")`` without ``members``: the memory bank
+#: and the Gaussian, each with its default settings.
+DEFAULT_MEMBERS: list[dict[str, Any]] = [{"method": "patchcore"}, {"method": "padim"}]
 
+
+@register_detector
 class Ensemble(AnomalyModel):
     """Average of z-normalised member detectors (see the module notes).
 
@@ -54,11 +62,14 @@ class Ensemble(AnomalyModel):
             in (0, 0.5]; at least 2 images are held out and at least 1 is fitted on.
         image_score: ``"map_max"`` (maximum of the fused map) or ``"mean"`` (weighted
             mean of the members' z-scored image scores).
-        seed: Seed of the hold-out split.
-        batch_size: Images per scoring batch (each member then batches as it likes).
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
-        progress: Progress bars.
+        settings, **shared: The settings every detector has: ``seed`` of the hold-out
+            split, ``batch_size`` of scoring batches (each member then batches as it
+            likes), ``device``, ``progress`` (see
+            :class:`~inspectkit.anomaly.base.DetectorSettings`). Members built by
+            :meth:`from_settings` start from the same settings.
     """
+
+    name = "ensemble"
 
     def __init__(
         self,
@@ -67,12 +78,10 @@ class Ensemble(AnomalyModel):
         member_weights: Sequence[float] | None = None,
         holdout: float = 0.1,
         image_score: str = "map_max",
-        seed: int = 0,
-        batch_size: int = 32,
-        device: str = "auto",
-        progress: bool = True,
+        settings: DetectorSettings | None = None,
+        **shared: Any,
     ) -> None:
-        super().__init__(batch_size=batch_size, device=device, progress=progress)
+        super().__init__(settings, **shared)
         members = list(members)
         if len(members) < 2:
             raise ConfigError(f"an ensemble needs at least 2 detectors, got {len(members)}")
@@ -93,11 +102,57 @@ class Ensemble(AnomalyModel):
         self.image_score = image_score
         self.members = nn.ModuleList(members)
         self.holdout = float(holdout)
-        self.seed = int(seed)
         self.register_buffer("member_weights", torch.tensor(w, dtype=torch.float32) / sum(w))
         # per member: (mean, std) of held-out good image scores, and of their map pixels
         self.register_buffer("image_stats", torch.zeros(len(members), 2))
         self.register_buffer("map_stats", torch.zeros(len(members), 2))
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: DetectorSettings,
+        *,
+        backbone: str | nn.Module | None = None,
+        weights: str | None = None,
+        layers: Sequence[str] | None = None,
+        in_channels: int | None = None,
+        members: Any = None,
+        **options: Any,
+    ) -> Self:
+        """The stage's ``method="ensemble"``: members from ``members``, a list of dicts
+        each naming a registered detector as ``method`` plus its ``layers`` and options
+        (default :data:`DEFAULT_MEMBERS`). ``member_weights``, ``holdout`` and
+        ``image_score`` are the ensemble's; every other option goes to every member
+        (a member's own keys win). Members share the backbone and its weights file.
+        """
+        own = {k: options.pop(k) for k in cls.option_names() if k in options}
+        specs = DEFAULT_MEMBERS if members is None else members
+        if not isinstance(specs, list) or not all(isinstance(s, dict) for s in specs):
+            raise ConfigError(
+                "ensemble members are a list of dicts, e.g. options={'members': "
+                f"[{{'method': 'patchcore', ...}}, {{'method': 'padim', ...}}]}}, got {specs!r}"
+            )
+        built = []
+        for spec in specs:
+            spec = dict(spec)
+            method = spec.pop("method", None)
+            try:
+                check_method(method)
+            except ConfigError as exc:
+                raise ConfigError(f"ensemble member method: {exc}") from None
+            member_layers = spec.pop("layers", layers)
+            built.append(
+                build_detector(
+                    method,
+                    settings,
+                    options={**options, **spec},
+                    backbone=backbone,
+                    weights=weights,
+                    layers=member_layers,
+                    in_channels=in_channels,
+                )
+            )
+        return cls(built, settings=settings, **own)
 
     def split(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Indices ``(fit, held_out)`` of ``n`` good images (seeded, sorted)."""
@@ -143,4 +198,4 @@ def _mean_std(values: torch.Tensor) -> torch.Tensor:
     return torch.stack([mean, std.clamp_min(floor)]).float()
 
 
-__all__ = ["Ensemble"]
+__all__ = ["DEFAULT_MEMBERS", "Ensemble"]

@@ -14,18 +14,21 @@ import itertools
 import logging
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inspectkit.anomaly.base import AnomalyModel
+from inspectkit.anomaly.base import AnomalyModel, DetectorSettings
+from inspectkit.anomaly.registry import register_detector
 from inspectkit.errors import ConfigError, DataError
 from inspectkit.models.features import FeatureExtractor
 
 log = logging.getLogger(__name__)
 
 
+@register_detector
 class PaDiM(AnomalyModel):
     """PaDiM detector as a plain torch module.
 
@@ -35,9 +38,10 @@ class PaDiM(AnomalyModel):
         weights: Local state-dict file for the backbone; ``None`` = seeded random init.
         n_features: Channels kept by the random subset (paper: 100 for ResNet-18).
         eps: Regularisation added to every covariance diagonal.
-        sigma: Gaussian smoothing of the maps in pixels.
-        seed: Seed of backbone init and channel subset.
-        batch_size, device, progress, feature_dtype: See :class:`AnomalyModel`.
+        extractor: A ready :class:`FeatureExtractor` (overrides backbone/layers/weights).
+        settings, **shared: The settings every detector has (``seed`` of backbone init
+            and channel subset, ``sigma``, ``batch_size``, ``device``, ``progress``,
+            ``feature_dtype``): see :class:`~inspectkit.anomaly.base.DetectorSettings`.
 
     Example:
         >>> import torch
@@ -45,6 +49,8 @@ class PaDiM(AnomalyModel):
         >>> pd.score(torch.rand(1, 1, 64, 64))[1].shape
         torch.Size([1, 64, 64])
     """
+
+    name = "padim"
 
     #: positions whose covariance sums / inverses are computed at once (bounds temporaries)
     POSITION_CHUNK = 512
@@ -57,23 +63,14 @@ class PaDiM(AnomalyModel):
         *,
         n_features: int | None = 100,
         eps: float = 0.01,
-        sigma: float = 4.0,
-        seed: int = 0,
-        batch_size: int = 32,
-        device: str = "auto",
-        progress: bool = True,
         extractor: FeatureExtractor | None = None,
-        feature_dtype: str = "float32",
+        settings: DetectorSettings | None = None,
+        **shared: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            sigma=sigma,
-            device=device,
-            progress=progress,
-            feature_dtype=feature_dtype,
-        )
+        super().__init__(settings, **shared)
         if eps <= 0:
             raise ConfigError(f"eps must be positive, got {eps}")
+        seed = self.seed
         self.extractor = extractor or FeatureExtractor(backbone, layers, weights, seed=seed)
         total = sum(self.extractor.out_channels().values())
         d = total if not n_features else min(int(n_features), total)

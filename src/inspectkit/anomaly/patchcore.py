@@ -23,12 +23,14 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inspectkit.anomaly.base import AnomalyModel
+from inspectkit.anomaly.base import AnomalyModel, DetectorSettings
+from inspectkit.anomaly.registry import register_detector
 from inspectkit.errors import ConfigError
 from inspectkit.models.features import FeatureExtractor
 from inspectkit.runtime import progress_bar
@@ -157,6 +159,7 @@ def nearest_distances(
     return torch.cat(dists), torch.cat(idx)
 
 
+@register_detector
 class PatchCore(AnomalyModel):
     """PatchCore detector (memory bank + nearest neighbour) as a plain torch module.
 
@@ -178,11 +181,12 @@ class PatchCore(AnomalyModel):
         chunk_size: Patches per greedy-selection chunk (bounds memory and time).
         num_neighbors: Bank neighbours used in the score re-weighting (paper: b = 9).
         pool_size: Local neighbourhood of the patch features (paper: 3).
-        sigma: Gaussian smoothing of the maps in pixels (paper: 4).
-        seed: Seed of backbone init, projection and coreset start.
-        batch_size, device, progress, feature_dtype: See :class:`AnomalyModel`.
         extractor: A ready :class:`FeatureExtractor` (overrides backbone/layers/weights),
             e.g. the one :class:`SelfSupervised` trained.
+        settings, **shared: The settings every detector has (``seed`` of backbone init,
+            projection and coreset start; ``sigma`` of the maps, paper: 4;
+            ``batch_size``, ``device``, ``progress``, ``feature_dtype``): see
+            :class:`~inspectkit.anomaly.base.DetectorSettings`.
 
     Example:
         >>> import torch
@@ -192,6 +196,8 @@ class PatchCore(AnomalyModel):
         >>> tuple(maps.shape)
         (2, 64, 64)
     """
+
+    name = "patchcore"
 
     def __init__(
         self,
@@ -208,21 +214,11 @@ class PatchCore(AnomalyModel):
         chunk_size: int = 8_192,
         num_neighbors: int = 9,
         pool_size: int = 3,
-        sigma: float = 4.0,
-        seed: int = 0,
-        batch_size: int = 32,
-        device: str = "auto",
-        progress: bool = True,
         extractor: FeatureExtractor | None = None,
-        feature_dtype: str = "float32",
+        settings: DetectorSettings | None = None,
+        **shared: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            sigma=sigma,
-            device=device,
-            progress=progress,
-            feature_dtype=feature_dtype,
-        )
+        super().__init__(settings, **shared)
         if not 0 < coreset_ratio <= 1:
             raise ConfigError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}")
         if max_bank_size is not None and max_bank_size < 1:
@@ -233,7 +229,7 @@ class PatchCore(AnomalyModel):
             raise ConfigError(f"num_neighbors must be at least 1, got {num_neighbors}")
         if pool_size < 1 or pool_size % 2 == 0:
             raise ConfigError(f"pool_size must be a positive odd number, got {pool_size}")
-        self.extractor = extractor or FeatureExtractor(backbone, layers, weights, seed=seed)
+        self.extractor = extractor or FeatureExtractor(backbone, layers, weights, seed=self.seed)
         self.coreset_ratio = float(coreset_ratio)
         self.max_bank_size = max_bank_size
         self.projection_dim = projection_dim or 0
@@ -250,7 +246,6 @@ class PatchCore(AnomalyModel):
         self.chunk_size = int(chunk_size)
         self.num_neighbors = int(num_neighbors)
         self.pool_size = int(pool_size)
-        self.seed = int(seed)
         self.register_buffer("memory_bank", torch.zeros(0, 0))
 
     # ------------------------------------------------------------------ features

@@ -23,15 +23,17 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from inspectkit.anomaly.base import AnomalyModel
+from inspectkit.anomaly.base import AnomalyModel, DetectorSettings
 from inspectkit.anomaly.padim import PaDiM
 from inspectkit.anomaly.patchcore import PatchCore
+from inspectkit.anomaly.registry import register_detector
 from inspectkit.errors import ConfigError
 from inspectkit.models.features import FeatureExtractor
 from inspectkit.runtime import progress_bar
@@ -91,6 +93,7 @@ def cutpaste(x: torch.Tensor, gen: torch.Generator, *, scar: bool = False) -> to
     return out
 
 
+@register_detector
 class SelfSupervised(AnomalyModel):
     """CutPaste-trained backbone + Gaussian (or PatchCore) density on its patch features.
 
@@ -104,9 +107,10 @@ class SelfSupervised(AnomalyModel):
         head: ``"gaussian"`` or ``"patchcore"`` (see module docs).
         coreset_ratio: Coreset ratio of the PatchCore head.
         n_features: Channels (random subset) of the Gaussian head.
-        sigma: Gaussian smoothing of the maps in pixels.
-        seed: Seed of init, crops and synthetic defects.
-        batch_size, device, progress: See :class:`AnomalyModel`.
+        settings, **shared: The settings every detector has (``seed`` of init, crops
+            and synthetic defects; ``batch_size`` of scoring and of the crops per kind;
+            ``sigma``, ``device``, ``progress``; ``feature_dtype`` of the heads'
+            scoring passes): see :class:`~inspectkit.anomaly.base.DetectorSettings`.
 
     Example:
         >>> import torch
@@ -115,6 +119,8 @@ class SelfSupervised(AnomalyModel):
         >>> ss.score(torch.rand(1, 1, 64, 64))[1].shape
         torch.Size([1, 64, 64])
     """
+
+    name = "selfsupervised"
 
     def __init__(
         self,
@@ -128,46 +134,30 @@ class SelfSupervised(AnomalyModel):
         head: str = "gaussian",
         coreset_ratio: float = 0.1,
         n_features: int | None = 100,
-        sigma: float = 4.0,
-        seed: int = 0,
-        batch_size: int = 32,
-        device: str = "auto",
-        progress: bool = True,
+        settings: DetectorSettings | None = None,
+        **shared: Any,
     ) -> None:
-        super().__init__(batch_size=batch_size, sigma=sigma, device=device, progress=progress)
+        super().__init__(settings, **shared)
         if head not in ("gaussian", "patchcore"):
             raise ConfigError(f"head must be 'gaussian' or 'patchcore', got {head!r}")
         if crop_size < 16:
             raise ConfigError(f"crop_size must be at least 16, got {crop_size}")
         if steps < 0:
             raise ConfigError(f"steps must be non-negative, got {steps}")
-        self.extractor = FeatureExtractor(backbone, layers, weights, seed=seed)
+        self.extractor = FeatureExtractor(backbone, layers, weights, seed=self.seed)
         dim = sum(self.extractor.out_channels().values())
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(self.seed)
             self.classifier = nn.Linear(dim, 3)
         self.crop_size = int(crop_size)
         self.steps = int(steps)
         self.lr = float(lr)
         self.head = head
-        self.seed = int(seed)
         self.patchcore = PatchCore(
-            extractor=self.extractor,
-            coreset_ratio=coreset_ratio,
-            sigma=sigma,
-            seed=seed,
-            batch_size=batch_size,
-            device=device,
-            progress=progress,
+            extractor=self.extractor, coreset_ratio=coreset_ratio, settings=self.settings
         )
         self.gaussian = PaDiM(
-            extractor=self.extractor,
-            n_features=n_features,
-            sigma=sigma,
-            seed=seed,
-            batch_size=batch_size,
-            device=device,
-            progress=progress,
+            extractor=self.extractor, n_features=n_features, settings=self.settings
         )
 
     # ------------------------------------------------------------------ training

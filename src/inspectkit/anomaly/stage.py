@@ -14,11 +14,15 @@ Fit on good parts only, run to get :class:`~inspectkit.records.AnomalyScores`.
   ones seen in ``fit``, saved with the model) before the detector sees it, so a part
   that is only lit differently is not an anomaly. On magnetic tiles it raised the
   validation image AUROC of pretrained PatchCore from 0.87 to 0.91.
+* Detectors: ``method`` names any registered detector
+  (:func:`~inspectkit.anomaly.registry.available_detectors`); the stage builds it through
+  :func:`~inspectkit.anomaly.registry.build_detector` from its shared settings (seed,
+  batch size, device, progress) plus ``options``, whatever the detector.
 * Calibration: ``calibration_fraction`` of the good images is held out of fitting, scored,
   and the threshold set so that ``target_false_alarm_rate`` of them would be flagged.
   :meth:`AnomalyDetector.calibrate` re-calibrates on other data: F1-optimal when it holds
-  labelled defects, at the target rate otherwise. Threshold and normalisation statistics
-  are part of the saved state.
+  labelled defects, at the target rate otherwise. Threshold, normalisation and what they
+  rest on are one :class:`~inspectkit.anomaly.threshold.Calibration`, saved with the model.
 
 Example:
     >>> import torch
@@ -39,18 +43,9 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator
 
-from inspectkit.anomaly.autoencoder import AutoEncoder
-from inspectkit.anomaly.base import AnomalyModel
-from inspectkit.anomaly.ensemble import Ensemble
-from inspectkit.anomaly.padim import PaDiM
-from inspectkit.anomaly.patchcore import PatchCore
-from inspectkit.anomaly.selfsupervised import SelfSupervised
-from inspectkit.anomaly.threshold import (
-    check_rate,
-    f1_optimal_threshold,
-    normalize,
-    threshold_at_false_alarm_rate,
-)
+from inspectkit.anomaly.base import AnomalyModel, DetectorSettings
+from inspectkit.anomaly.registry import DetectorNames, build_detector, check_method
+from inspectkit.anomaly.threshold import Calibration, check_rate
 from inspectkit.errors import ConfigError, DataError, NotFittedError, PersistenceError
 from inspectkit.metrics.anomaly import DEFAULT_GOOD_LABELS, is_defective
 from inspectkit.ops import resize_images
@@ -63,25 +58,25 @@ log = logging.getLogger(__name__)
 #: Smallest side a detector works at: backbone feature maps are 8-16× smaller.
 MIN_DETECTOR_SIDE = 16
 
-METHODS: dict[str, type[AnomalyModel]] = {
-    "patchcore": PatchCore,
-    "padim": PaDiM,
-    "autoencoder": AutoEncoder,
-    "selfsupervised": SelfSupervised,
-}
+#: ``name -> detector class`` of every registered detector: a read-only view of the
+#: registry (:func:`~inspectkit.anomaly.registry.available_detectors` lists the names).
+METHODS = DetectorNames()
 
-#: ``method="ensemble"`` without ``members``: the memory bank and the Gaussian, each with
-#: its default settings
-DEFAULT_ENSEMBLE: list[dict[str, Any]] = [{"method": "patchcore"}, {"method": "padim"}]
+#: Version of the state :meth:`AnomalyDetector.get_state` writes. 1 (inspectkit 0.1.0):
+#: ``calibration`` a float64 tensor ``[threshold, low, high]`` plus a ``calibrated`` flag;
+#: 2: ``calibration`` the plain-value dict of a :class:`Calibration`, or ``None``.
+STATE_VERSION = 2
 
 
 class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
     """Good-only anomaly detection as a pipeline stage.
 
     Args:
-        method: ``"patchcore"``, ``"padim"``, ``"autoencoder"``, ``"selfsupervised"`` or
-            ``"ensemble"`` (several of them averaged on one scale; see
-            :class:`~inspectkit.anomaly.ensemble.Ensemble` and ``options`` below).
+        method: A registered detector: ``"patchcore"``, ``"padim"``, ``"autoencoder"``,
+            ``"selfsupervised"``, ``"ensemble"`` (several of them averaged on one scale;
+            see :class:`~inspectkit.anomaly.ensemble.Ensemble` and ``options`` below), or
+            one added in code or by an installed package
+            (:func:`~inspectkit.anomaly.registry.available_detectors`).
         backbone: torchvision or registered backbone name (not used by the autoencoder).
         weights: Local state-dict file for the backbone (``None`` = seeded random init).
         layers: Backbone layers; ``None`` = the method's default.
@@ -94,7 +89,10 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         calibration_fraction: Share of good training images held out for calibration
             (0 = none; the stage then reports no threshold until :meth:`calibrate`).
         options: Further keyword arguments of the detector class (e.g.
-            ``{"coreset_ratio": 0.01}`` for PatchCore, ``{"steps": 500}`` for CutPaste).
+            ``{"coreset_ratio": 0.01}`` for PatchCore, ``{"steps": 500}`` for CutPaste),
+            and shared detector settings the stage has no field for (``feature_dtype``,
+            ``sigma``) or overrides (``batch_size``; see
+            :class:`~inspectkit.anomaly.base.DetectorSettings`).
             For ``method="ensemble"``: ``members``, a list of dicts each naming a
             ``method`` plus that detector's ``layers`` and options (default: PatchCore
             and PaDiM with their default settings); ``holdout``, ``member_weights``
@@ -115,9 +113,7 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
     stateful = True
 
     class Config(StageConfig):
-        method: Literal["patchcore", "padim", "autoencoder", "selfsupervised", "ensemble"] = (
-            "patchcore"
-        )
+        method: str = "patchcore"
         backbone: str = "resnet18"
         weights: str | None = None
         layers: list[str] | None = None
@@ -132,6 +128,14 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         seed: int = 0
         device: str = "auto"
         progress: bool = True
+
+        @field_validator("method")
+        @classmethod
+        def _known_method(cls, v: str) -> str:
+            try:
+                return check_method(v)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
 
         @field_validator("size")
         @classmethod
@@ -159,77 +163,35 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         self.detector: AnomalyModel | None = None
         self.in_channels: int | None = None
         self.intensity_stats: tuple[float, float] | None = None
-        self.threshold: float | None = None
-        self.low = 0.0
-        self.high = 1.0
+        self.calibration: Calibration | None = None
         # Built once without the weights file to refuse bad options, backbones and layers
         # now; fit() builds afresh with the weights (a saved pipeline needs no such file).
         self.detector = self._build(None, in_channels=1)
 
+    @property
+    def threshold(self) -> float | None:
+        """The calibrated threshold (``score > threshold`` is anomalous), or ``None``."""
+        return None if self.calibration is None else self.calibration.threshold
+
     # ------------------------------------------------------------------ building
+    def detector_settings(self) -> DetectorSettings:
+        """The shared detector settings this stage's config sets."""
+        cfg = self.config
+        return DetectorSettings(
+            seed=cfg.seed, batch_size=cfg.batch_size, device=cfg.device, progress=cfg.progress
+        )
+
     def _build(self, weights: str | None, in_channels: int) -> AnomalyModel:
         cfg = self.config
-        common: dict[str, Any] = {
-            "seed": cfg.seed,
-            "batch_size": cfg.batch_size,
-            "device": cfg.device,
-            "progress": cfg.progress,
-        }
-        if cfg.method != "ensemble":
-            return self._build_one(
-                cfg.method, common, cfg.options, cfg.layers, weights, in_channels
-            )
-        options = dict(cfg.options)
-        specs = options.pop("members", DEFAULT_ENSEMBLE)
-        ensemble_args = {
-            k: options.pop(k) for k in ("holdout", "member_weights", "image_score") if k in options
-        }
-        if not isinstance(specs, list) or not all(isinstance(s, dict) for s in specs):
-            raise ConfigError(
-                "ensemble members are a list of dicts, e.g. options={'members': "
-                f"[{{'method': 'patchcore', ...}}, {{'method': 'padim', ...}}]}}, got {specs!r}"
-            )
-        members = []
-        for spec in specs:
-            spec = dict(spec)
-            method = spec.pop("method", None)
-            if method not in METHODS:
-                raise ConfigError(
-                    f"ensemble member method must be one of {sorted(METHODS)}, got {method!r}"
-                )
-            layers = spec.pop("layers", cfg.layers)
-            members.append(
-                self._build_one(method, common, {**options, **spec}, layers, weights, in_channels)
-            )
-        try:
-            return Ensemble(members, **common, **ensemble_args)
-        except TypeError as exc:
-            raise ConfigError(f"ensemble options do not fit: {exc}") from None
-
-    def _build_one(
-        self,
-        method: str,
-        common: dict[str, Any],
-        options: dict[str, Any],
-        layers: list[str] | None,
-        weights: str | None,
-        in_channels: int,
-    ) -> AnomalyModel:
-        """One detector of ``method`` from the stage's settings plus its ``options``."""
-        kwargs = dict(common)
-        if method == "autoencoder":
-            kwargs["in_channels"] = in_channels
-        else:
-            kwargs.update(backbone=self.config.backbone, weights=weights)
-            if layers is not None:
-                kwargs["layers"] = layers
-        kwargs.update(options)
-        try:
-            return METHODS[method](**kwargs)
-        except TypeError as exc:
-            raise ConfigError(
-                f"AnomalyDetector options {sorted(options)} do not fit {method}: {exc}"
-            ) from None
+        return build_detector(
+            cfg.method,
+            self.detector_settings(),
+            options=cfg.options,
+            backbone=cfg.backbone,
+            weights=weights,
+            layers=cfg.layers,
+            in_channels=in_channels,
+        )
 
     # ------------------------------------------------------------------ data
     def _prepare(self, data: ImageSet, fitting: bool = False) -> torch.Tensor:
@@ -322,28 +284,23 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         assert self.detector is not None
         self.detector.fit(images[train_idx])
         self.fitted = True
-        self.threshold = None
+        self.calibration = None
         if n_cal:
             scores, _ = self.detector.score(images[cal_idx])
-            self._set_threshold(
-                scores, threshold_at_false_alarm_rate(scores, self.config.target_false_alarm_rate)
+            self.calibration = Calibration.at_false_alarm_rate(
+                scores, self.config.target_false_alarm_rate
             )
         return self
-
-    def _set_threshold(self, scores: torch.Tensor, threshold: float) -> None:
-        s = scores.double()
-        self.threshold = float(threshold)
-        self.low = float(s.min())
-        spread = max(self.threshold - self.low, 1e-6)
-        self.high = max(float(s.max()), self.threshold + spread)
 
     def calibrate(
         self, data: ImageSet, target_false_alarm_rate: float | None = None
     ) -> AnomalyDetector:
-        """Set the threshold from ``data`` (images not used in fitting).
+        """Replace the calibration with one set on ``data`` (images not used in fitting).
 
         With both good and labelled defective samples the F1-optimal threshold is taken;
-        with good samples only, the one that flags ``target_false_alarm_rate`` of them.
+        with good samples only, the one that flags ``target_false_alarm_rate`` of them
+        (default: the config's), and the config's ``target_false_alarm_rate`` becomes
+        that rate, so a saved pipeline states the rate its threshold was set at.
 
         Example:
             >>> det.calibrate(held_out_good, target_false_alarm_rate=0.01)  # doctest: +SKIP
@@ -358,14 +315,16 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         assert self.detector is not None
         scores, _ = self.detector.score(self._prepare(data))
         bad = torch.tensor([is_defective(s, self.config.good_labels) for s in data.samples])
-        if bad.any() and not bad.all():
-            thr = f1_optimal_threshold(scores, bad)
-            self._set_threshold(scores[~bad], thr)
-            self.high = max(self.high, float(scores.max()))
-        elif bad.all():
+        if bad.all():
             raise DataError("calibration data holds only defective samples; add good ones")
+        if bad.any():
+            self.calibration = Calibration.f1_optimal(scores, bad)
         else:
-            self._set_threshold(scores, threshold_at_false_alarm_rate(scores, rate))
+            self.calibration = Calibration.at_false_alarm_rate(scores, rate)
+            if rate != self.config.target_false_alarm_rate:
+                self.config = self.Config(
+                    **{**self.config.model_dump(), "target_false_alarm_rate": rate}
+                )
         return self
 
     def run(self, data: ImageSet) -> AnomalyScores:
@@ -375,23 +334,20 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         assert self.detector is not None
         scores, maps = self.detector.score(self._prepare(data))
         fields: dict[str, Any] = {"scores": scores, "maps": maps}
-        if self.threshold is not None:
-            fields["threshold"] = self.threshold
-            fields["normalized"] = normalize(scores, self.threshold, self.low, self.high)
-            fields["is_anomalous"] = scores > self.threshold
+        cal = self.calibration
+        if cal is not None:
+            fields["threshold"] = cal.threshold
+            fields["normalized"] = cal.normalize(scores)
+            fields["is_anomalous"] = cal.verdict(scores)
         return AnomalyScores.build(**data.base_fields(), **fields)
 
     # ------------------------------------------------------------------ state
     def get_state(self) -> dict[str, Any]:
         assert self.detector is not None
-        calib = torch.tensor(
-            [self.threshold if self.threshold is not None else float("nan"), self.low, self.high],
-            dtype=torch.float64,
-        )
         return {
+            "version": STATE_VERSION,
             "detector": {k: v.detach().cpu() for k, v in self.detector.state_dict().items()},
-            "calibration": calib,
-            "calibrated": self.threshold is not None,
+            "calibration": None if self.calibration is None else self.calibration.to_state(),
             "in_channels": int(self.in_channels or 1),
             "intensity": torch.tensor(
                 self.intensity_stats or (float("nan"), float("nan")), dtype=torch.float64
@@ -399,13 +355,25 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
+        version = int(state.get("version", 1))
+        if version > STATE_VERSION:
+            raise PersistenceError(
+                f"AnomalyDetector state version {version} is newer than {STATE_VERSION}; "
+                "upgrade inspectkit to load it"
+            )
         self.in_channels = int(state["in_channels"])
         # The saved state holds the backbone weights, so no weights file is needed here.
         self.detector = self._build(None, in_channels=self.in_channels)
         self.detector.load_state(state["detector"])
-        calib = state["calibration"].tolist()
-        self.threshold = float(calib[0]) if state["calibrated"] else None
-        self.low, self.high = float(calib[1]), float(calib[2])
+        self.calibration = None
+        try:
+            if version == 1:  # inspectkit 0.1.0
+                if state["calibrated"]:
+                    self.calibration = Calibration.from_legacy(state["calibration"])
+            elif state["calibration"] is not None:
+                self.calibration = Calibration.from_state(state["calibration"])
+        except DataError as exc:
+            raise PersistenceError(f"the saved calibration is unreadable: {exc}") from None
         stats = state.get("intensity")
         self.intensity_stats = None
         if stats is not None and not bool(torch.isnan(stats).any()):
@@ -418,4 +386,4 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         self.fitted = True
 
 
-__all__ = ["DEFAULT_GOOD_LABELS", "AnomalyDetector", "is_defective"]
+__all__ = ["DEFAULT_GOOD_LABELS", "METHODS", "STATE_VERSION", "AnomalyDetector", "is_defective"]
