@@ -16,10 +16,8 @@ ensemble learns each member's scale from good images it did not fit on:
    halved. With ``image_score="mean"`` it is the weighted mean of the members' z-scored
    image scores.
 
-So a map value of 0 is "a typical good pixel" for every member, whatever its units. On
-magnetic tiles (pretrained EfficientNet-Lite0, 384 px) PatchCore + PaDiM raised the
-validation image AUROC from 0.944 / 0.936 to 0.963 with ``"mean"`` and 0.970 with
-``"map_max"``.
+So a map value of 0 is "a typical good pixel" for every member, whatever its units
+(measured gains: BENCHMARKS.md, anomaly detection).
 
 Example:
     >>> import torch

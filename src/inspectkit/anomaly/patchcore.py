@@ -5,8 +5,8 @@ Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022.
 * Patch features: two mid-level layers of a backbone, each averaged over its 3×3
   neighbourhood, the deeper one upsampled to the first one's grid, concatenated.
 * Memory bank: greedy k-center coreset of the training patches. The exact greedy
-  selection costs ``N × M × d`` (``N`` patches, ``M`` selected) and took anomalib hours
-  on a CPU, so here it runs on a random projection of the features (``projection_dim``)
+  selection costs ``N × M × d`` (``N`` patches, ``M`` selected), too slow on a CPU for
+  large sets, so here it runs on a random projection of the features (``projection_dim``)
   and in chunks of at most ``chunk_size`` patches: each chunk picks its own share
   (``coreset_ratio``) by greedy k-center, and the union is reduced again by greedy
   k-center whenever it exceeds ``max_bank_size``. Memory stays bounded by the chunk and

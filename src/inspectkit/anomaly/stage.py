@@ -12,8 +12,7 @@ Fit on good parts only, run to get :class:`~inspectkit.records.AnomalyScores`.
 * Lighting: ``intensity="standardize"`` gives every image the training set's typical
   brightness and contrast (per-image mean and standard deviation mapped to the average
   ones seen in ``fit``, saved with the model) before the detector sees it, so a part
-  that is only lit differently is not an anomaly. On magnetic tiles it raised the
-  validation image AUROC of pretrained PatchCore from 0.87 to 0.91.
+  that is only lit differently is not an anomaly.
 * Detectors: ``method`` names any registered detector
   (:func:`~inspectkit.anomaly.registry.available_detectors`); the stage builds it through
   :func:`~inspectkit.anomaly.registry.build_detector` from its shared settings (seed,
