@@ -11,39 +11,34 @@ Example:
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
-import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from inspectkit._version import __version__
-from inspectkit.atomic import swap_folder, temp_folder_beside
-from inspectkit.errors import ConfigError, DataError, PersistenceError, PipelineError
+from inspectkit.errors import (
+    ConfigError,
+    DataError,
+    InspectkitError,
+    PersistenceError,
+    PipelineError,
+)
+from inspectkit.modelfolder import (
+    FORMAT,
+    FORMAT_VERSION,
+    read_model,
+    rollback,
+    write_model,
+)
 from inspectkit.records import Record
 from inspectkit.registry import get_stage, name_of
 from inspectkit.runtime import is_main_process
 from inspectkit.stage import Stage, check_state
 
 log = logging.getLogger(__name__)
-
-SPEC_FILE = "pipeline.json"
-FORMAT = "inspectkit.pipeline"
-FORMAT_VERSION = 1
-
-
-def _major(version: str) -> int:
-    try:
-        return int(str(version).split(".")[0])
-    except ValueError:
-        raise PersistenceError(
-            f"saved pipeline has an unreadable library version {version!r}"
-        ) from None
 
 
 class Pipeline:
@@ -70,6 +65,8 @@ class Pipeline:
                     "(did you pass the class instead of calling it?)"
                 )
         self.stages = stages
+        #: Files saved with the model (name → bytes), filled by :meth:`load`.
+        self.attachments: dict[str, bytes] = {}
         self.output_type = self._check_types()
         for i, st in enumerate(stages):
             st.attach(stages[:i])
@@ -259,6 +256,7 @@ class Pipeline:
                 "format_version": {"type": "integer", "minimum": 1},
                 "inspectkit_version": {"type": "string"},
                 "stages": {"type": "array", "minItems": 1, "items": {"oneOf": branches}},
+                "attachments": {"type": "object", "additionalProperties": {"type": "string"}},
             },
             "required": ["stages"],
         }
@@ -288,90 +286,92 @@ class Pipeline:
         return cls(stages)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike[str]) -> Path:
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        attachments: Mapping[str, str | bytes] | None = None,
+        keep: int = 0,
+    ) -> Path:
         """Save specs and learned state to folder ``path``, atomically.
 
-        Everything is written to a temporary sibling folder first and swapped in only
-        when complete, so a failure mid-save leaves a previous model at ``path`` intact.
-        State is written with ``torch.save`` and read back with ``weights_only=True``.
-        In a ``torchrun`` job only rank 0 writes; other ranks return ``path`` untouched.
+        Everything is written to a temporary folder beside ``path`` and swapped in only
+        when complete: a failure or a kill mid-save leaves the previous model intact.
+        State is written with ``torch.save`` and read back with ``weights_only=True``;
+        ``pipeline.json`` records the SHA-256 of every state file. A folder holding
+        anything but a saved model is never replaced, with ``keep=1`` the previous model is
+        kept as ``NAME.prev`` (``keep=N``: N versions; :meth:`rollback` puts it back; the
+        command line keeps one by default), and a symlink
+        ``path`` keeps pointing where it did (its target is replaced). In a ``torchrun``
+        job only rank 0 writes; other ranks return ``path`` untouched. See
+        :mod:`inspectkit.modelfolder` for the guarantees.
+
+        Args:
+            path: The model folder.
+            attachments: Further files saved as part of the model (name → text or bytes),
+                e.g. the command line's model card; :meth:`load` gives them back in
+                ``pipeline.attachments``.
+            keep: Previous versions to keep beside the model (default 0 = none).
         """
         path = Path(path)
         if not is_main_process():
             log.info("not rank 0 of a distributed job: leaving %s to rank 0", path)
             return path
-        if path.exists() and not path.is_dir():
-            raise PersistenceError(f"{path} exists and is not a folder")
-        if path.is_dir() and any(path.iterdir()) and not (path / SPEC_FILE).exists():
-            raise PersistenceError(
-                f"{path} is a non-empty folder that holds no saved pipeline; refusing to replace it"
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_folder_beside(path)
-        try:
-            spec = self.spec()
-            for i, (st, entry) in enumerate(zip(self.stages, spec["stages"])):
-                entry["fitted"] = bool(st.fitted)
-                state = st.get_state() if st.fitted else {}
-                try:
-                    check_state(state, f"{type(st).__name__} state")
-                except TypeError as exc:
-                    raise PersistenceError(str(exc)) from None
-                fname = f"stage-{i:02d}-{entry['name']}.pt"
-                torch.save(state, tmp / fname)
-                entry["state"] = fname
-            spec_path = tmp / SPEC_FILE
-            with open(spec_path, "w") as fh:
-                json.dump(spec, fh, indent=2)
-                fh.flush()
-                os.fsync(fh.fileno())
-            swap_folder(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        log.info("saved pipeline to %s", path)
-        return path
+        spec = self.spec()
+        states: list[dict[str, Any] | None] = []
+        for st in self.stages:
+            state = st.get_state() if st.fitted else None
+            try:
+                check_state(state or {}, f"{type(st).__name__} state")
+            except TypeError as exc:
+                raise PersistenceError(str(exc)) from None
+            states.append(state)
+        return write_model(path, spec, states, attachments=attachments, keep=keep)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Pipeline:
-        """Load a pipeline saved by :meth:`save` (no arbitrary objects are unpickled)."""
+        """Load a pipeline saved by :meth:`save` (no arbitrary objects are unpickled).
+
+        Raises:
+            PersistenceError: Not a model folder; a spec, state or file that cannot be read
+                safely or is not the one the spec was saved with; a newer format.
+        """
         path = Path(path)
-        spec_path = path / SPEC_FILE
-        if not spec_path.is_file():
-            raise PersistenceError(f"{path} holds no saved pipeline (no {SPEC_FILE})")
+        saved = read_model(path)
         try:
-            spec = json.loads(spec_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise PersistenceError(f"{spec_path} is not readable JSON: {exc}") from None
-        if not isinstance(spec, dict) or spec.get("format") != FORMAT:
-            raise PersistenceError(f"{spec_path} is not an inspectkit pipeline spec")
-        saved_version = str(spec.get("inspectkit_version", "0"))
-        if _major(saved_version) > _major(__version__):
-            raise PersistenceError(
-                f"{path} was saved by inspectkit {saved_version}, newer than this {__version__}; "
-                "upgrade inspectkit to load it"
-            )
-        if int(spec.get("format_version", 0)) > FORMAT_VERSION:
-            raise PersistenceError(
-                f"{path} uses pipeline format {spec.get('format_version')}, newer than {FORMAT_VERSION}"
-            )
-        try:
-            pipe = cls.from_spec(spec)
-        except PipelineError as exc:
-            raise PersistenceError(f"cannot load {path}: {exc}") from exc
-        for st, entry in zip(pipe.stages, spec["stages"]):
-            if not entry.get("fitted", False):
+            pipe = cls.from_spec(saved.spec)
+        except InspectkitError as exc:
+            raise PersistenceError(f"cannot load {path}: {exc}") from None
+        for i, (st, entry, state) in enumerate(
+            zip(pipe.stages, saved.spec["stages"], saved.states)
+        ):
+            if state is None:
                 continue
-            state_file = path / str(entry.get("state", ""))
-            if not state_file.is_file():
-                raise PersistenceError(f"{path}: state file {entry.get('state')!r} is missing")
             try:
-                state = torch.load(state_file, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise PersistenceError(f"{state_file} cannot be read safely: {exc}") from None
-            st.set_state(state)
+                st.set_state(state)
+            except InspectkitError as exc:
+                raise PersistenceError(f"{path / entry['state']}: {exc}") from None
+            except (
+                KeyError,
+                TypeError,
+                ValueError,
+                AttributeError,
+                IndexError,
+                RuntimeError,
+            ) as exc:
+                raise PersistenceError(
+                    f"{path / entry['state']}: the saved state of stage {i} ({entry['name']}) "
+                    f"is incomplete or does not fit its config ({type(exc).__name__}: "
+                    f"{' '.join(str(exc).split())[:200]})"
+                ) from None
             st.fitted = True
+        pipe.attachments = saved.attachments
         return pipe
+
+    @staticmethod
+    def rollback(path: str | os.PathLike[str]) -> Path:
+        """Put the model saved before the last save at ``path`` back (see :meth:`save`)."""
+        return rollback(path)
 
 
 __all__ = ["Pipeline"]
