@@ -54,6 +54,9 @@ class TrainResult:
         epochs_run: Epochs actually trained.
         stopped_early: True when patience or the time budget ended training.
         seconds: Wall-clock training time.
+        one_class: True when the returned model predicts one class for every sample of
+            a check set that holds several (set by the caller through
+            :func:`check_prediction_spread`, which also logs a warning).
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
@@ -62,6 +65,7 @@ class TrainResult:
     epochs_run: int = 0
     stopped_early: bool = False
     seconds: float = 0.0
+    one_class: bool = False
 
 
 def dihedral_augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -103,7 +107,12 @@ def _no_decay(name: str, p: torch.Tensor) -> bool:
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with weight decay on weights only (not on biases or BatchNorm parameters)."""
+    """AdamW with weight decay on weights only (not on biases or BatchNorm parameters).
+
+    The update is ``fused`` (one kernel over all parameters) where the parameters'
+    device supports it, else ``foreach`` (one multi-tensor call); both give the same
+    steps as the per-parameter loop.
+    """
     decay, plain = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -112,7 +121,14 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
         {"params": decay, "weight_decay": weight_decay},
         {"params": plain, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr)
+    try:
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, lr=lr, foreach=True)
+
+
+#: Share of the steps the one-cycle schedule spends warming up (lr/10 → lr).
+ONECYCLE_WARMUP = 0.15
 
 
 class _Horizon:
@@ -120,6 +136,51 @@ class _Horizon:
 
     def __init__(self, total: int) -> None:
         self.total = max(1, total)
+
+
+def warmed_up(schedule: Schedule, epochs_done: int, epochs: int) -> bool:
+    """True once ``epochs_done`` of ``epochs`` epochs have passed the schedule's warm-up.
+
+    Early stopping only counts epochs without improvement from then on: during the
+    one-cycle warm-up the learning rate is still rising, and a model that predicts one
+    class for everything there (validation macro-F1 flat and low while the training loss
+    falls) is not a reason to stop.
+
+    Example:
+        >>> [warmed_up("onecycle", e, 40) for e in (6, 7)], warmed_up("cosine", 1, 40)
+        ([False, True], True)
+    """
+    if schedule != "onecycle":
+        return True
+    return epochs_done > ONECYCLE_WARMUP * epochs + 1e-9
+
+
+def check_prediction_spread(
+    predicted: torch.Tensor, targets: torch.Tensor, *, desc: str = "training"
+) -> bool:
+    """Warn when a model predicts one class for every sample of a set holding several.
+
+    Returns ``True`` in that case (a model that cannot tell the classes apart; callers
+    record it as :attr:`TrainResult.one_class`), ``False`` otherwise. The warning names
+    the class and the remedy.
+
+    Example:
+        >>> check_prediction_spread(torch.tensor([1, 1, 1]), torch.tensor([0, 1, 2]))
+        True
+    """
+    present = torch.unique(targets[targets >= 0])
+    distinct = torch.unique(predicted)
+    if present.numel() < 2 or distinct.numel() != 1:
+        return False
+    log.warning(
+        "%s: the trained model predicts class %d for every one of %d check samples, which "
+        "hold %d classes; train longer (epochs), lower lr, or check the labels",
+        desc,
+        int(distinct[0]),
+        int(predicted.numel()),
+        int(present.numel()),
+    )
+    return True
 
 
 def _make_schedule(
@@ -136,7 +197,7 @@ def _make_schedule(
         t = min(1.0, step / horizon.total)
         if schedule == "cosine":
             return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
-        warm = 0.15
+        warm = ONECYCLE_WARMUP
         if t < warm:
             return 0.1 + 0.9 * t / warm
         u = (t - warm) / (1 - warm)
@@ -252,7 +313,7 @@ def train_epochs(
         validate: ``f(model) -> score`` (higher is better) called after every epoch
             with the model in eval mode; enables early stopping and best restore.
         patience: Epochs without a better validation score before stopping (``None``:
-            never stop early).
+            never stop early). Epochs inside the one-cycle warm-up do not count.
         restore_best: Load the best epoch's weights at the end (with ``validate``).
         amp: Mixed precision (float16 autocast + gradient scaling) — used on CUDA only.
         ddp: Wrap in ``DistributedDataParallel`` when a process group is initialised
@@ -353,7 +414,7 @@ def train_epochs(
                     best, stale = score, 0
                     result.best_epoch, result.best_score = epoch, score
                     best_state = copy.deepcopy(final_net.state_dict())
-                else:
+                elif warmed_up(schedule if sched is not None else "constant", epoch + 1, epochs):
                     stale += 1
             else:
                 result.best_epoch = epoch
@@ -396,10 +457,13 @@ def train_epochs(
 
 
 __all__ = [
+    "ONECYCLE_WARMUP",
     "TrainResult",
+    "check_prediction_spread",
     "dihedral_augment",
     "flip_augment",
     "make_optimizer",
     "predict_logits",
     "train_epochs",
+    "warmed_up",
 ]

@@ -1,18 +1,20 @@
 """``Classifier``: a supervised image classifier stage with class probabilities.
 
 It trains one of :mod:`inspectkit.models`' networks on a labelled :class:`ImageSet`
-(after ``Wrangle(size=...)``) and returns :class:`Predictions` with a probability for
-every class. Imbalance is handled by a class-weighted loss and/or a balanced sampler; a
-stratified validation split carved from the training data drives early stopping and the
-restore of the best epoch. Under ``torchrun`` the same ``fit`` trains with
-DistributedDataParallel.
+and returns :class:`Predictions` with a probability for every class. Imbalance is
+handled by a class-weighted loss and/or a balanced sampler; a stratified validation
+split carved from the training data drives early stopping and the restore of the best
+epoch. Under ``torchrun`` the same ``fit`` trains with DistributedDataParallel.
 
-Input handling at prediction time:
+Input handling goes through the stage's :class:`~inspectkit.models.inputs.InputSpec`
+(``input_spec``), the same at fit, at predict and when explaining:
 
+* the **input size** is ``size`` when set, else the training images' size when they
+  share one (ragged training images without ``size`` are refused); every batch of
+  another size is resized to it, at fit and at predict alike (nearest neighbour for
+  wafer maps, antialiased bilinear for photos), so ragged or lazy sets work too;
 * wafer maps (``kind="wafer"``) are one-hot encoded (outside / pass / fail channels);
   photos are scaled to [0, 1] and standardised with the training set's channel means;
-* images of another **size** are resized to the training size (nearest neighbour for
-  wafer maps, antialiased bilinear for photos), so ragged or lazy sets work too;
 * images of another **channel count** or **kind** are refused with a ``DataError``:
   convert them with ``Wrangle(channels=...)`` first, since silently changing colour
   layout would change what the model sees.
@@ -21,7 +23,7 @@ Input handling at prediction time:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
@@ -31,25 +33,29 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from inspectkit.errors import ConfigError, DataError
+from inspectkit.errors import ConfigError, DataError, NotFittedError, PersistenceError
 from inspectkit.models.classifiers import ClassifierNet, build_classifier, count_parameters
 from inspectkit.models.distributed import DistInfo, ShardedSampler, setup_distributed
+from inspectkit.models.inputs import WAFER_CODES, InputSpec
 from inspectkit.models.training import (
     TrainResult,
+    check_prediction_spread,
     dihedral_augment,
     flip_augment,
     predict_logits,
     train_epochs,
 )
-from inspectkit.ops import resize_images
 from inspectkit.records import ImageSet, LazyImages, Predictions
 from inspectkit.runtime import resolve_device, seed_everything
-from inspectkit.stage import Stage, StageConfig
+from inspectkit.stage import ImageSize, Stage, StageConfig
 
 log = logging.getLogger(__name__)
 
 Imbalance = Literal["weighted_loss", "balanced_sampler", "both", "none"]
-WAFER_CODES = 3
+#: Version of :meth:`Classifier.get_state`'s layout (1: inspectkit 0.1, flat input fields).
+STATE_VERSION = 2
+#: Most training samples the one-class check predicts when there is no validation split.
+SPREAD_CHECK_SAMPLES = 2048
 
 
 def _collate(batch: Any) -> Any:
@@ -57,14 +63,21 @@ def _collate(batch: Any) -> Any:
 
 
 class _IndexedImages(Dataset):
-    """Batched access (``__getitems__``) to uint8/float images and targets by index."""
+    """Batched access (``__getitems__``) to training images at the input size and targets.
+
+    ``images`` is a tensor already at the input size, or lazily decoded images that are
+    fitted to it batch by batch (``load``).
+    """
 
     def __init__(
-        self, images: torch.Tensor | LazyImages, targets: torch.Tensor, size: tuple[int, int]
+        self,
+        images: torch.Tensor | LazyImages,
+        targets: torch.Tensor,
+        load: Callable[[list[torch.Tensor]], torch.Tensor],
     ) -> None:
         self.images = images
         self.targets = targets
-        self.size = size
+        self.load = load
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -72,14 +85,7 @@ class _IndexedImages(Dataset):
     def _take(self, idx: list[int]) -> torch.Tensor:
         if isinstance(self.images, torch.Tensor):
             return self.images[torch.as_tensor(idx, dtype=torch.long)]
-        imgs = [self.images[i] for i in idx]
-        bad = [i for i, t in zip(idx, imgs) if tuple(t.shape[-2:]) != self.size]
-        if bad:
-            raise DataError(
-                f"training image {bad[0]} is {tuple(imgs[0].shape[-2:])}, not {self.size}; "
-                "put Wrangle(size=...) before the Classifier"
-            )
-        return torch.stack(imgs)
+        return self.load([self.images[i] for i in idx])
 
     def __getitems__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         return self._take(idx), self.targets[torch.as_tensor(idx, dtype=torch.long)]
@@ -101,6 +107,8 @@ class Classifier(Stage[ImageSet, Predictions]):
         pool: Global pooling of the compact family: ``"avg"`` or ``"avgmax"`` (average
             and max side by side; max keeps small and thin defects visible).
         weights: Local torchvision-layout weights file for the backbones (no downloads).
+        size: Input size ``(H, W)`` (an int means square): every image is resized to it at
+            fit and at predict. ``None``: the training images' size (they must share one).
         epochs: Maximum training epochs.
         batch_size: Batch size per process.
         lr: Peak learning rate (AdamW).
@@ -114,7 +122,8 @@ class Classifier(Stage[ImageSet, Predictions]):
         label_smoothing: Cross-entropy label smoothing.
         val_fraction: Fraction of the real training samples held out (stratified) for
             early stopping; 0 trains on everything for ``epochs`` epochs.
-        patience: Epochs without a better validation macro-F1 before stopping.
+        patience: Epochs without a better validation macro-F1 before stopping; epochs
+            inside the one-cycle warm-up do not count.
         time_budget: Stop training after this many seconds (checked after each epoch).
         ema: Decay of an exponential moving average of the weights that is validated and
             kept (smooths the epoch-to-epoch swings of small, imbalanced data);
@@ -123,8 +132,7 @@ class Classifier(Stage[ImageSet, Predictions]):
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
         amp: Mixed precision on CUDA (ignored on CPU).
         batch_size_predict: Batch size of inference. The default, 128, keeps a compact
-            network's activations in the CPU caches (on 2 cores, 512-map batches ran at
-            65 % and 1,024-map batches at 30 % of its speed); raise it on a GPU.
+            network's activations in the CPU caches (BENCHMARKS.md); raise it on a GPU.
         num_workers: DataLoader workers feeding training batches (0 = main process).
         progress: tqdm bar with loss and validation macro-F1.
         reject_below: Predictions whose top probability is below this go to ``None``
@@ -152,6 +160,7 @@ class Classifier(Stage[ImageSet, Predictions]):
         pool: Literal["avg", "avgmax"] = "avg"
         dropout: float = Field(0.1, ge=0, lt=1)
         weights: str | None = None
+        size: ImageSize | None = None
         epochs: int = Field(30, ge=1)
         batch_size: int = Field(128, ge=2)
         lr: float = Field(3e-3, gt=0)
@@ -184,47 +193,66 @@ class Classifier(Stage[ImageSet, Predictions]):
         super().__init__(config, **kwargs)
         self.model: ClassifierNet | None = None
         self.classes: list[str] = []
-        self.kind: str = "image"
-        self.input_size: tuple[int, int] = (0, 0)
-        self.data_channels: int = 0
-        self.mean: torch.Tensor | None = None
-        self.std: torch.Tensor | None = None
+        #: The input contract of the fitted network (``None`` before ``fit``).
+        self.input_spec: InputSpec | None = None
         self.history: list[dict[str, float]] = []
         self.train_result: TrainResult | None = None
         self._device = torch.device("cpu")
 
-    # ------------------------------------------------------------------ preprocessing
+    # ------------------------------------------------------------------ input contract
+    @property
+    def network(self) -> ClassifierNet | None:
+        """The trained network (``None`` before ``fit``); with :attr:`input_spec` this is
+        what an explanation stage attaches to."""
+        return self.model
+
+    @property
+    def kind(self) -> str:
+        """``"wafer"`` or ``"image"``: the kind of data the network was trained on."""
+        return self.input_spec.kind if self.input_spec is not None else "image"
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(H, W)`` the network takes (``(0, 0)`` before ``fit``)."""
+        return self.input_spec.size if self.input_spec is not None else (0, 0)
+
+    @property
+    def data_channels(self) -> int:
+        """Channels of the stored images the network was trained on."""
+        return self.input_spec.data_channels if self.input_spec is not None else 0
+
+    @property
+    def mean(self) -> torch.Tensor | None:
+        """Per-channel mean of the training photos (``None`` for wafer maps)."""
+        return self.input_spec.mean if self.input_spec is not None else None
+
+    @property
+    def std(self) -> torch.Tensor | None:
+        """Per-channel standard deviation of the training photos."""
+        return self.input_spec.std if self.input_spec is not None else None
+
     @property
     def model_channels(self) -> int:
         """Channels the network takes (3 for one-hot wafer maps)."""
-        return WAFER_CODES if self.kind == "wafer" else self.data_channels
+        return self.input_spec.model_channels if self.input_spec is not None else 0
+
+    def _spec(self) -> InputSpec:
+        if self.input_spec is None:
+            raise NotFittedError("Classifier must be fitted before its input can be prepared")
+        return self.input_spec
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Turn stored images (uint8 / float, ``N×C×H×W``) into the network's float input.
+        """Turn stored images at the input size (uint8 / float, ``N×C×H×W``) into the
+        network's float input: :meth:`InputSpec.encode` of :attr:`input_spec`.
 
         Wafer codes 0/1/2 become three one-hot channels; photos are scaled to [0, 1]
         (uint8 / 255) and standardised with the training set's per-channel mean and
-        standard deviation. Explanation methods feed ``model(preprocess(x))``.
+        standard deviation. ``model(preprocess(x))`` gives the logits.
 
         Example:
-            >>> clf = Classifier()
-            >>> clf.kind = "wafer"
-            >>> clf.preprocess(torch.tensor([[[[0, 2]]]], dtype=torch.uint8)).shape
-            torch.Size([1, 3, 1, 2])
+            >>> x = clf.preprocess(test.image_tensor())  # doctest: +SKIP
         """
-        if self.kind == "wafer":
-            codes = images[:, 0]
-            if codes.dtype != torch.uint8:
-                codes = codes.round().clamp(0, WAFER_CODES - 1).to(torch.uint8)
-            levels = torch.arange(WAFER_CODES, dtype=torch.uint8, device=codes.device)
-            # N×H×W×3 comparison viewed as N×3×H×W: already channels-last in memory
-            return (codes.unsqueeze(-1) == levels).permute(0, 3, 1, 2).float()
-        x = images.float() / 255.0 if not images.dtype.is_floating_point else images.float()
-        if self.mean is not None and self.std is not None:
-            x = (x - self.mean.to(x.device).view(1, -1, 1, 1)) / self.std.to(x.device).view(
-                1, -1, 1, 1
-            )
-        return x
+        return self._spec().encode(images)
 
     def _augment_fn(self) -> Any:
         mode = self.config.augment
@@ -263,51 +291,50 @@ class Classifier(Stage[ImageSet, Predictions]):
             )
         if len(data.classes) < 2:
             raise DataError(f"classes {data.classes} has fewer than two entries")
-        size = data.size
-        if size is None:
-            if data.is_lazy:
-                first = data.images[0]
-                size = (int(first.shape[-2]), int(first.shape[-1]))
-            else:
-                sizes = {tuple(int(v) for v in t.shape[-2:]) for t in data.images}
-                if len(sizes) != 1:
-                    raise DataError(
-                        f"training images have {len(sizes)} different sizes; put "
-                        "Wrangle(size=...) before the Classifier"
-                    )
-                data = data.replace(images=data.image_tensor())
-                size = data.size
-        assert size is not None
-        self.input_size = (int(size[0]), int(size[1]))
-        self.data_channels = int(data.channels or 0)
-        self.kind = data.kind
         return data, data.targets()
 
-    def _check_predict_input(self, data: ImageSet) -> None:
+    def _input_size(self, data: ImageSet) -> tuple[int, int]:
+        """``size`` when set, else the one size the training images share."""
+        if self.config.size is not None:
+            return self.config.size
+        if data.size is not None:
+            return data.size
+        if data.is_lazy:  # decoding every image to learn its size would read the whole set
+            first = data.images[0]
+            return int(first.shape[-2]), int(first.shape[-1])
+        sizes = {tuple(int(v) for v in t.shape[-2:]) for t in data.images}
+        if len(sizes) != 1:
+            raise self._ragged_error(len(sizes))
+        (size,) = sizes
+        return size  # type: ignore[return-value]
+
+    @staticmethod
+    def _ragged_error(n_sizes: int | None = None) -> DataError:
+        what = f"have {n_sizes} different sizes" if n_sizes else "differ in size"
+        return DataError(
+            f"training images {what}; set the input size with Classifier(size=...) or put "
+            "Wrangle(size=...) before the Classifier"
+        )
+
+    def _check_predict_input(self, data: ImageSet) -> InputSpec:
         self.check_input(data)
         self.check_fitted()
-        if data.kind != self.kind:
-            raise DataError(
-                f"this Classifier was trained on {self.kind!r} images but got {data.kind!r} images"
-            )
-        if data.channels != self.data_channels:
-            raise DataError(
-                f"this Classifier was trained on {self.data_channels}-channel images but got "
-                f"{data.channels}-channel images; convert them with Wrangle(channels={self.data_channels})"
-            )
+        spec = self._spec()
+        spec.check(data, "Classifier")
+        return spec
 
     # ------------------------------------------------------------------ fit
-    def _build_model(self, num_classes: int) -> ClassifierNet:
+    def _build_model(self, num_classes: int, spec: InputSpec, *, weights: bool) -> ClassifierNet:
         c = self.config
         kwargs: dict[str, Any] = {"dropout": c.dropout}
         if c.arch == "compact":
             kwargs.update(max_params=c.max_params, width=c.width, depth=c.depth, pool=c.pool)
         return build_classifier(
             c.arch,
-            self.model_channels,
+            spec.model_channels,
             num_classes,
-            input_size=self.input_size,
-            weights=c.weights if c.arch != "compact" else None,
+            input_size=spec.size,
+            weights=c.weights if weights and c.arch != "compact" else None,
             **kwargs,
         )
 
@@ -332,28 +359,22 @@ class Classifier(Stage[ImageSet, Predictions]):
         val_set = set(val)
         return [i for i in all_idx if i not in val_set], sorted(val)
 
-    def _stats(self, images: torch.Tensor | LazyImages, idx: list[int]) -> None:
-        if self.kind == "wafer":
-            self.mean = self.std = None
-            return
-        take = idx[:: max(1, len(idx) // 2048)]
-        if isinstance(images, torch.Tensor):
-            sample = images[torch.as_tensor(take)]
-        else:
-            sample = torch.stack([images[i] for i in take])
-        x = sample.float() / 255.0 if not sample.dtype.is_floating_point else sample.float()
-        self.mean = x.mean(dim=(0, 2, 3))
-        self.std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
-
     def fit(self, data: ImageSet) -> Classifier:
-        """Train on a labelled, uniformly sized :class:`ImageSet`.
+        """Train on a labelled :class:`ImageSet`; images are fitted to the input size
+        (``size``, else the size the training images share).
 
         Raises:
             DataError: No labels, a single class, labels missing from ``classes``,
-                images of different sizes, or an empty set.
+                training images of several sizes without ``size``, or an empty set.
         """
         c = self.config
         data, targets = self._check_training_set(data)
+        spec = InputSpec(
+            kind=data.kind,
+            data_channels=int(data.channels or 0),
+            size=self._input_size(data),
+            size_policy="resize",
+        )
         dev = resolve_device(c.device)
         info: DistInfo = setup_distributed(dev)
         dev = info.device
@@ -364,8 +385,24 @@ class Classifier(Stage[ImageSet, Predictions]):
         k = len(self.classes)
         real = torch.tensor([not s.synthetic for s in data.samples])
         train_idx, val_idx = self._split(targets, real)
-        images: torch.Tensor | LazyImages = data.images  # type: ignore[assignment]
-        self._stats(images, train_idx)
+
+        images: torch.Tensor | LazyImages
+        if isinstance(data.images, LazyImages):
+            images = data.images
+            strict = c.size is None
+
+            def load(batch: list[torch.Tensor]) -> torch.Tensor:
+                if strict and any(tuple(t.shape[-2:]) != spec.size for t in batch):
+                    raise self._ragged_error()
+                return spec.fit_size(batch)
+        else:
+            # one resize of the whole set (grouped by size), not one per batch and epoch
+            images = spec.fit_size(data.images)
+            load = spec.fit_size
+        train_set = _IndexedImages(images, targets, load)
+        take = train_idx[:: max(1, len(train_idx) // 2048)]
+        spec = spec.with_stats(train_set._take(take))
+        self.input_spec = spec
 
         counts = torch.bincount(targets[train_idx], minlength=k).double()
         inv_sqrt = 1.0 / counts.clamp_min(1).sqrt()
@@ -377,16 +414,16 @@ class Classifier(Stage[ImageSet, Predictions]):
         if c.imbalance in ("balanced_sampler", "both"):
             sample_weights = inv_sqrt[targets[train_idx]]
 
-        self.model = self._build_model(k)
+        self.model = self._build_model(k, spec, weights=True)
         log.info(
-            "Classifier: %s with %d parameters, %d train / %d val samples, %d process(es)",
+            "Classifier: %s with %d parameters at %s, %d train / %d val samples, %d process(es)",
             c.arch,
             count_parameters(self.model),
+            spec.size,
             len(train_idx),
             len(val_idx),
             info.world_size,
         )
-        train_set = _IndexedImages(images, targets, self.input_size)
         subset = _SubsetBatches(train_set, train_idx)
         sampler: Any
         if sample_weights is None and info.enabled:
@@ -416,16 +453,22 @@ class Classifier(Stage[ImageSet, Predictions]):
         def transform(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             if augment is not None:
                 x = augment(x, aug_gen)
-            return self.preprocess(x), y
+            return spec.encode(x, channels_last=x.device.type == "cpu"), y
+
+        check_idx = val_idx or train_idx[:: max(1, len(train_idx) // SPREAD_CHECK_SAMPLES)]
+        check_targets = targets[check_idx]
+
+        def predicted(net: nn.Module) -> torch.Tensor:
+            return predict_logits(net, self._batches_at(train_set, check_idx), device=dev).argmax(1)
 
         validate = None
         if val_idx:
-            val_targets = targets[val_idx].numpy()
 
             def validate(net: nn.Module) -> float:
-                logits = predict_logits(net, self._batches_at(train_set, val_idx), device=dev)
-                pred = logits.argmax(1).numpy()
-                return float(f1_score(val_targets, pred, average="macro", zero_division=0))
+                pred = predicted(net).numpy()
+                return float(
+                    f1_score(check_targets.numpy(), pred, average="macro", zero_division=0)
+                )
 
         self._device = dev
         self.train_result = train_epochs(
@@ -447,42 +490,28 @@ class Classifier(Stage[ImageSet, Predictions]):
             progress=c.progress,
             desc=f"Classifier[{c.arch}]",
         )
+        self.train_result.one_class = check_prediction_spread(
+            predicted(self.model), check_targets, desc=f"Classifier[{c.arch}]"
+        )
         self.history = self.train_result.history
         self.model = self.model.cpu().eval()
-        self._device = dev
         self.fitted = True
         return self
 
     def _batches_at(self, ds: _IndexedImages, idx: list[int]) -> Iterator[torch.Tensor]:
         bs = self.config.batch_size_predict
+        spec = self._spec()
         for start in range(0, len(idx), bs):
             x, _ = ds.__getitems__(idx[start : start + bs])
-            yield self.preprocess(x)
+            yield spec.encode(x)
 
     # ------------------------------------------------------------------ predict
     def _input_batches(self, data: ImageSet) -> Iterator[torch.Tensor]:
-        bs = self.config.batch_size_predict
-        mode: Literal["nearest", "antialias"] = "nearest" if self.kind == "wafer" else "antialias"
-        images = data.images
-        warned = False
-        for start in range(0, len(data), bs):
-            if isinstance(images, torch.Tensor):
-                batch: torch.Tensor | list[torch.Tensor] = images[start : start + bs]
-            else:
-                batch = [images[i] for i in range(start, min(start + bs, len(data)))]
-            sizes = {tuple(int(v) for v in t.shape[-2:]) for t in batch}
-            if sizes != {self.input_size}:
-                if not warned:
-                    log.info(
-                        "Classifier: resizing inputs of sizes %s to %s",
-                        sorted(sizes)[:3],
-                        self.input_size,
-                    )
-                    warned = True
-                batch = resize_images(batch, self.input_size, mode)
-            elif not isinstance(batch, torch.Tensor):
-                batch = torch.stack(batch)
-            yield self.preprocess(batch)
+        """The network's input for ``data``, batch by batch (resized where needed)."""
+        spec = self._spec()
+        if data.size is not None and data.size != spec.size:
+            log.info("Classifier: resizing %s inputs to %s", data.size, spec.size)
+        return spec.batches(data.images, self.config.batch_size_predict)
 
     def predict_proba(self, data: ImageSet) -> torch.Tensor:
         """Class probabilities, ``N×K`` (columns follow :attr:`classes`).
@@ -497,7 +526,7 @@ class Classifier(Stage[ImageSet, Predictions]):
             if self._device.type == "cpu" or torch.cuda.is_available()
             else torch.device("cpu")
         )
-        # BatchNorm folded into the convolutions: same probabilities, faster on CPU
+        # BatchNorm folded into the convolutions: same probabilities, fewer memory passes
         model: nn.Module = self.model.fused().to(dev)
         if self.config.tta != "none":
             model = ViewAverage(model, self.config.tta)
@@ -531,41 +560,52 @@ class Classifier(Stage[ImageSet, Predictions]):
 
     # ------------------------------------------------------------------ state
     def get_state(self) -> dict[str, Any]:
-        """Weights and everything needed to rebuild the network (tensors and plain values)."""
+        """Weights, the input contract and the class list (tensors and plain values)."""
         self.check_fitted()
         assert self.model is not None
         return {
+            "version": STATE_VERSION,
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "classes": list(self.classes),
-            "kind": self.kind,
-            "input_size": list(self.input_size),
-            "data_channels": self.data_channels,
-            "mean": None if self.mean is None else self.mean.clone(),
-            "std": None if self.std is None else self.std.clone(),
+            "input": self._spec().get_state(),
             "history": [dict(h) for h in self.history],
         }
 
+    @staticmethod
+    def _spec_from_state(state: dict[str, Any]) -> InputSpec:
+        version = int(state.get("version", 1))
+        if version > STATE_VERSION:
+            raise PersistenceError(
+                f"Classifier state version {version} is newer than {STATE_VERSION}; "
+                "upgrade inspectkit to load this model"
+            )
+        if "input" in state:
+            return InputSpec.from_state(state["input"])
+        try:  # version 1 (inspectkit 0.1): the input fields sat beside the weights
+            return InputSpec(
+                kind=state["kind"],
+                data_channels=int(state["data_channels"]),
+                size=(int(state["input_size"][0]), int(state["input_size"][1])),
+                mean=state.get("mean"),
+                std=state.get("std"),
+            )
+        except (KeyError, TypeError, ValueError, IndexError, DataError) as exc:
+            raise PersistenceError(
+                f"saved Classifier state lacks its input fields: {exc}"
+            ) from None
+
     def set_state(self, state: dict[str, Any]) -> None:
+        spec = self._spec_from_state(state)
         self.classes = list(state["classes"])
-        self.kind = str(state["kind"])
-        self.input_size = (int(state["input_size"][0]), int(state["input_size"][1]))
-        self.data_channels = int(state["data_channels"])
-        self.mean = state.get("mean")
-        self.std = state.get("std")
         self.history = list(state.get("history", []))
-        c = self.config
-        kwargs: dict[str, Any] = {"dropout": c.dropout}
-        if c.arch == "compact":
-            kwargs.update(max_params=c.max_params, width=c.width, depth=c.depth, pool=c.pool)
-        model = build_classifier(
-            c.arch, self.model_channels, len(self.classes), input_size=self.input_size, **kwargs
-        )
+        model = self._build_model(len(self.classes), spec, weights=False)
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as exc:
             raise DataError(
                 f"saved Classifier weights do not fit its configuration: {exc}"
             ) from None
+        self.input_spec = spec
         self.model = model.eval()
         self._device = torch.device("cpu")
         self.fitted = True
@@ -637,4 +677,4 @@ class _SubsetBatches(Dataset):
         return x[0], y[0]
 
 
-__all__ = ["Classifier", "ViewAverage"]
+__all__ = ["STATE_VERSION", "WAFER_CODES", "Classifier", "ViewAverage"]
