@@ -4,9 +4,9 @@
 
 * with a model, ``GradCAM(model).attribute(inputs, target=None)`` returns ``N×H×W``
   heatmaps in [0, 1] (captum style);
-* without one, ``GradCAM()`` / ``SISE()`` (or ``Explain(method=...)``) go after a
-  ``Classifier`` in a :class:`~inspectkit.Pipeline` and turn its ``Predictions`` into
-  ``Explained`` records.
+* without one, ``GradCAM()`` / ``SISE()`` (or ``Explain(method=...)``, which builds the
+  registered method) go after a ``Classifier`` or ``ContinualClassifier`` in a
+  :class:`~inspectkit.Pipeline` and turn its ``Predictions`` into ``Explained`` records.
 
 Example:
     >>> import inspectkit as ik
@@ -28,12 +28,13 @@ from inspectkit.xai.metrics import (
 )
 from inspectkit.xai.overlay import jet, overlay, write_overlays
 from inspectkit.xai.sise import SISE, compute_sise, fuse_blocks, otsu_threshold
-from inspectkit.xai.stage import Explain
+from inspectkit.xai.stage import Explain, available_methods
 
 __all__ = [
     "SISE",
     "Explain",
     "GradCAM",
+    "available_methods",
     "boxes_to_mask",
     "compute_gradcam",
     "compute_sise",

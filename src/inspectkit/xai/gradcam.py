@@ -25,7 +25,6 @@ from captum.attr import LayerGradCam
 from torch import nn
 
 from inspectkit.errors import ConfigError
-from inspectkit.stage import StageConfig
 from inspectkit.xai._layers import (
     LayerSpec,
     check_inputs,
@@ -101,9 +100,10 @@ class GradCAM(Explain):
     """Grad-CAM: an attribution method on a model, and a pipeline stage after a classifier.
 
     With a model, ``GradCAM(model).attribute(inputs, target)`` returns ``N×H×W``
-    heatmaps (captum style). Without one, ``GradCAM()`` is the :class:`Explain` stage with
-    ``method="gradcam"``: placed after a ``Classifier`` it explains that classifier's
-    predictions and turns ``Predictions`` into ``Explained``.
+    heatmaps (captum style). Without one, ``GradCAM()`` is an :class:`Explain` stage:
+    placed after a ``Classifier`` (or any stage offering a network and its input
+    contract) it explains that stage's predictions and turns ``Predictions`` into
+    ``Explained``.
 
     Args:
         model: Classifier to explain directly, or ``None`` inside a pipeline.
@@ -120,12 +120,26 @@ class GradCAM(Explain):
 
     name = "gradcam"
 
-    class Config(StageConfig):
+    class Config(Explain.Config):
         method: Literal["gradcam"] = "gradcam"
         layer: str | None = None
-        target: Literal["predicted"] | int = "predicted"
-        batch_size: int = 32
-        progress: bool = True
+
+    config: Config
+
+    def attribute(
+        self,
+        inputs: torch.Tensor,
+        target: int | Sequence[int] | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Grad-CAM heatmaps ``N×H×W`` in [0, 1] for preprocessed float ``inputs``.
+
+        Args:
+            inputs: ``N×C×H×W`` float tensor as the model takes it.
+            target: Class index per input, one for all, or ``None`` = predicted class.
+        """
+        return compute_gradcam(
+            self.model, inputs, target, layer=self.config.layer, batch_size=self.config.batch_size
+        )
 
 
 __all__ = ["GradCAM", "compute_gradcam"]

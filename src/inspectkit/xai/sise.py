@@ -22,11 +22,9 @@ Four phases, per image and target class:
    scored about half the energy-pointing-game on our tests.)
 
 Cost: one forward/backward pass plus at most ``max_blocks × max_masks`` masked forward
-passes per image (defaults 4 × 16 = 64), run on :func:`inference_copy` of the model.
-Measured per 200×200 image with the defaults, one image per call, 2 torch threads on
-the 2-core development box at a load average of 3 (``benchmarks/bench_xai.py``,
-BENCHMARKS.md "Explanations"): 1.6 s wall for a ResNet-18, 0.15 s for the compact CNN
-(1.5 and 0.12 CPU-seconds on one thread). Lower ``max_masks`` for a faster, coarser map.
+passes per image (defaults 4 × 16 = 64), run on :func:`inference_copy` of the model
+(per-image timings in BENCHMARKS.md, "Explanations"). Lower ``max_masks`` for a faster,
+coarser map.
 
 Example:
     >>> import torch
@@ -51,7 +49,6 @@ from pydantic import Field
 from torch import nn
 
 from inspectkit.errors import ConfigError, DataError
-from inspectkit.stage import StageConfig
 from inspectkit.xai._layers import (
     Capture,
     check_inputs,
@@ -122,8 +119,8 @@ def inference_copy(model: nn.Module) -> nn.Module:
 
     The copy has BatchNorm folded into the convolutions where the model offers it (the
     ``fused()`` of :class:`~inspectkit.models.ClassifierNet`) and its weights in
-    channels-last memory format, which oneDNN/cuDNN convolutions run faster (about 30 %
-    less CPU time for a ResNet-18 at 200×200); the logits agree with the model's to
+    channels-last memory format, which oneDNN/cuDNN convolutions run faster (figures in
+    BENCHMARKS.md); the logits agree with the model's to
     float rounding (:func:`compute_sise` checks that on its first batch and falls back to
     the model when they do not). A model that cannot be copied is returned as it is. The
     caller's model is never modified.
@@ -292,7 +289,7 @@ class SISE(Explain):
     """SISE: an attribution method on a model, and a pipeline stage after a classifier.
 
     ``SISE(model).attribute(inputs, target)`` returns ``N×H×W`` heatmaps; ``SISE()``
-    without a model is the :class:`Explain` stage with ``method="sise"``.
+    without a model is an :class:`Explain` stage.
 
     Args:
         model: CNN to explain directly, or ``None`` inside a pipeline.
@@ -310,14 +307,35 @@ class SISE(Explain):
 
     name = "sise"
 
-    class Config(StageConfig):
+    class Config(Explain.Config):
         method: Literal["sise"] = "sise"
         blocks: list[str] | None = None
         max_masks: int = Field(16, ge=1, le=4096)
         max_blocks: int = Field(4, ge=1, le=16)
-        target: Literal["predicted"] | int = "predicted"
-        batch_size: int = Field(32, ge=1)
-        progress: bool = True
+
+    config: Config
+
+    def attribute(
+        self,
+        inputs: torch.Tensor,
+        target: int | Sequence[int] | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """SISE heatmaps ``N×H×W`` in [0, 1] for preprocessed float ``inputs``.
+
+        Args:
+            inputs: ``N×C×H×W`` float tensor as the model takes it.
+            target: Class index per input, one for all, or ``None`` = predicted class.
+        """
+        cfg = self.config
+        return compute_sise(
+            self.model,
+            inputs,
+            target,
+            layers=cfg.blocks,
+            max_masks=cfg.max_masks,
+            max_blocks=cfg.max_blocks,
+            batch_size=cfg.batch_size,
+        )
 
 
 __all__ = ["SISE", "compute_sise", "fuse_blocks", "inference_copy", "otsu_threshold"]

@@ -1,53 +1,103 @@
-"""``Explain``: the pipeline stage that turns ``Predictions`` into ``Explained``.
+"""``Explain``: the base of the explanation stages that turn ``Predictions`` into ``Explained``.
 
-Placed after a classifier, it finds that stage (the nearest upstream stage with a
-``model`` and a ``preprocess`` method) when the pipeline is built, preprocesses each
-batch the way the classifier does, and attaches one heatmap per image explaining the
-predicted class (or a fixed class). It learns nothing and saves nothing: the classifier
-carries the weights.
+An explanation method is a subclass that implements ``attribute(inputs, target)`` (captum
+style: preprocessed float inputs in, ``N×H×W`` heatmaps in [0, 1] out) and registers as a
+stage: :class:`~inspectkit.xai.GradCAM` (``"gradcam"``) and :class:`~inspectkit.xai.SISE`
+(``"sise"``) are two. This base knows none of them: ``Explain(method="sise", ...)``
+looks the method up in the stage registry and builds that class, so a plugin method
+registered under its own name works the same way.
+
+In a pipeline, the stage attaches to the nearest upstream stage that offers a network
+and its input contract (:class:`~inspectkit.models.inputs.ExplainableStage`: a
+``Classifier`` or a ``ContinualClassifier``), prepares each batch with that stage's
+``input_spec`` and explains the predicted class (or a fixed one). It learns nothing and
+saves nothing but its config: the classifier carries the weights.
 
 Example:
-    >>> import inspectkit as ik
     >>> from inspectkit.xai import Explain
-    >>> Explain(method="sise", max_masks=16).config.method
-    'sise'
+    >>> stage = Explain(method="sise", max_masks=16)
+    >>> type(stage).__name__, stage.config.max_masks
+    ('SISE', 16)
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
 from inspectkit.errors import ConfigError, DataError, NotFittedError, PipelineError
-from inspectkit.ops import resize_images
+from inspectkit.models.inputs import ExplainableStage, InputSpec
 from inspectkit.records import Explained, Predictions
+from inspectkit.registry import STAGES, get_stage
 from inspectkit.runtime import progress
 from inspectkit.stage import Stage, StageConfig
 from inspectkit.xai._layers import normalize_maps, upsample
 
 log = logging.getLogger(__name__)
 
+DEFAULT_METHOD = "gradcam"
+
+
+def _requested_method(config: Any, kwargs: dict[str, Any]) -> str:
+    if "method" in kwargs:
+        return str(kwargs["method"])
+    if isinstance(config, StageConfig):
+        return str(getattr(config, "method", DEFAULT_METHOD))
+    if isinstance(config, dict):
+        return str(config.get("method", DEFAULT_METHOD))
+    return DEFAULT_METHOD
+
+
+def available_methods() -> list[str]:
+    """Names of the registered explanation methods (stages that subclass :class:`Explain`).
+
+    Example:
+        >>> {"gradcam", "sise"} <= set(available_methods())
+        True
+    """
+    names = []
+    for name in STAGES.names():
+        try:
+            cls = STAGES.get(name)
+        except Exception:  # a broken third-party plugin must not hide the others
+            continue
+        if isinstance(cls, type) and issubclass(cls, Explain) and cls is not Explain:
+            names.append(name)
+    return names
+
+
+def method_class(method: str) -> type[Explain]:
+    """The :class:`Explain` subclass registered as ``method`` (a stage name)."""
+    try:
+        cls = get_stage(method)
+    except PipelineError:
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, Explain)) or cls is Explain:
+        raise ConfigError(
+            f"unknown explanation method {method!r}; methods: {', '.join(available_methods())}"
+        )
+    return cls
+
 
 class Explain(Stage[Predictions, Explained]):
-    """Explain a classifier's predictions with Grad-CAM or SISE heatmaps.
+    """Explain a classifier's predictions with heatmaps; the base of every method.
+
+    ``Explain(method=...)`` builds the registered method's stage (``"gradcam"``, the
+    default, or ``"sise"``), with that method's settings.
 
     Args:
-        method: ``"gradcam"`` or ``"sise"``.
-        layer: Grad-CAM layer name (``None`` = the model's last conv layer).
-        blocks: SISE block-end layer names (``None`` = found automatically).
-        max_masks: SISE: most masked forward passes per block and image.
-        max_blocks: SISE: deepest blocks used when ``blocks`` is ``None``.
+        method: Registered explanation method.
         target: ``"predicted"`` (the classifier's prediction; its most probable class
             where it abstained) or a fixed class index.
         batch_size: Images per batch.
         progress: Show a progress bar.
-        model: Optional network to explain directly with :meth:`attribute` (not part of
-            the config, never saved).
+        model: Optional network to explain directly with ``attribute`` (not part of the
+            config, never saved).
 
     Example:
         >>> from inspectkit.stages import Classifier  # doctest: +SKIP
@@ -58,14 +108,33 @@ class Explain(Stage[Predictions, Explained]):
     stateful = False
 
     class Config(StageConfig):
-        method: Literal["gradcam", "sise"] = "gradcam"
-        layer: str | None = None
-        blocks: list[str] | None = None
-        max_masks: int = Field(16, ge=1, le=4096)
-        max_blocks: int = Field(4, ge=1, le=16)
+        method: str = DEFAULT_METHOD
         target: Literal["predicted"] | int = "predicted"
         batch_size: int = Field(32, ge=1)
         progress: bool = True
+
+    config: Config
+
+    #: Settings of inspectkit 0.1's single ``Explain`` config that now belong to one
+    #: method, with their defaults then: a saved ``"explain"`` spec carries all of them,
+    #: and a method drops those it does not have while they hold these values.
+    LEGACY_SETTINGS: ClassVar[dict[str, Any]] = {
+        "layer": None,
+        "blocks": None,
+        "max_masks": 16,
+        "max_blocks": 4,
+    }
+
+    def __new__(
+        cls,
+        model: nn.Module | StageConfig | dict[str, Any] | None = None,
+        config: StageConfig | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Explain:
+        if cls is Explain:
+            chosen = config if config is not None else model
+            cls = method_class(_requested_method(chosen, kwargs))
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -77,24 +146,48 @@ class Explain(Stage[Predictions, Explained]):
         # (a config in first place) is a pipeline stage.
         if isinstance(model, dict | StageConfig):
             model, config = None, model
-        super().__init__(config, **kwargs)
+        if config is not None and kwargs:
+            raise ConfigError(f"{type(self).__name__}: pass either a config or keyword arguments")
+        raw = config.model_dump() if isinstance(config, StageConfig) else dict(config or kwargs)
+        known = type(self).Config.model_fields
+        for key, default in self.LEGACY_SETTINGS.items():
+            if key in raw and key not in known:
+                if raw[key] != default:
+                    raise ConfigError(
+                        f"{type(self).__name__} has no setting {key!r} (it belongs to another "
+                        f"explanation method); settings: {', '.join(known)}"
+                    )
+                del raw[key]
+        super().__init__(raw)
         if model is not None and not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch nn.Module, got {type(model).__name__}")
         self._model = model
-        self._source: Stage[Any, Any] | None = None
+        self._source: ExplainableStage | None = None
 
     # ------------------------------------------------------------------ wiring
     def attach(self, upstream: list[Stage[Any, Any]]) -> None:
-        """Remember the nearest upstream stage that has a ``model`` and ``preprocess``."""
+        """Attach to the nearest upstream stage that offers a network and its input
+        contract (:class:`~inspectkit.models.inputs.ExplainableStage`).
+
+        Raises:
+            PipelineError: Stages come before this one but none of them offers a network.
+        """
         for st in reversed(upstream):
-            if hasattr(st, "model") and callable(getattr(st, "preprocess", None)):
+            if isinstance(st, ExplainableStage):
                 self._source = st
                 return
         self._source = None
+        if upstream:
+            names = ", ".join(type(st).__name__ for st in upstream)
+            raise PipelineError(
+                f"{type(self).__name__} explains the network of a stage before it, but none of "
+                f"the stages before it ({names}) offers one (a network and its input_spec, as "
+                "Classifier and ContinualClassifier do)"
+            )
 
     @property
     def model(self) -> nn.Module:
-        """The network explained: the one given, else the attached classifier's."""
+        """The network explained: the one given, else the attached stage's."""
         if self._model is not None:
             return self._model
         if self._source is None:
@@ -102,12 +195,12 @@ class Explain(Stage[Predictions, Explained]):
                 f"{type(self).__name__} has no model: put it after a Classifier in a Pipeline, "
                 f"or pass one, e.g. {type(self).__name__}(model)"
             )
-        model = getattr(self._source, "model", None)
-        if not isinstance(model, nn.Module):
+        network = self._source.network
+        if not isinstance(network, nn.Module):
             raise NotFittedError(
                 f"{type(self._source).__name__} has no trained network yet; fit the pipeline first"
             )
-        return model
+        return network
 
     # ------------------------------------------------------------------ attribution
     def attribute(
@@ -117,29 +210,14 @@ class Explain(Stage[Predictions, Explained]):
     ) -> torch.Tensor:
         """Heatmaps ``N×H×W`` in [0, 1] for preprocessed float ``inputs`` (captum style).
 
+        Each method implements it (:class:`~inspectkit.xai.GradCAM`,
+        :class:`~inspectkit.xai.SISE`).
+
         Args:
             inputs: ``N×C×H×W`` float tensor as the model takes it.
             target: Class index per input, one for all, or ``None`` = predicted class.
         """
-        cfg = self.config
-        model = self.model
-        if cfg.method == "gradcam":
-            from inspectkit.xai.gradcam import compute_gradcam
-
-            return compute_gradcam(
-                model, inputs, target, layer=cfg.layer, batch_size=cfg.batch_size
-            )
-        from inspectkit.xai.sise import compute_sise
-
-        return compute_sise(
-            model,
-            inputs,
-            target,
-            layers=cfg.blocks,
-            max_masks=cfg.max_masks,
-            max_blocks=cfg.max_blocks,
-            batch_size=cfg.batch_size,
-        )
+        raise NotImplementedError(f"{type(self).__name__} does not implement attribute()")
 
     # ------------------------------------------------------------------ stage
     def _targets(self, data: Predictions) -> list[int]:
@@ -153,31 +231,24 @@ class Explain(Stage[Predictions, Explained]):
             raise DataError(f"target class {t} is out of range 0..{k - 1} ({data.classes})")
         return [t] * len(data)
 
-    def _preprocess(self, batch: Predictions) -> torch.Tensor:
-        """The classifier's input for ``batch``: resized to its input size, then preprocessed."""
+    def _input_spec(self) -> InputSpec:
         if self._source is None:
             raise PipelineError(
                 f"{type(self).__name__} needs a Classifier before it in the pipeline to "
                 "preprocess images; outside a pipeline call attribute(inputs) instead"
             )
-        images = batch.images
-        size = getattr(self._source, "input_size", None)
-        mode: Literal["nearest", "antialias"] = "nearest" if batch.kind == "wafer" else "antialias"
-        if isinstance(size, tuple) and len(size) == 2 and min(size) > 0:
-            images = resize_images(images, (int(size[0]), int(size[1])), mode)  # type: ignore[arg-type]
-        elif not isinstance(images, torch.Tensor):
-            images = batch.image_tensor()
-        x = self._source.preprocess(images)  # type: ignore[attr-defined]
-        if not isinstance(x, torch.Tensor) or x.ndim != 4:
-            raise PipelineError(
-                f"{type(self._source).__name__}.preprocess returned "
-                f"{type(x).__name__}, not an N×C×H×W tensor"
+        spec = self._source.input_spec
+        if spec is None:
+            raise NotFittedError(
+                f"{type(self._source).__name__} has no trained network yet; fit the pipeline first"
             )
-        return x.float()
+        return spec
 
     def run(self, data: Predictions) -> Explained:
         """Attach a heatmap per image; heatmaps follow the images' size when it is uniform."""
         self.check_input(data)
+        spec = self._input_spec()
+        spec.check(data, type(self._source).__name__)
         targets = self._targets(data)
         chunks: list[torch.Tensor] = []
         bs = self.config.batch_size
@@ -186,7 +257,7 @@ class Explain(Stage[Predictions, Explained]):
             batches, enabled=self.config.progress, desc=f"explain ({self.config.method})"
         ):
             batch = data.subset(range(start, min(start + bs, len(data)))).materialize()
-            x = self._preprocess(batch)
+            x = spec.prepare(batch.images)
             chunks.append(self.attribute(x, torch.tensor(targets[start : start + len(batch)])))
         heatmaps = torch.cat(chunks)
         size = data.size
@@ -200,4 +271,4 @@ class Explain(Stage[Predictions, Explained]):
         )
 
 
-__all__ = ["Explain"]
+__all__ = ["Explain", "available_methods", "method_class"]
