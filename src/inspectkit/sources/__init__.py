@@ -1,7 +1,14 @@
 """Loaders of real inspection layouts, each returning an :class:`~inspectkit.records.ImageSet`.
 
-Imported on first use, so a missing optional dependency (pandas for ``LSWMD.pkl``) only
-matters to the loader that needs it.
+:func:`detect` names the layout a path holds and :func:`load` loads it (every loader
+module registers its :class:`Layout`; installed packages add theirs under the entry-point
+group ``inspectkit.sources``). Imported on first use, so a missing optional dependency
+(pandas for ``LSWMD.pkl``) only matters to the loader that needs it.
+
+Example:
+    >>> from inspectkit import sources
+    >>> sources.detect("data/neu_det")  # doctest: +SKIP
+    'voc'
 """
 
 from __future__ import annotations
@@ -9,6 +16,16 @@ from __future__ import annotations
 from inspectkit._lazy import lazy_exports
 
 _LAZY = {
+    "LAYOUTS": "inspectkit.sources.layout",
+    "Layout": "inspectkit.sources.layout",
+    "available_layouts": "inspectkit.sources.layout",
+    "detect": "inspectkit.sources.layout",
+    "get_layout": "inspectkit.sources.layout",
+    "load": "inspectkit.sources.layout",
+    "load_inputs": "inspectkit.sources.layout",
+    "register_layout": "inspectkit.sources.layout",
+    "save_wafer_npz": "inspectkit.sources.wafer",
+    "load_image_files": "inspectkit.sources.folders",
     "WM811K_CLASSES": "inspectkit.sources.wafer",
     "load_wafer_maps": "inspectkit.sources.wafer",
     "load_wafer_npz": "inspectkit.sources.wafer",

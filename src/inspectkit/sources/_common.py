@@ -23,6 +23,21 @@ from inspectkit.errors import DataError
 log = logging.getLogger(__name__)
 
 OnError = Literal["raise", "skip"]
+Unlabelled = Literal["keep", "skip"]
+
+#: The nine WM-811K failure types, ``none`` meaning a map without a pattern.
+WM811K_CLASSES = [
+    "Center",
+    "Donut",
+    "Edge-Loc",
+    "Edge-Ring",
+    "Loc",
+    "Near-full",
+    "Random",
+    "Scratch",
+    "none",
+]
+_CANONICAL = {c.lower(): c for c in WM811K_CLASSES}
 
 #: File suffixes the folder loaders treat as images.
 IMAGE_SUFFIXES = frozenset(
@@ -152,6 +167,31 @@ def read_image(path: str | os.PathLike[str], channels: int | None = None) -> tor
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
+def wafer_label(text: str) -> str:
+    """A WM-811K class name in its canonical spelling (the published files write ``None``
+    or ``none``, ``Edge-ring`` or ``Edge-Ring``); other names are returned stripped."""
+    text = text.strip()
+    return _CANONICAL.get(text.lower(), text)
+
+
+class ImageReader:
+    """Picklable loader for :class:`~inspectkit.records.LazyImages`: decodes one file with
+    :func:`read_image`. Two readers with the same ``channels`` are equal, so lazy sets
+    that share one can be joined without decoding."""
+
+    def __init__(self, channels: int | None = None) -> None:
+        self.channels = channels
+
+    def __call__(self, key: str) -> torch.Tensor:
+        return read_image(key, self.channels)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ImageReader) and other.channels == self.channels
+
+    def __hash__(self) -> int:
+        return hash(("ImageReader", self.channels))
+
+
 def _palette_is_gray(im: Image.Image) -> bool:
     pal = im.getpalette()
     if not pal:
@@ -205,8 +245,11 @@ def unify_dtypes(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "WM811K_CLASSES",
     "Collector",
+    "ImageReader",
     "OnError",
+    "Unlabelled",
     "check_channels",
     "check_on_error",
     "decode_array",
@@ -218,4 +261,5 @@ __all__ = [
     "read_mask",
     "require_dir",
     "unify_dtypes",
+    "wafer_label",
 ]

@@ -1,6 +1,7 @@
-"""Folder layouts of photos: one sub-folder per class, MVTec AD, magnetic tile.
+"""Folder layouts of photos: one sub-folder per class, MVTec AD, magnetic tile, and plain
+image files.
 
-All three read images through PIL (:func:`inspectkit.sources._common.read_image`) and
+All of them read images through PIL (:func:`inspectkit.sources._common.read_image`) and
 return an :class:`~inspectkit.records.ImageSet` of kind ``"image"``: one ``N×C×H×W``
 tensor when every image has the same size, else a ragged list of ``C×H×W`` tensors.
 With ``lazy=True`` only file headers are read while loading and the pixels are decoded
@@ -10,9 +11,9 @@ raises :class:`~inspectkit.errors.DataError` naming it when it is first decoded.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,7 +23,9 @@ import torch
 from inspectkit.errors import DataError
 from inspectkit.records import ImageData, ImageSet, LazyImages, SampleMeta
 from inspectkit.sources._common import (
+    IMAGE_SUFFIXES,
     Collector,
+    ImageReader,
     OnError,
     check_channels,
     file_error,
@@ -34,6 +37,7 @@ from inspectkit.sources._common import (
     require_dir,
     unify_dtypes,
 )
+from inspectkit.sources.layout import Layout, register_layout
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +115,7 @@ def _materialize_items(
                 assert mask is not None
                 masks.append(mask)
     if lazy:
-        loader = functools.partial(read_image, channels=channels)
-        image_data: ImageData = LazyImages([str(i.image) for i in kept], loader)
+        image_data: ImageData = LazyImages([str(i.image) for i in kept], ImageReader(channels))
         mask_data: ImageData | None = None
         if with_masks:
             keys = [
@@ -156,6 +159,11 @@ def _build(
     )
 
 
+def _check_limit(limit_per_class: int | None) -> None:
+    if limit_per_class is not None and limit_per_class < 1:
+        raise DataError(f"limit_per_class must be at least 1, got {limit_per_class}")
+
+
 def _subfolders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -167,6 +175,7 @@ def load_image_folder(
     on_error: OnError = "raise",
     lazy: bool = False,
     channels: int | None = None,
+    limit_per_class: int | None = None,
 ) -> ImageSet:
     """Load ``root/<class>/<image>`` files: one sub-folder per class.
 
@@ -180,6 +189,7 @@ def load_image_folder(
         lazy: Decode pixels on demand instead of now.
         channels: 1 (gray) or 3 (RGB); ``None`` keeps gray files gray and makes every
             colour file RGB.
+        limit_per_class: Read only the first ``n`` images (by file name) of each class.
 
     Returns:
         An ``ImageSet`` labelled by folder name; sample ids are ``"<class>/<file name>"``.
@@ -192,6 +202,7 @@ def load_image_folder(
         >>> parts = load_image_folder("pcb/train", classes=["ok", "short"])  # doctest: +SKIP
     """
     check_channels(channels)
+    _check_limit(limit_per_class)
     collector = Collector(on_error)
     base = require_dir(root, "image folder")
     folders = _subfolders(base)
@@ -207,7 +218,7 @@ def load_image_folder(
         class_list = [f.name for f in folders]
     items: list[_Item] = []
     for f in folders:
-        files = list_images(f)
+        files = list_images(f)[:limit_per_class]
         if not files:
             log.warning("class folder %s holds no images", f)
         items += [_Item(image=p, label=f.name, id=f"{f.name}/{p.name}") for p in files]
@@ -234,6 +245,7 @@ def load_mvtec(
     on_error: OnError = "raise",
     lazy: bool = False,
     channels: int | None = None,
+    limit_per_class: int | None = None,
 ) -> ImageSet:
     """Load one category of the MVTec AD layout.
 
@@ -249,12 +261,14 @@ def load_mvtec(
         on_error: ``"raise"`` or ``"skip"`` (see :func:`load_image_folder`).
         lazy: Decode pixels on demand.
         channels: 1, 3 or ``None`` (keep).
+        limit_per_class: Read only the first ``n`` images (by file name) of each folder.
 
     Example:
         >>> from inspectkit.sources import load_mvtec
         >>> test = load_mvtec("mvtec_ad", "bottle", split="test")  # doctest: +SKIP
     """
     check_channels(channels)
+    _check_limit(limit_per_class)
     if split not in ("train", "test"):
         raise DataError(f"split must be 'train' or 'test', got {split!r}")
     collector = Collector(on_error)
@@ -272,7 +286,7 @@ def load_mvtec(
     items: list[_Item] = []
     for f in folders:
         good = f.name == "good"
-        for p in list_images(f):
+        for p in list_images(f)[:limit_per_class]:
             mask = None if good else base / "ground_truth" / f.name / f"{p.stem}_mask.png"
             items.append(
                 _Item(
@@ -349,8 +363,7 @@ def load_magnetic_tile(
         class_list = list(classes)
     else:
         class_list = sorted(found)
-    if limit_per_class is not None and limit_per_class < 1:
-        raise DataError(f"limit_per_class must be at least 1, got {limit_per_class}")
+    _check_limit(limit_per_class)
     items: list[_Item] = []
     for name in class_list:
         folder = found[name] / "Imgs"
@@ -380,4 +393,164 @@ def load_magnetic_tile(
     )
 
 
-__all__ = ["load_image_folder", "load_magnetic_tile", "load_mvtec"]
+def load_image_files(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    channels: int | None = None,
+    limit: int | None = None,
+) -> ImageSet:
+    """Unlabelled images from files and folders (searched recursively), decoded lazily.
+
+    The inputs of ``predict``/``explain``: only file names are read here, pixels when a
+    batch is needed, so a folder of 100,000 parts is fine. Sample ids and sources are the
+    file paths (a repeated path gets ``'`` appended to its id); hidden files and folders
+    are ignored.
+
+    Raises:
+        DataError: a folder holds no image files (a corrupt file is named when decoded).
+
+    Example:
+        >>> from inspectkit.sources import load_image_files
+        >>> parts = load_image_files(["line3/", "extra.png"], channels=1)  # doctest: +SKIP
+    """
+    check_channels(channels)
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.is_dir():
+            files.append(p)
+            continue
+        found = sorted(
+            q
+            for q in p.rglob("*")
+            if q.is_file()
+            and q.suffix.lower() in IMAGE_SUFFIXES
+            and not any(part.startswith(".") for part in q.relative_to(p).parts)
+        )
+        if not found:
+            raise file_error(p, "the folder holds no image files")
+        files += found
+    files = files[:limit]
+    taken: set[str] = set()
+    samples = []
+    for f in files:
+        sid = str(f)
+        while sid in taken:
+            sid += "'"
+        taken.add(sid)
+        samples.append(SampleMeta(id=sid, source=str(f)))
+    return ImageSet.build(
+        images=LazyImages([str(f) for f in files], ImageReader(channels)),
+        samples=samples,
+        classes=[],
+    )
+
+
+# ---------------------------------------------------------------------- layouts
+def _has_images(folder: Path) -> bool:
+    try:
+        return any(
+            p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+            for p in folder.iterdir()
+        )
+    except OSError:
+        return False
+
+
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        return _subfolders(path) if path.is_dir() else []
+    except OSError:
+        return []
+
+
+def _predict(path: Path, channels: int | None, limit: int | None) -> ImageSet:
+    return load_image_files([path], channels=channels, limit=limit)
+
+
+def _load_mvtec(
+    path: Path, *, purpose: str, task: str, channels: int | None, limit: int | None
+) -> ImageSet:
+    if purpose == "predict":
+        return _predict(path, channels, limit)
+    split = "train" if (task == "anomaly" and purpose == "train") else "test"
+    return load_mvtec(path, split=split, channels=channels, limit_per_class=limit)
+
+
+def _load_tiles(
+    path: Path, *, purpose: str, task: str, channels: int | None, limit: int | None
+) -> ImageSet:
+    if purpose == "predict":
+        return _predict(path, channels, limit)
+    return load_magnetic_tile(path, limit_per_class=limit)
+
+
+def _load_classes(
+    path: Path, *, purpose: str, task: str, channels: int | None, limit: int | None
+) -> ImageSet:
+    if purpose == "predict":
+        return _predict(path, channels, limit)
+    return load_image_folder(path, channels=channels, limit_per_class=limit)
+
+
+def _load_plain(
+    path: Path, *, purpose: str, task: str, channels: int | None, limit: int | None
+) -> ImageSet:
+    if purpose == "predict" or (purpose == "train" and task == "anomaly"):
+        return _predict(path, channels, limit)  # unlabelled parts count as good
+    raise file_error(
+        path,
+        "a flat folder of images has no labels; put each class in its own "
+        "sub-folder (data/<class>/*.png)",
+    )
+
+
+MVTEC = register_layout(
+    Layout(
+        name="mvtec",
+        detect=lambda p: p.is_dir() and (p / "train" / "good").is_dir(),
+        load=_load_mvtec,
+        priority=80,
+        description="MVTec AD category: train/good, test/<defect>, ground_truth/<defect>",
+    )
+)
+MAGNETIC_TILE = register_layout(
+    Layout(
+        name="magnetic-tile",
+        detect=lambda p: any(d.name.startswith("MT_") for d in _subdirs(p)),
+        load=_load_tiles,
+        priority=70,
+        description="magnetic tile: MT_<class>/Imgs/NAME.jpg + NAME.png masks",
+    )
+)
+CLASS_FOLDERS = register_layout(
+    Layout(
+        name="class-folders",
+        detect=lambda p: any(_has_images(d) for d in _subdirs(p)),
+        load=_load_classes,
+        priority=20,
+        description="one sub-folder of images per class: root/<class>/*.png",
+    )
+)
+IMAGES = register_layout(
+    Layout(
+        name="images",
+        detect=lambda p: (
+            p.suffix.lower() in IMAGE_SUFFIXES if p.is_file() else p.is_dir() and _has_images(p)
+        ),
+        load=_load_plain,
+        priority=10,
+        description="image files or a flat folder of them (unlabelled)",
+    )
+)
+
+__all__ = [
+    "CLASS_FOLDERS",
+    "IMAGES",
+    "MAGNETIC_TILE",
+    "MVTEC",
+    "load_image_files",
+    "load_image_folder",
+    "load_magnetic_tile",
+    "load_mvtec",
+]

@@ -30,8 +30,14 @@ import torch
 
 from inspectkit.errors import DataError, InspectkitError, UnsafePickleError
 from inspectkit.records import ImageSet, SampleMeta
-from inspectkit.sources._common import Collector, OnError
-from inspectkit.sources.wafer import WM811K_CLASSES, Unlabelled
+from inspectkit.sources._common import (
+    WM811K_CLASSES,
+    Collector,
+    OnError,
+    Unlabelled,
+    wafer_label,
+)
+from inspectkit.sources.layout import Layout, register_layout
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +335,6 @@ def load_lswmd(
     lots, indices, dies, splits = (
         column(c) for c in ("lotName", "waferIndex", "dieSize", "trianTestLabel")
     )
-    canonical = {c.lower(): c for c in WM811K_CLASSES}
     class_list = list(classes) if classes is not None else list(WM811K_CLASSES)
     images: list[torch.Tensor] = []
     samples: list[SampleMeta] = []
@@ -339,7 +344,7 @@ def load_lswmd(
         where = f"{p.name}[row {i}]"
         label = _first_str(types[i])
         if label is not None:
-            label = canonical.get(label.lower(), label)
+            label = wafer_label(label)
         if label is None and unlabelled == "skip":
             continue
         if label is not None and label not in class_list:
@@ -378,4 +383,21 @@ def load_lswmd(
     )
 
 
-__all__ = ["SafeUnpickler", "load_lswmd", "safe_load_pickle"]
+def _load_layout(
+    path: Path, *, purpose: str, task: str, channels: int | None, limit: int | None
+) -> ImageSet:
+    unlabelled: Unlabelled = "keep" if purpose == "predict" else "skip"
+    return load_lswmd(path, unlabelled=unlabelled, limit=limit)
+
+
+LSWMD = register_layout(
+    Layout(
+        name="lswmd",
+        detect=lambda p: p.is_file() and p.suffix.lower() in (".pkl", ".pickle"),
+        load=_load_layout,
+        priority=90,
+        description="the original WM-811K LSWMD.pkl (pandas, read by a restricted unpickler)",
+    )
+)
+
+__all__ = ["LSWMD", "SafeUnpickler", "load_lswmd", "safe_load_pickle"]

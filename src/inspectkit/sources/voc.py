@@ -23,6 +23,7 @@ from inspectkit.records import Box, ImageData, ImageSet, LazyImages, SampleMeta
 from inspectkit.sources._common import (
     IMAGE_SUFFIXES,
     Collector,
+    ImageReader,
     OnError,
     check_channels,
     file_error,
@@ -32,6 +33,7 @@ from inspectkit.sources._common import (
     require_dir,
     unify_dtypes,
 )
+from inspectkit.sources.layout import Layout, register_layout
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +282,7 @@ def load_voc(
         raise file_error(ann_dir, f"no usable annotated images ({len(collector.skipped)} skipped)")
     class_list = list(classes) if classes is not None else sorted(found)
     data: ImageData = (
-        LazyImages(keys, _Reader(channels)) if lazy else ragged_or_stacked(unify_dtypes(images))
+        LazyImages(keys, ImageReader(channels)) if lazy else ragged_or_stacked(unify_dtypes(images))
     )
     log.info(
         "loaded %d annotated images from %s (%d skipped)",
@@ -293,14 +295,52 @@ def load_voc(
     )
 
 
-class _Reader:
-    """Picklable loader for :class:`LazyImages` (decodes one file)."""
-
-    def __init__(self, channels: int | None) -> None:
-        self.channels = channels
-
-    def __call__(self, key: str) -> torch.Tensor:
-        return read_image(key, self.channels)
+# ---------------------------------------------------------------------- layout
+#: Sub-folder names (lower case) of a VOC tree: NEU-DET's IMAGES/ANNOTATIONS, VOC's
+#: JPEGImages/Annotations.
+IMAGE_FOLDERS = ("images", "jpegimages")
+ANNOTATION_FOLDERS = ("annotations",)
 
 
-__all__ = ["load_voc", "parse_voc_xml"]
+def voc_folders(path: Path) -> tuple[Path, Path] | None:
+    """``(images, annotations)`` sub-folders of a VOC tree, or ``None`` if ``path`` is not one."""
+    try:
+        if not path.is_dir():
+            return None
+        subdirs = {d.name.lower(): d for d in sorted(path.iterdir()) if d.is_dir()}
+        images = next((subdirs[n] for n in IMAGE_FOLDERS if n in subdirs), None)
+        notes = next((subdirs[n] for n in ANNOTATION_FOLDERS if n in subdirs), None)
+        if images is None or notes is None:
+            return None
+        if not any(f.suffix.lower() == ".xml" for f in notes.iterdir()):
+            return None
+        return images, notes
+    except OSError:
+        return None
+
+
+def _load_layout(
+    path: Path, *, purpose: str, task: str, channels: int | None, limit: int | None
+) -> ImageSet:
+    found = voc_folders(path)
+    if found is None:
+        raise file_error(path, "not a Pascal-VOC folder (IMAGES/ and ANNOTATIONS/ with .xml)")
+    images, notes = found
+    if purpose == "predict":
+        from inspectkit.sources.folders import load_image_files
+
+        return load_image_files([images], channels=channels, limit=limit)
+    return load_voc(images, notes, channels=channels, limit=limit)
+
+
+VOC = register_layout(
+    Layout(
+        name="voc",
+        detect=lambda p: voc_folders(p) is not None,
+        load=_load_layout,
+        priority=60,
+        description="Pascal-VOC: an images folder and an annotations folder of XML (NEU-DET)",
+    )
+)
+
+__all__ = ["VOC", "load_voc", "parse_voc_xml", "voc_folders"]

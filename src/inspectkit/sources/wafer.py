@@ -11,32 +11,20 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import numpy as np
 import torch
 
+from inspectkit.atomic import atomic_write
 from inspectkit.errors import DataError
 from inspectkit.records import ImageSet, SampleMeta
+from inspectkit.sources._common import WM811K_CLASSES, OnError, Unlabelled, wafer_label
+from inspectkit.sources.layout import Layout, register_layout
 
 log = logging.getLogger(__name__)
-
-#: The nine WM-811K failure types, ``none`` meaning a map without a pattern.
-WM811K_CLASSES = [
-    "Center",
-    "Donut",
-    "Edge-Loc",
-    "Edge-Ring",
-    "Loc",
-    "Near-full",
-    "Random",
-    "Scratch",
-    "none",
-]
-
-OnError = Literal["raise", "skip"]
-Unlabelled = Literal["keep", "skip"]
 
 _NPZ_KEYS = ("flat", "shapes", "offsets", "failure_type")
 
@@ -155,10 +143,8 @@ def load_wafer_npz(
         skipped += [f"{path.name}[{int(i)}]: wafer codes outside 0/1/2" for i in bad_maps]
     bad_set = set(bad_maps.tolist())
 
-    canonical = {c.lower(): c for c in WM811K_CLASSES}
-    labels_list = [str(x).strip() for x in labels[:n].tolist()]
     # the published splits spell the no-pattern class "None" or "none": one class, "none"
-    labels_list = [canonical.get(lab.lower(), lab) for lab in labels_list]
+    labels_list = [wafer_label(str(x)) for x in labels[:n].tolist()]
     found = sorted({lab for lab in labels_list if lab})
     class_list = list(classes) if classes is not None else list(WM811K_CLASSES)
     extra = [c for c in found if c not in class_list]
@@ -201,7 +187,7 @@ def load_wafer_npz(
     )
 
 
-def load_wafer_maps(path: str | os.PathLike[str], **kwargs: object) -> ImageSet:
+def load_wafer_maps(path: str | os.PathLike[str], **kwargs: Any) -> ImageSet:
     """Load wafer maps from a ragged ``.npz`` split or an original ``LSWMD.pkl``.
 
     The format is chosen by the file's suffix; keyword arguments go to
@@ -214,12 +200,80 @@ def load_wafer_maps(path: str | os.PathLike[str], **kwargs: object) -> ImageSet:
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix == ".npz":
-        return load_wafer_npz(p, **kwargs)  # type: ignore[arg-type]
+        return load_wafer_npz(p, **kwargs)
     if suffix in (".pkl", ".pickle"):
         from inspectkit.sources.lswmd import load_lswmd
 
-        return load_lswmd(p, **kwargs)  # type: ignore[arg-type]
+        return load_lswmd(p, **kwargs)
     raise DataError(f"{p}: unknown wafer-map format {suffix!r}; expected .npz or .pkl (LSWMD)")
 
 
-__all__ = ["WM811K_CLASSES", "load_wafer_maps", "load_wafer_npz"]
+def save_wafer_npz(
+    path: str | os.PathLike[str], maps: Sequence[Any], labels: Sequence[str | None]
+) -> Path:
+    """Write wafer maps in the ragged ``.npz`` layout that :func:`load_wafer_npz` reads.
+
+    Args:
+        path: File to write (atomically: a reader never sees half a file).
+        maps: ``H×W`` or ``1×H×W`` arrays or tensors of codes 0 (outside), 1 (pass),
+            2 (fail); sizes may differ.
+        labels: One failure type per map (``None`` or ``""``: unlabelled).
+
+    Returns:
+        The path written.
+
+    Raises:
+        DataError: different numbers of maps and labels, no maps, a map that is not 2-D,
+            or codes outside 0/1/2.
+
+    Example:
+        >>> import numpy as np
+        >>> from inspectkit.sources import save_wafer_npz
+        >>> save_wafer_npz("center.npz", [np.ones((3, 4), np.uint8)], ["Center"])  # doctest: +SKIP
+    """
+    p = Path(path)
+    if len(maps) != len(labels):
+        raise DataError(f"{p}: {len(maps)} maps but {len(labels)} labels")
+    if not maps:
+        raise DataError(f"{p}: no wafer maps to write")
+    arrays = []
+    for i, m in enumerate(maps):
+        a = np.asarray(m)
+        if a.ndim == 3 and a.shape[0] == 1:
+            a = a[0]
+        if a.ndim != 2 or 0 in a.shape:
+            raise DataError(f"{p}: map {i} must be a non-empty H×W array, got shape {a.shape}")
+        if a.size and (a.min() < 0 or a.max() > 2 or (a != np.round(a)).any()):
+            raise DataError(f"{p}: map {i} holds codes outside 0 (outside), 1 (pass), 2 (fail)")
+        arrays.append(a.astype(np.uint8))
+    shapes = np.array([a.shape for a in arrays], dtype=np.int32)
+    offsets = np.concatenate([[0], np.cumsum([a.size for a in arrays])]).astype(np.int64)
+    flat = np.concatenate([a.ravel() for a in arrays])
+    names = np.array(["" if lab is None else str(lab) for lab in labels], dtype=str)
+    atomic_write(
+        p,
+        lambda fh: np.savez_compressed(
+            fh, flat=flat, shapes=shapes, offsets=offsets, failure_type=names
+        ),
+    )
+    return p
+
+
+def _load_layout(
+    path: Path, *, purpose: str, task: str, channels: int | None, limit: int | None
+) -> ImageSet:
+    unlabelled = "keep" if purpose == "predict" else "skip"
+    return load_wafer_npz(path, unlabelled=unlabelled, limit=limit)
+
+
+WAFER_NPZ = register_layout(
+    Layout(
+        name="wafer-npz",
+        detect=lambda p: p.is_file() and p.suffix.lower() == ".npz",
+        load=_load_layout,
+        priority=90,
+        description="WM-811K ragged .npz (flat, shapes, offsets, failure_type)",
+    )
+)
+
+__all__ = ["WAFER_NPZ", "WM811K_CLASSES", "load_wafer_maps", "load_wafer_npz", "save_wafer_npz"]
