@@ -317,7 +317,7 @@ def _thumbnail(
     if heat is not None:
         from inspectkit.xai.overlay import overlay
 
-        img = overlay(image, heat, alpha=0.45, kind=kind)
+        img = overlay(image, heat, kind=kind)
     else:
         x = to_float(image.detach().cpu(), kind=kind).clamp(0, 1)[:3]
         if x.shape[0] == 1:
@@ -357,11 +357,6 @@ def _record_thumbnail(record: Any, j: int, heat: torch.Tensor | None) -> Image.I
         mask=record.masks[j] if record.masks is not None else None,
         boxes=record.boxes[j] if record.boxes is not None else None,
     )
-
-
-def _normalise_map(m: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """Map values to [0, 1] on one scale shared by every map shown (so good parts stay cool)."""
-    return ((m.float() - lo) / (hi - lo)).clamp(0, 1) if hi > lo else torch.zeros_like(m.float())
 
 
 def _mistakes_predictions(pred: Predictions, limit: int) -> str:
@@ -410,14 +405,13 @@ def _mistakes_scores(scores: AnomalyScores, limit: int) -> str:
     if not picked:
         return "<p>No mistake at the threshold.</p>"
     sub = scores.subset(picked).materialize()
-    lo = hi = 0.0
-    if scores.maps is not None:  # one scale for all maps, robust to a few extreme pixels
-        flat = scores.maps.detach().float().flatten()
-        flat = flat[:: max(1, flat.numel() // 1_000_000)]
-        lo, hi = float(flat.min()), float(torch.quantile(flat, 0.995))
+    from inspectkit.xai.overlay import anomaly_scale, scale_map
+
+    # one scale for every map shown, the one of the anomaly overlay files
+    lo, hi = anomaly_scale(scores.maps, scores.threshold) if scores.maps is not None else (0.0, 0.0)
     cells = []
     for j, smp in enumerate(sub.samples):
-        hm = _normalise_map(sub.maps[j], lo, hi) if sub.maps is not None else None
+        hm = scale_map(sub.maps[j], lo, hi) if sub.maps is not None else None
         img = _record_thumbnail(sub, j, hm)
         verdict = "missed defect" if truth_all[picked[j]] else "false alarm"
         cap = f"{_esc(smp.id)}<br><b>{verdict}</b> ({_esc(smp.label)}), score {float(sub.scores[j]):.3g}"

@@ -1,5 +1,10 @@
 """Heatmap-on-image PNGs, with a jet colour map built in numpy (no matplotlib).
 
+Explanation heatmaps are already in [0, 1]; anomaly maps are in a detector's own units
+and go through :func:`anomaly_scale`, the one colour scale that the overlays written
+here and the thumbnails of :mod:`inspectkit.report` share, so a map looks the same in
+both.
+
 Example:
     >>> import numpy as np
     >>> jet(np.array([0.0, 1.0])).tolist()
@@ -22,12 +27,19 @@ from PIL import Image
 from inspectkit.atomic import atomic_write
 from inspectkit.errors import DataError
 from inspectkit.ops import to_float
-from inspectkit.records import Explained
+from inspectkit.records import AnomalyScores, Explained
 from inspectkit.xai._layers import upsample
 
 log = logging.getLogger(__name__)
 
 SIDECAR = "overlays.json"
+#: Weight of the heatmap colour in every overlay (files and report thumbnails).
+DEFAULT_ALPHA = 0.5
+#: Upper end of the anomaly colour scale: this quantile of the map values, so that a
+#: few extreme pixels do not turn every other map blue.
+SCALE_QUANTILE = 0.995
+#: Values the quantile is estimated from (``torch.quantile`` has an input size limit).
+SCALE_SAMPLE = 1_000_000
 
 
 def jet(values: np.ndarray) -> np.ndarray:
@@ -42,8 +54,40 @@ def jet(values: np.ndarray) -> np.ndarray:
     return np.round(rgb * 255).astype(np.uint8)
 
 
+def anomaly_scale(maps: torch.Tensor, threshold: float | None = None) -> tuple[float, float]:
+    """One colour scale ``(lo, hi)`` for a set of anomaly maps.
+
+    ``lo`` is the smallest value, ``hi`` the :data:`SCALE_QUANTILE` quantile (from at most
+    :data:`SCALE_SAMPLE` evenly strided values), raised when needed so that the
+    threshold sits at most half-way up the scale: good parts stay in the cool half.
+
+    Example:
+        >>> anomaly_scale(torch.tensor([[[0.0, 1.0], [2.0, 4.0]]]), threshold=3.0)
+        (0.0, 6.0)
+    """
+    flat = maps.detach().float().flatten()
+    if flat.numel() == 0:
+        raise DataError("no anomaly map values to scale")
+    lo = float(flat.min())
+    sample = flat[:: max(1, flat.numel() // SCALE_SAMPLE)]
+    hi = float(torch.quantile(sample, SCALE_QUANTILE))
+    if threshold is not None:
+        hi = max(hi, 2 * float(threshold) - lo)
+    return lo, hi
+
+
+def scale_map(m: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """``m`` mapped to [0, 1] on the scale ``(lo, hi)`` (all 0 when the scale is empty)."""
+    m = m.detach().float()
+    return ((m - lo) / (hi - lo)).clamp(0, 1) if hi > lo else torch.zeros_like(m)
+
+
 def overlay(
-    image: torch.Tensor, heatmap: torch.Tensor, *, alpha: float = 0.5, kind: str = "image"
+    image: torch.Tensor,
+    heatmap: torch.Tensor,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    kind: str = "image",
 ) -> Image.Image:
     """Blend a jet-coloured heatmap over an image.
 
@@ -79,8 +123,20 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "x"
 
 
+def _out_dir(out_dir: str | os.PathLike[str]) -> Path:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _save_png(path: Path, img: Image.Image) -> None:
+    atomic_write(path, lambda fh: img.save(fh, format="PNG"))
+
+
 def write_overlays(
-    explained: Explained, out_dir: str | os.PathLike[str], *, alpha: float = 0.5
+    explained: Explained, out_dir: str | os.PathLike[str], *, alpha: float = DEFAULT_ALPHA
 ) -> list[Path]:
     """Write one heatmap-on-image PNG per sample plus a sidecar JSON index.
 
@@ -102,10 +158,7 @@ def write_overlays(
     """
     if not isinstance(explained, Explained):
         raise DataError(f"write_overlays needs an Explained record, got {type(explained).__name__}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(out_dir)
     paths: list[Path] = []
     entries: list[dict[str, Any]] = []
     pred_idx = explained.predicted_indices()
@@ -120,7 +173,7 @@ def write_overlays(
             name = f"{index:05d}_{_safe(sample.id)}_{_safe(shown)}_{prob:.2f}.png"
             img = overlay(batch.images[j], batch.heatmaps[j], alpha=alpha, kind=batch.kind)
             path = out / name
-            atomic_write(path, lambda fh, img=img: img.save(fh, format="PNG"))
+            _save_png(path, img)
             paths.append(path)
             t = batch.target_classes[j]
             entries.append(
@@ -143,4 +196,60 @@ def write_overlays(
     return paths
 
 
-__all__ = ["jet", "overlay", "write_overlays"]
+def write_anomaly_overlays(
+    scores: AnomalyScores, out_dir: str | os.PathLike[str], *, alpha: float = DEFAULT_ALPHA
+) -> list[Path]:
+    """Write one anomaly-map-on-image PNG per sample plus a sidecar JSON index.
+
+    Every map is coloured on one scale (:func:`anomaly_scale` over the whole set, the
+    scale of the report's thumbnails too). File names are
+    ``<index>_<id>_<anomalous|good|scored>_<score>.png``; ``overlays.json`` holds the
+    method (``"anomaly_map"``), the threshold, the colour scale and, per file, the sample
+    id, score and verdict. Files are written atomically.
+
+    Raises:
+        DataError: ``scores`` is not an ``AnomalyScores`` record or carries no maps.
+
+    Example:
+        >>> write_anomaly_overlays(detector_pipeline.run(parts), "maps/")  # doctest: +SKIP
+    """
+    if not isinstance(scores, AnomalyScores):
+        raise DataError(
+            f"write_anomaly_overlays needs an AnomalyScores record, got {type(scores).__name__}"
+        )
+    if scores.maps is None:
+        raise DataError("this anomaly model produces no anomaly maps to draw")
+    out = _out_dir(out_dir)
+    lo, hi = anomaly_scale(scores.maps, scores.threshold)
+    paths: list[Path] = []
+    entries: list[dict[str, Any]] = []
+    for i, s in enumerate(scores.samples):
+        heat = scale_map(scores.maps[i], lo, hi)
+        img = overlay(scores.images[i], heat, alpha=alpha, kind=scores.kind)
+        verdict = None if scores.is_anomalous is None else bool(scores.is_anomalous[i])
+        tag = {True: "anomalous", False: "good", None: "scored"}[verdict]
+        score = float(scores.scores[i])
+        name = f"{i:05d}_{_safe(s.id)[-60:]}_{tag}_{score:.3g}.png"
+        _save_png(out / name, img)
+        paths.append(out / name)
+        entries.append({"file": name, "id": s.id, "score": score, "anomalous": verdict})
+    index = {
+        "method": "anomaly_map",
+        "threshold": scores.threshold,
+        "scale": [lo, hi],
+        "overlays": entries,
+    }
+    atomic_write(out / SIDECAR, json.dumps(index, indent=2))
+    log.info("wrote %d anomaly overlays to %s", len(paths), out)
+    return paths
+
+
+__all__ = [
+    "DEFAULT_ALPHA",
+    "anomaly_scale",
+    "jet",
+    "overlay",
+    "scale_map",
+    "write_anomaly_overlays",
+    "write_overlays",
+]
