@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 
+from inspectkit._lazy import lazy_exports
 from inspectkit._version import __version__
 from inspectkit.errors import (
     ConfigError,
@@ -23,21 +24,28 @@ from inspectkit.errors import (
     PipelineError,
     UnsafePickleError,
 )
-from inspectkit.pipeline import Pipeline
-from inspectkit.records import (
-    AnomalyScores,
-    Box,
-    Explained,
-    ImageSet,
-    LazyImages,
-    Predictions,
-    Report,
-    SampleMeta,
-)
-from inspectkit.registry import available_stages, get_stage, register_stage
-from inspectkit.stage import Stage, StageConfig
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+# imported on first use: ``import inspectkit`` (and ``inspectkit --help``) stays free of torch
+_LAZY = {
+    "Pipeline": "inspectkit.pipeline",
+    "AnomalyScores": "inspectkit.records",
+    "Box": "inspectkit.records",
+    "Explained": "inspectkit.records",
+    "ImageSet": "inspectkit.records",
+    "LazyImages": "inspectkit.records",
+    "Predictions": "inspectkit.records",
+    "Report": "inspectkit.records",
+    "SampleMeta": "inspectkit.records",
+    "available_stages": "inspectkit.registry",
+    "get_stage": "inspectkit.registry",
+    "register_stage": "inspectkit.registry",
+    "Stage": "inspectkit.stage",
+    "StageConfig": "inspectkit.stage",
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 __all__ = [
     "AnomalyScores",
