@@ -518,7 +518,9 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_internal_error_exit_1_without_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import inspectkit.cli as cli_mod
+    import importlib
+
+    cli_mod = importlib.import_module("inspectkit.cli.main")  # the module, not the function
 
     def boom(args: object) -> int:
         raise RuntimeError("disk on fire")
@@ -544,9 +546,9 @@ def test_detect_layout(work: Path, tree: Path) -> None:
 def test_predict_streams_batches_in_input_order(
     work: Path, tree: Path, tree_model: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:  # type: ignore[no-untyped-def]
-    import inspectkit.cli as cli_mod
+    import inspectkit.cli.predict as predict_mod
 
-    monkeypatch.setattr(cli_mod, "PREDICT_BATCH", 3)  # 16 files → 6 batches
+    monkeypatch.setattr(predict_mod, "PREDICT_BATCH", 3)  # 16 files → 6 batches
     files = sorted(str(f) for f in tree.rglob("*.png"))
     assert main(["predict", "--model", str(tree_model), "--json", "-q", str(tree)]) == 0
     rows = json.loads(capsys.readouterr().out)["predictions"]

@@ -1,0 +1,122 @@
+"""What a command is, and the registry that finds them.
+
+A command is one module in this package (or an installed package's entry point under
+``inspectkit.commands``) holding a :class:`Command` subclass::
+
+    from inspectkit.cli.command import Command, register_command
+
+    @register_command
+    class Hello(Command):
+        name = "hello"
+        help = "say hello"
+
+        def add_arguments(self, parser):
+            parser.add_argument("--who", default="line 3")
+
+        def run(self, args):
+            self.say(args, f"hello {args.who}", always=True)
+            return 0
+
+Modules here import nothing heavy at module level (torch and the stages are imported
+inside :meth:`Command.run`), so ``inspectkit --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from inspectkit.errors import InspectkitError
+from inspectkit.registry import Registry
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+ENTRY_POINT_GROUP = "inspectkit.commands"
+
+
+class UsageError(InspectkitError):
+    """Bad command-line arguments or input paths."""
+
+
+class Command(ABC):
+    """One ``inspectkit`` sub-command.
+
+    Class attributes:
+        name: The word on the command line (``inspectkit NAME``).
+        help: One line for ``inspectkit --help``.
+        takes_quiet, takes_json, takes_project: Whether the command takes the shared ``--quiet``,
+            ``--json`` and ``--project``/``--name`` options (``-v`` it always takes).
+        order: Place in ``inspectkit --help`` (lower first, then by name).
+    """
+
+    name: ClassVar[str] = ""
+    help: ClassVar[str] = ""
+    order: ClassVar[int] = 100
+    takes_quiet: ClassVar[bool] = True
+    takes_json: ClassVar[bool] = True
+    takes_project: ClassVar[bool] = True
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:  # noqa: B027
+        """Add the command's own options to ``parser`` (a command may have none)."""
+
+    @abstractmethod
+    def run(self, args: argparse.Namespace) -> int:
+        """Do the work; return the exit code. Raise ``InspectkitError`` for bad input."""
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def say(args: argparse.Namespace, text: str, *, always: bool = False) -> None:
+        """Print ``text`` unless ``--quiet`` (``always``: print even then)."""
+        if always or not getattr(args, "quiet", False):
+            print(text, flush=True)
+
+    @staticmethod
+    def progress(args: argparse.Namespace) -> bool:
+        """Whether progress bars are wanted (``--quiet`` and ``INSPECTKIT_PROGRESS=0`` say no)."""
+        return not getattr(args, "quiet", False) and os.environ.get("INSPECTKIT_PROGRESS") != "0"
+
+
+def _is_command(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, Command) and bool(obj.name)
+
+
+COMMANDS: Registry[type[Command]] = Registry(
+    "command", ENTRY_POINT_GROUP, check=_is_command, scan="inspectkit.cli", error=UsageError
+)
+
+
+def register_command(cls: type[Command]) -> type[Command]:
+    """Class decorator: make ``cls`` an ``inspectkit`` sub-command under ``cls.name``."""
+    return COMMANDS.register(cls, name=cls.name)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def wrap(where: object, exc: InspectkitError) -> UsageError:
+    """``exc`` as a one-line :class:`UsageError` that starts with ``where``."""
+    text = str(exc)
+    return UsageError(text if text.startswith(str(where)) else f"{where}: {text}")
+
+
+__all__ = [
+    "COMMANDS",
+    "ENTRY_POINT_GROUP",
+    "EXIT_INTERNAL",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "Command",
+    "UsageError",
+    "positive_int",
+    "register_command",
+    "wrap",
+]

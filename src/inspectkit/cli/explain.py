@@ -1,0 +1,46 @@
+"""``inspectkit explain``: heatmap overlays per input.
+
+A classifier's inputs get Grad-CAM or SISE heatmaps (:func:`inspectkit.xai.write_overlays`),
+a detector's its anomaly maps on one colour scale
+(:func:`inspectkit.xai.overlay.write_anomaly_overlays`, the scale of the HTML report).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from inspectkit.cli.command import EXIT_OK, Command, register_command
+from inspectkit.cli.predict import load_inputs_for
+from inspectkit.cli.project import Project, load_model, out_folder, pick
+
+
+@register_command
+class Explain(Command):
+    name = "explain"
+    help = "heatmap overlays per input"
+    order = 50
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--model", metavar="MODEL_DIR")
+        parser.add_argument("--out", metavar="DIR")
+        parser.add_argument("--method", choices=["gradcam", "sise"], default="gradcam")
+        parser.add_argument("inputs", nargs="*", metavar="PATH")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from inspectkit.pipeline import Pipeline
+        from inspectkit.xai.overlay import write_anomaly_overlays, write_overlays
+
+        project = Project.from_args(args)
+        model_dir = pick(args.model, project, lambda p: p.model(args.name), "--model", "explain")
+        out = out_folder(pick(args.out, project, lambda p: p.report("explain"), "--out", "explain"))
+        pipe, card = load_model(model_dir)
+        data = load_inputs_for(args.inputs, card, "explain")
+        if card["task"] == "classify":
+            from inspectkit.xai import Explain as ExplainStage
+
+            stage = ExplainStage(method=args.method, progress=self.progress(args))
+            paths = write_overlays(Pipeline([*pipe.stages, stage]).run(data), out)
+        else:
+            paths = write_anomaly_overlays(pipe.run(data), out)
+        self.say(args, f"{len(paths)} overlays written to {out}", always=True)
+        return EXIT_OK

@@ -1,0 +1,101 @@
+"""``inspectkit predict``: class probabilities, or anomaly score and verdict, per input.
+
+Inputs are read lazily (:func:`inspectkit.sources.load_inputs`) and run through
+``Pipeline.iter_run`` :data:`PREDICT_BATCH` at a time, printing text rows per batch, so
+memory stays flat on large folders and the first rows appear at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from inspectkit.cli.command import EXIT_OK, Command, UsageError, register_command
+from inspectkit.cli.project import Project, load_model, pick
+
+#: Schema tag of ``inspectkit predict --json``.
+PREDICT_SCHEMA = "inspectkit.predict/1"
+#: Inputs decoded and predicted at a time (memory stays flat).
+PREDICT_BATCH = 256
+
+
+def load_inputs_for(paths: list[str], card: dict[str, Any], command: str) -> Any:
+    """The inputs of ``predict``/``explain``, decoded the way the model was trained."""
+    from inspectkit.sources import load_inputs
+
+    if not paths:
+        raise UsageError(f"inspectkit {command}: give at least one image, folder or wafer file")
+    return load_inputs(paths, channels=card.get("channels"), kind=card.get("kind"))
+
+
+def prediction_rows(result: Any, task: str) -> list[dict[str, Any]]:
+    """The ``predictions`` entries of ``inspectkit predict --json`` for one batch."""
+    rows: list[dict[str, Any]] = []
+    for i, s in enumerate(result.samples):
+        row: dict[str, Any] = {"input": s.source or s.id, "id": s.id}
+        if task == "classify":
+            row["predicted"] = result.predicted[i]
+            row["probability"] = round(float(result.probs[i].max()), 6)
+            row["probs"] = {c: round(float(p), 6) for c, p in zip(result.classes, result.probs[i])}
+        else:
+            norm = None if result.normalized is None else round(float(result.normalized[i]), 6)
+            row["score"] = round(float(result.scores[i]), 6)
+            row["normalized"] = norm
+            row["anomalous"] = None if result.is_anomalous is None else bool(result.is_anomalous[i])
+            row["threshold"] = result.threshold
+        rows.append(row)
+    return rows
+
+
+def print_rows(rows: list[dict[str, Any]], task: str) -> None:
+    """Tab-separated text: input, verdict, probability or score."""
+    for r in rows:
+        name = r["id"] if r["input"] != r["id"] and r["id"].count(":") else r["input"]
+        if task == "classify":
+            top = sorted(r["probs"].items(), key=lambda kv: -kv[1])[:3]
+            shown = r["predicted"] if r["predicted"] is not None else "REVIEW"
+            alts = ", ".join(f"{c} {p:.2f}" for c, p in top)
+            print(f"{name}\t{shown}\t{r['probability']:.3f}\t[{alts}]")
+        else:
+            verdict = {True: "ANOMALOUS", False: "good", None: "?"}[r["anomalous"]]
+            thr = "" if r["threshold"] is None else f" (threshold {r['threshold']:.4g})"
+            print(f"{name}\t{verdict}\tscore {r['score']:.4g}{thr}")
+    sys.stdout.flush()
+
+
+@register_command
+class Predict(Command):
+    name = "predict"
+    help = "class probabilities or anomaly verdict per input"
+    order = 30
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--model", metavar="MODEL_DIR")
+        parser.add_argument(
+            "inputs", nargs="*", metavar="PATH", help="image files, folders, wafer .npz"
+        )
+
+    def run(self, args: argparse.Namespace) -> int:
+        from inspectkit.runtime import progress_bar
+
+        project = Project.from_args(args)
+        model_dir = pick(args.model, project, lambda p: p.model(args.name), "--model", "predict")
+        pipe, card = load_model(model_dir)
+        task = card["task"]
+        data = load_inputs_for(args.inputs, card, "predict")
+        rows: list[dict[str, Any]] = []
+        bar = progress_bar(
+            enabled=self.progress(args) and len(data) > PREDICT_BATCH, total=len(data)
+        )
+        with bar:
+            for result in pipe.iter_run(data, batch_size=PREDICT_BATCH):
+                batch_rows = prediction_rows(result, task)
+                bar.update(len(batch_rows))
+                if not args.json:
+                    print_rows(batch_rows, task)
+                rows.extend(batch_rows)
+        if args.json:
+            print(json.dumps({"schema": PREDICT_SCHEMA, "task": task, "predictions": rows}))
+        return EXIT_OK

@@ -1,0 +1,166 @@
+"""``inspectkit train``: fit a classifier or a good-only anomaly detector and save it.
+
+Without ``--spec`` the pipeline is :func:`inspectkit.recipes.default_pipeline`; with it,
+the spec file's pipeline (``Pipeline.from_spec``, the rules ``inspectkit spec-schema``
+publishes), with ``--epochs``, ``--seed`` and ``--quiet`` applied through
+:func:`inspectkit.recipes.override`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from inspectkit.cli.command import (
+    EXIT_OK,
+    Command,
+    UsageError,
+    positive_int,
+    register_command,
+    wrap,
+)
+from inspectkit.cli.project import Project, out_folder, pick, read_json, save_card, task_of
+from inspectkit.errors import InspectkitError
+
+
+def detector_names() -> list[str]:
+    """The detectors ``--method`` accepts (imports the anomaly package: call it in ``run``)."""
+    from inspectkit.anomaly.stage import METHODS
+
+    return sorted({*METHODS, "ensemble"})
+
+
+def check_method(method: str) -> str:
+    """``method`` if it names a detector; a ``UsageError`` listing the valid names otherwise."""
+    names = detector_names()
+    if method not in names:
+        raise UsageError(
+            f"inspectkit train: unknown --method {method!r}; choose one of {', '.join(names)}"
+        )
+    return method
+
+
+def spec_pipeline(path: Path, *, epochs: int | None, seed: int | None, progress: bool) -> Any:
+    """The pipeline of a spec file, with the command-line overrides applied.
+
+    Errors (not JSON, unknown stage, a setting the stage refuses) are one line naming the
+    file, then the stage and the setting, as ``Pipeline.from_spec`` and ``set_params``
+    report them.
+    """
+    from inspectkit.pipeline import Pipeline
+    from inspectkit.recipes import override
+
+    spec = read_json(path, "pipeline spec")
+    try:
+        pipe = Pipeline.from_spec(spec)
+        return override(pipe, epochs=epochs, seed=seed, progress=None if progress else False)
+    except InspectkitError as exc:
+        raise wrap(path, exc) from None
+
+
+def _seed_of(pipe: Any, given: int | None) -> int:
+    if given is not None:
+        return given
+    seeds = [v for k, v in pipe.get_params().items() if k.partition("__")[2] == "seed"]
+    return int(seeds[0]) if seeds else 0
+
+
+@register_command
+class Train(Command):
+    name = "train"
+    help = "train a classifier or an anomaly detector"
+    order = 20
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--data",
+            metavar="PATH",
+            help="class folders, MVTec / magnetic-tile / Pascal-VOC folder, wafer .npz or LSWMD.pkl",
+        )
+        parser.add_argument("--task", choices=["classify", "anomaly"], default="classify")
+        parser.add_argument("--out", metavar="MODEL_DIR", help="folder to save the model to")
+        parser.add_argument(
+            "--spec", metavar="pipeline.json", help="pipeline spec (see inspectkit spec-schema)"
+        )
+        parser.add_argument("--epochs", type=positive_int, default=None)
+        parser.add_argument(
+            "--seed", type=int, default=None, help="seed of every stage (default 0, or the spec's)"
+        )
+        parser.add_argument(
+            "--size", type=positive_int, default=None, help="images are resized to SIZE×SIZE"
+        )
+        parser.add_argument(
+            "--channels", type=int, choices=[1, 3], default=None, help="force gray (1) or RGB (3)"
+        )
+        parser.add_argument(
+            "--method",
+            default=None,
+            help="anomaly detector of --task anomaly: patchcore (default), padim, autoencoder, "
+            "selfsupervised, ensemble (patchcore + padim), or an installed one",
+        )
+
+    def run(self, args: argparse.Namespace) -> int:
+        from inspectkit.recipes import default_pipeline
+        from inspectkit.records import ImageSet
+        from inspectkit.sources import detect, load
+
+        project = Project.from_args(args)
+        data_path = pick(args.data, project, lambda p: p.data, "--data", "train")
+        out = out_folder(pick(args.out, project, lambda p: p.model(args.name), "--out", "train"))
+        if out.is_dir() and any(out.iterdir()) and not (out / "pipeline.json").is_file():
+            raise UsageError(f"{out}: a non-empty folder that holds no model; choose another --out")
+        method = check_method(args.method) if args.method is not None else None
+        progress = self.progress(args)
+        spec = None
+        if args.spec:
+            spec = spec_pipeline(
+                Path(args.spec), epochs=args.epochs, seed=args.seed, progress=progress
+            )
+            if task_of(spec) != args.task:
+                raise UsageError(
+                    f"{args.spec}: this pipeline does the {task_of(spec)} task, not {args.task}"
+                )
+        started = time.perf_counter()
+        layout = detect(data_path)
+        data = load(data_path, purpose="train", task=args.task, channels=args.channels)
+        if project is not None and args.task == "classify":
+            gen = project.load_generated(data, args.channels)
+            if gen is not None:
+                data = ImageSet.concat([data, gen])
+                self.say(args, f"+ {len(gen)} generated samples from {project.generated}")
+        counts = data.class_counts(include_synthetic=False)
+        self.say(
+            args,
+            f"training a {args.task} model on {len(data)} samples from {data_path} "
+            f"({data.kind}; " + ", ".join(f"{c} {n}" for c, n in counts.items() if n) + ")",
+        )
+        pipe = spec or default_pipeline(
+            args.task,
+            kind=data.kind,
+            n_train=len(data),
+            size=args.size,
+            epochs=args.epochs,
+            seed=args.seed or 0,
+            method=method,
+            progress=progress,
+        )
+        pipe.fit(data)
+        pipe.save(out)
+        card = save_card(
+            out,
+            pipe,
+            data,
+            task=args.task,
+            source=str(data_path),
+            seed=_seed_of(pipe, args.seed),
+            layout=layout,
+            started=started,
+        )
+        if args.json:
+            print(json.dumps({"model": str(out), **card}))
+        else:
+            self.say(args, f"model saved to {out} ({card['seconds']:.0f} s)", always=True)
+        return EXIT_OK
