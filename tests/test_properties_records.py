@@ -169,3 +169,22 @@ def test_invalid_sets_raise_data_error(data: ImageSet, how: str, pick: Any) -> N
         match = "mask"
     with pytest.raises(DataError, match=match):
         ImageSet.build(**fields)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    name=st.text(
+        alphabet=st.characters(blacklist_categories=(), codec=None), min_size=1, max_size=30
+    )
+    | st.binary(min_size=1, max_size=30).map(lambda b: b.decode("utf-8", "surrogateescape"))
+)
+def test_any_file_name_makes_a_printable_one_line_sample_id(name: str) -> None:
+    from inspectkit.records import printable
+
+    meta = SampleMeta(id=name, source=name, label=name, group=name)
+    for value in (meta.id, meta.source, meta.label, meta.group):
+        assert value == printable(name)
+        assert value.isprintable() and "\n" not in value and "\t" not in value
+        value.encode("utf-8")  # never a lone surrogate
+    # names that differ only in a control character stay distinct
+    assert printable(name + "\t") != printable(name + "\n")
