@@ -25,7 +25,7 @@ import typing
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 import torch
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from typing_extensions import Self
 
 from inspectkit.errors import ConfigError, DataError, NotFittedError
@@ -51,6 +51,11 @@ def _square_size(value: Any) -> Any:
 #: that resizes declares its size with this type, so one range applies everywhere
 #: (:data:`inspectkit.ops.SIZE_RANGE`).
 ImageSize = Annotated[tuple[int, int], BeforeValidator(_square_size), AfterValidator(check_size)]
+
+
+#: A random seed: a whole number from 0 to 2**63 - 1 (what torch, NumPy and Python all
+#: accept), so ``--seed 2**70`` is refused when the stage is built, not deep in a fit.
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
 class StageConfig(BaseModel):
@@ -237,4 +242,4 @@ def check_state(state: Any, path: str = "state") -> None:
     )
 
 
-__all__ = ["ImageSize", "In", "Out", "Stage", "StageConfig", "check_state"]
+__all__ = ["ImageSize", "In", "Out", "Seed", "Stage", "StageConfig", "check_state"]

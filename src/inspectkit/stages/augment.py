@@ -28,7 +28,7 @@ from inspectkit.augment_ops import (
 )
 from inspectkit.errors import DataError
 from inspectkit.records import Box, ImageSet, SampleMeta
-from inspectkit.stage import Stage, StageConfig
+from inspectkit.stage import Seed, Stage, StageConfig
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Augment(Stage[ImageSet, ImageSet]):
         per_class: int | None = Field(None, gt=0)
         ratio: float | None = Field(None, gt=0, le=1)
         classes: list[str] | None = None
-        seed: int = 0
+        seed: Seed = 0
 
         @model_validator(mode="after")
         def _one_target(self) -> Augment.Config:

@@ -43,7 +43,7 @@ from inspectkit.models.generators import (
 from inspectkit.ops import resize_batch
 from inspectkit.records import ImageSet, SampleMeta
 from inspectkit.runtime import resolve_device, torch_threads
-from inspectkit.stage import Stage, StageConfig
+from inspectkit.stage import Seed, Stage, StageConfig
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class Generate(Stage[ImageSet, ImageSet]):
         train_augment: bool = True
         augment: AugmentRanges = Field(default_factory=AugmentRanges)
         keep: int = Field(256, ge=1)
-        seed: int = 0
+        seed: Seed = 0
         device: str = "auto"
         threads: int | None = Field(None, ge=1)
         progress: bool = True

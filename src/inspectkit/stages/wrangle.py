@@ -50,7 +50,7 @@ from inspectkit.errors import ConfigError, DataError
 from inspectkit.ops import group_by_size, letterbox, resize_images, to_channels, to_float
 from inspectkit.records import Box, ImageSet, LazyImages, Report, SampleMeta
 from inspectkit.runtime import torch_threads
-from inspectkit.stage import ImageSize, Stage, StageConfig
+from inspectkit.stage import ImageSize, Seed, Stage, StageConfig
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +374,7 @@ class Wrangle(Stage[ImageSet, ImageSet]):
         dedupe: Literal["off", "fit", "always"] = "off"
         split: tuple[float, float, float] | None = None
         group_by: str | None = None
-        seed: int = 0
+        seed: Seed = 0
         batch_size: int = Field(1024, ge=1)
         threads: int | Literal["auto"] | None = "auto"
 
