@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from plugin_support import install_package, last_json, run_python
 
 import inspectkit as ik
 
@@ -66,45 +63,17 @@ print(json.dumps({"stages": ik.available_stages(),
 
 @pytest.fixture(scope="module")
 def installed_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("plugin")
-    src = root / "src"
-    src.mkdir()
-    (src / "pyproject.toml").write_text(textwrap.dedent(PLUGIN_PYPROJECT))
-    (src / "ik_invert.py").write_text(textwrap.dedent(PLUGIN_CODE))
-    target = root / "site"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(src),
-        ],
-        capture_output=True,
-        text=True,
+    return install_package(
+        tmp_path_factory.mktemp("plugin"),
+        {"pyproject.toml": PLUGIN_PYPROJECT, "ik_invert.py": PLUGIN_CODE},
     )
-    if proc.returncode != 0:
-        pytest.fail(f"could not install the test plugin: {proc.stderr[-2000:]}")
-    return target
 
 
 def test_plugin_stage_is_found_built_saved_and_loaded(
     installed_plugin: Path, tmp_path: Path
 ) -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(installed_plugin), *sys.path]))
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path / "model")],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    proc = run_python(SCRIPT, str(tmp_path / "model"), paths=(installed_plugin,))
+    result = last_json(proc)
     assert "invert" in result["stages"]
     assert result["value"] == 150 and result["reloaded"] == 150
     assert result["shape"] == [2, 1, 4, 4]
@@ -112,13 +81,7 @@ def test_plugin_stage_is_found_built_saved_and_loaded(
 
 
 def test_plugin_absent_means_clear_error_on_load(installed_plugin: Path, tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(installed_plugin), *sys.path]))
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path / "model")],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    proc = run_python(SCRIPT, str(tmp_path / "model"), paths=(installed_plugin,))
     assert proc.returncode == 0, proc.stderr
     # this process does not have the plugin on its path
     with pytest.raises(ik.PersistenceError, match="unknown stage 'invert'"):
