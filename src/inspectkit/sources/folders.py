@@ -471,8 +471,9 @@ def _predict(path: Path, channels: int | None, limit: int | None) -> ImageSet:
 def _load_mvtec(
     path: Path, *, purpose: str, task: str, channels: int | None, limit: int | None
 ) -> ImageSet:
-    if purpose == "predict":
-        return _predict(path, channels, limit)
+    if purpose == "predict":  # the parts, not the ground-truth masks
+        parts = [path / d for d in ("train", "test") if (path / d).is_dir()]
+        return load_image_files(parts, channels=channels, limit=limit)
     split = "train" if (task == "anomaly" and purpose == "train") else "test"
     return load_mvtec(path, split=split, channels=channels, limit_per_class=limit)
 
@@ -480,8 +481,17 @@ def _load_mvtec(
 def _load_tiles(
     path: Path, *, purpose: str, task: str, channels: int | None, limit: int | None
 ) -> ImageSet:
-    if purpose == "predict":
-        return _predict(path, channels, limit)
+    if purpose == "predict":  # the .jpg parts, not their .png masks
+        parts = [
+            f
+            for d in _subfolders(path)
+            if d.name.startswith("MT_")
+            for f in list_images(d / "Imgs" if (d / "Imgs").is_dir() else d)
+            if f.suffix.lower() != ".png"
+        ]
+        if not parts:
+            raise file_error(path, "no images (.jpg) found in the MT_<class> folders")
+        return load_image_files(parts, channels=1, limit=limit)
     return load_magnetic_tile(path, limit_per_class=limit)
 
 
