@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from inspectkit.errors import DataError
@@ -223,3 +225,50 @@ def test_thumbnails_outline_the_true_defect_mask_and_boxes() -> None:
     assert drawn[0, 0:40].all() and drawn[0:40, 0].all() and not drawn[45:, 45:].any()
     empty = np.asarray(_thumbnail(image, None, "image", size=80, mask=torch.zeros_like(mask)))
     assert np.array_equal(empty, plain)
+
+
+# ---------------------------------------------------------------------- anomaly colours
+def test_an_anomaly_map_has_the_same_colours_in_its_overlay_file_and_in_the_report(
+    tmp_path: Path,
+) -> None:
+    from inspectkit.xai.overlay import write_anomaly_overlays
+
+    sc = scores().replace(masks=None)  # no mask outline: the thumbnail is only the overlay
+    maps = sc.maps.clone()
+    maps[0, 0, 0] = 50.0  # one extreme pixel: a min/max scale would turn every map blue
+    sc = sc.replace(maps=maps)
+    files = write_anomaly_overlays(sc, tmp_path / "maps")
+    page = render_html(anomaly_report(sc), scores=sc)
+    thumbs = dict(
+        re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="(t\d+)"', page)
+    )
+    shown = {sid: b64 for b64, sid in thumbs.items()}
+    assert len(shown) == 3  # one missed defect and two false alarms
+    for sid, b64 in shown.items():
+        thumb = Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")
+        i = int(sid[1:])
+        file = Image.open(files[i]).convert("RGB")
+        assert thumb.size == (160, 160) and file.size == (24, 24)
+        assert np.array_equal(np.asarray(thumb), np.asarray(file.resize(thumb.size, Image.NEAREST)))
+    # the defect square is hot, the rest of a defective part cool, on the shared scale
+    arr = np.asarray(Image.open(files[-1]).convert("RGB")).astype(int)
+    assert arr[10:14, 10:14, 0].mean() > arr[10:14, 10:14, 2].mean()
+    assert arr[18:, 18:, 2].mean() > arr[18:, 18:, 0].mean()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=200),
+    threshold=st.one_of(st.none(), st.floats(-1e3, 1e3)),
+)
+def test_anomaly_scale_puts_the_threshold_at_most_half_way(values, threshold) -> None:  # type: ignore[no-untyped-def]
+    from inspectkit.xai.overlay import anomaly_scale, scale_map
+
+    maps = torch.tensor(values, dtype=torch.float32).reshape(1, 1, -1)
+    lo, hi = anomaly_scale(maps, threshold)
+    assert lo == pytest.approx(float(maps.min()))
+    assert hi >= float(torch.quantile(maps.flatten(), 0.995)) - 1e-3
+    scaled = scale_map(maps, lo, hi)
+    assert float(scaled.min()) >= 0 and float(scaled.max()) <= 1
+    if threshold is not None and threshold >= lo and hi > lo:
+        assert float(scale_map(torch.tensor(threshold), lo, hi)) <= 0.5 + 1e-5

@@ -78,8 +78,9 @@ def anomaly_scale(maps: torch.Tensor, threshold: float | None = None) -> tuple[f
 
 def scale_map(m: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     """``m`` mapped to [0, 1] on the scale ``(lo, hi)`` (all 0 when the scale is empty)."""
-    m = m.detach().float()
-    return ((m - lo) / (hi - lo)).clamp(0, 1) if hi > lo else torch.zeros_like(m)
+    m = m.detach().double()  # float64: a scale narrower than float32's range stays finite
+    out = ((m - lo) / (hi - lo)).clamp(0, 1) if hi > lo else torch.zeros_like(m)
+    return out.float()
 
 
 def overlay(
