@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inspectkit.errors import DataError
-from inspectkit.sources import WM811K_CLASSES, load_wafer_maps, load_wafer_npz
+from inspectkit.sources import WM811K_CLASSES, load_wafer_maps, load_wafer_npz, save_wafer_npz
 
 
 def write_npz(path: Path, maps: list[np.ndarray], labels: list[str], **override: object) -> Path:
@@ -156,3 +156,43 @@ def test_real_wm811k_train_splits_have_readme_sizes(wm811k_dir: Path) -> None:
         s = load_wafer_npz(wm811k_dir / name)
         assert len(s) == n
         assert Counter(s.labels).keys() <= set(WM811K_CLASSES)
+
+
+# ---------------------------------------------------------------------- writer
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(maps=maps_strategy(), data=st.data())
+def test_save_wafer_npz_round_trips_random_ragged_maps(
+    tmp_path: Path, maps: list[np.ndarray], data
+) -> None:  # type: ignore[no-untyped-def]
+    labels = [data.draw(st.sampled_from([*WM811K_CLASSES, "Ring-2", "", None])) for _ in maps]
+    # arrays or 1×H×W tensors, as a loaded or generated set holds them
+    given_maps = [torch.from_numpy(m)[None] if i % 2 else m for i, m in enumerate(maps)]
+    path = save_wafer_npz(tmp_path / "out.npz", given_maps, labels)
+    back = load_wafer_maps(path, classes=[*WM811K_CLASSES, "Ring-2"])
+    assert len(back) == len(maps) and back.kind == "wafer"
+    for got, want in zip(back.images, maps):
+        assert np.array_equal(got[0].numpy(), want)
+    assert back.labels == [lab or None for lab in labels]
+
+
+def test_save_wafer_npz_refuses_bad_maps_and_replaces_whole_files(tmp_path: Path) -> None:
+    path = tmp_path / "maps.npz"
+    ok = np.ones((3, 4), np.uint8)
+    with pytest.raises(DataError, match="2 maps but 1 labels"):
+        save_wafer_npz(path, [ok, ok], ["Center"])
+    with pytest.raises(DataError, match="no wafer maps"):
+        save_wafer_npz(path, [], [])
+    with pytest.raises(DataError, match="map 1 holds codes outside"):
+        save_wafer_npz(path, [ok, ok * 3], ["Center", "Loc"])
+    with pytest.raises(DataError, match=r"map 0 must be a non-empty H×W array"):
+        save_wafer_npz(path, [np.ones((2, 3, 4), np.uint8)], ["Loc"])
+    with pytest.raises(DataError, match="codes outside"):
+        save_wafer_npz(path, [np.full((2, 2), 1.5)], ["Loc"])
+    assert not path.exists()  # nothing half-written
+    save_wafer_npz(path, [ok], ["Center"])
+    save_wafer_npz(path, [ok * 2, ok], ["Loc", "none"])
+    again = load_wafer_npz(path)
+    assert again.labels == ["Loc", "none"] and int(again.images[0].max()) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["maps.npz"]  # no temporary files left
