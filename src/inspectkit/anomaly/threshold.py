@@ -92,10 +92,16 @@ def normalize(scores: torch.Tensor, threshold: float, low: float, high: float) -
         [0.0, 0.5, 1.0, 1.0]
     """
     s = torch.as_tensor(scores, dtype=torch.float64)
-    lo = min(low, threshold - 1e-12)
-    hi = max(high, threshold + 1e-12)
-    below = 0.5 * (s - lo) / (threshold - lo)
-    above = 0.5 + 0.5 * (s - threshold) / (hi - threshold)
+    lo, hi = min(low, threshold), max(high, threshold)
+    # a range collapsed onto the threshold (e.g. one calibration score) maps to 0, 0.5, 1
+    if threshold > lo:
+        below = 0.5 * (s - lo) / (threshold - lo)
+    else:
+        below = torch.where(s < threshold, 0.0, 0.5).double()
+    if hi > threshold:
+        above = 0.5 + 0.5 * (s - threshold) / (hi - threshold)
+    else:
+        above = torch.where(s > threshold, 1.0, 0.5).double()
     out = torch.where(s <= threshold, below, above).clamp(0, 1).float()
     # float32 rounding may land a score just above the threshold on 0.5
     just_above = torch.nextafter(torch.tensor(0.5), torch.tensor(1.0)).item()
