@@ -31,15 +31,23 @@ from torch import nn
 from typing_extensions import Self
 
 from inspectkit.continual.buffers import ReplayBuffer, buffer_from_state, make_buffer
-from inspectkit.continual.trainer import ReplayTrainer, expand_head, input_channels, num_outputs
-from inspectkit.errors import ConfigError, DataError, PersistenceError
+from inspectkit.continual.trainer import ReplayTrainer, expand_head, num_outputs
+from inspectkit.errors import ConfigError, DataError, NotFittedError, PersistenceError
+from inspectkit.models.classifiers import build_classifier
+from inspectkit.models.distributed import setup_distributed
+from inspectkit.models.inputs import InputSpec
+from inspectkit.models.training import validation_split
 from inspectkit.records import ImageSet, Predictions
-from inspectkit.runtime import seed_everything
+from inspectkit.runtime import resolve_device, seed_everything
 from inspectkit.stage import Stage, StageConfig
 
 log = logging.getLogger(__name__)
 
 BufferPolicy = Literal["reservoir", "class_balanced", "snnl", "herding", "none"]
+#: Version of :meth:`ContinualClassifier.get_state`'s layout (1: inspectkit 0.1).
+STATE_VERSION = 2
+#: Most samples the photo mean/std are measured on.
+STATS_SAMPLES = 2048
 
 
 def merge_classes(current: list[str], incoming: list[str]) -> list[str]:
@@ -73,6 +81,13 @@ def merge_classes(current: list[str], incoming: list[str]) -> list[str]:
 class ContinualClassifier(Stage[ImageSet, Predictions]):
     """Image classifier that learns a stream of experiences with experience replay.
 
+    Training runs on the library's one loop (:func:`~inspectkit.models.training.train_epochs`):
+    AdamW with a per-experience schedule, optional validation with early stopping and
+    best-epoch restore, EMA weights, AMP on CUDA, and ``torch.distributed`` under
+    ``torchrun``. Inputs follow the stage's :class:`~inspectkit.models.inputs.InputSpec`
+    (``input_spec``), fixed by the first experience: other sizes are refused at
+    ``update`` and at predict alike (put the same ``Wrangle(size=...)`` first).
+
     Args:
         arch: Network from :func:`inspectkit.models.build_classifier` (``"compact"``...).
         max_params: Parameter budget of the compact network.
@@ -86,10 +101,19 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
             (equal shares; lines where new defect types arrive) or ``"proportional"``
             (the class mix of the stream; domain-incremental lines where every class
             comes back with each new product).
-        epochs: Epochs per experience.
-        batch_size: New samples per mini-batch.
-        lr: Adam learning rate.
-        weight_decay: Adam weight decay.
+        epochs: Epochs per experience (at most, with early stopping).
+        batch_size: New samples per mini-batch (and process).
+        lr: Peak AdamW learning rate.
+        weight_decay: AdamW weight decay (not on biases and norms).
+        schedule: Learning-rate schedule of each experience: ``"onecycle"``, ``"cosine"``
+            or ``"constant"``.
+        val_fraction: Share of each experience's samples held out (stratified) and
+            scored, with the memory, after every epoch for early stopping and best-epoch
+            restore; 0 trains on everything for ``epochs`` epochs. Held-out samples still
+            become memory candidates.
+        patience: Epochs without a better validation macro-F1 before an experience stops.
+        ema: Decay of an exponential moving average of the weights kept as the model.
+        amp: Mixed precision on CUDA (ignored on CPU).
         replay_ratio: Share of each mini-batch replayed from memory.
         mode: ``"experience"`` (ER) or ``"batch"`` (batch-level ER).
         review_epochs: Review epochs on the memory alone after each experience.
@@ -120,6 +144,11 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
         batch_size: int = Field(64, ge=2)
         lr: float = Field(1e-3, gt=0)
         weight_decay: float = Field(0.0, ge=0)
+        schedule: Literal["onecycle", "cosine", "constant"] = "constant"
+        val_fraction: float = Field(0.0, ge=0, lt=1)
+        patience: int | None = Field(None, ge=0)
+        ema: float | None = Field(None, gt=0, lt=1)
+        amp: bool = True
         replay_ratio: float = Field(0.5, ge=0, le=0.9)
         mode: Literal["experience", "batch"] = "experience"
         review_epochs: int = Field(0, ge=0)
@@ -143,9 +172,8 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
     def __init__(self, config: Any = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.classes: list[str] = []
-        self.kind = "image"
-        self.channels = 0
-        self.size: tuple[int, int] = (0, 0)
+        #: The input contract of the network (``None`` before ``fit``).
+        self.input_spec: InputSpec | None = None
         self.build_classes = 0
         self.model: nn.Module | None = None
         self.buffer: ReplayBuffer | None = None
@@ -153,18 +181,37 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
         self.experiences = 0
         self.history: list[dict[str, Any]] = []
 
+    # ------------------------------------------------------------------ input contract
+    @property
+    def network(self) -> nn.Module | None:
+        """The latest network (``None`` before ``fit``). With ``ensemble=True``
+        predictions average the members, and an explanation explains this network."""
+        return self.model
+
+    @property
+    def kind(self) -> str:
+        return self.input_spec.kind if self.input_spec is not None else "image"
+
+    @property
+    def channels(self) -> int:
+        return self.input_spec.data_channels if self.input_spec is not None else 0
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.input_spec.size if self.input_spec is not None else (0, 0)
+
+    def _spec(self) -> InputSpec:
+        if self.input_spec is None:
+            raise NotFittedError("ContinualClassifier must be fitted before run(); call fit()")
+        return self.input_spec
+
     # ------------------------------------------------------------------ building
     def _build_model(self, num_classes: int) -> nn.Module:
-        from inspectkit.models import build_classifier
-
         cfg = self.config
+        spec = self._spec()
         kwargs: dict[str, Any] = {"max_params": cfg.max_params} if cfg.arch == "compact" else {}
         return build_classifier(
-            cfg.arch,
-            input_channels(self.channels, self.kind),
-            num_classes,
-            input_size=self.size,
-            **kwargs,
+            cfg.arch, spec.model_channels, num_classes, input_size=spec.size, **kwargs
         )
 
     def _new_buffer(self) -> ReplayBuffer | None:
@@ -181,7 +228,11 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
         return make_buffer(cfg.buffer, cfg.capacity, seed=cfg.seed, **params)
 
     def _trainer(
-        self, model: nn.Module, buffer: ReplayBuffer | None, members: list[nn.Module]
+        self,
+        model: nn.Module,
+        buffer: ReplayBuffer | None,
+        members: list[nn.Module],
+        device: torch.device | str | None = None,
     ) -> ReplayTrainer:
         cfg = self.config
         tr = ReplayTrainer(
@@ -197,9 +248,14 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
             review_lr_factor=cfg.review_lr_factor,
             ensemble=cfg.ensemble,
             kind=self.kind,
-            device=cfg.device,
+            device=device or cfg.device,
             seed=cfg.seed,
             progress=cfg.progress,
+            schedule=cfg.schedule,
+            patience=cfg.patience,
+            ema=cfg.ema,
+            amp=cfg.amp,
+            input_spec=self._spec(),
         )
         tr.members = members
         tr.experiences_seen = self.experiences
@@ -208,7 +264,8 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
     # ------------------------------------------------------------------ checks
     def _images_labels(
         self, data: ImageSet, classes: list[str], what: str
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images, label indices into ``classes`` and a real-sample mask."""
         self.check_input(data)
         data = data.materialize()
         missing = sum(s.label is None for s in data.samples)
@@ -219,21 +276,32 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
         images = data.image_tensor()
         index = {c: i for i, c in enumerate(classes)}
         labels = torch.tensor([index[str(s.label)] for s in data.samples], dtype=torch.long)
-        return images, labels
+        real = torch.tensor([not s.synthetic for s in data.samples])
+        return images, labels, real
 
-    def _check_like_fitted(self, data: ImageSet) -> None:
-        if data.kind != self.kind:
-            raise DataError(f"the model was trained on {self.kind!r} sets, got a {data.kind!r} set")
-        size = data.size
-        if size is not None and tuple(size) != tuple(self.size):
-            raise DataError(
-                f"images are {size[0]}×{size[1]} but the model was trained on {self.size[0]}×{self.size[1]}; "
-                "put the same Wrangle(size=...) before this stage"
-            )
-        if data.channels is not None and data.channels != self.channels:
-            raise DataError(
-                f"images have {data.channels} channels, the model was trained on {self.channels}"
-            )
+    def _learn(
+        self,
+        trainer: ReplayTrainer,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        real: torch.Tensor,
+        num_classes: int,
+    ) -> dict[str, Any]:
+        """One experience through the trainer, with the validation split the config asks."""
+        cfg = self.config
+        train_idx, val_idx = validation_split(
+            labels,
+            cfg.val_fraction,
+            seed=cfg.seed + self.experiences,
+            eligible=real,
+            desc="ContinualClassifier",
+        )
+        if not val_idx:
+            return trainer.train_experience(images, labels, num_classes)
+        t, v = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
+        return trainer.train_experience(
+            images[t], labels[t], num_classes, val_images=images[v], val_labels=labels[v]
+        )
 
     # ------------------------------------------------------------------ lifecycle
     def fit(self, data: ImageSet) -> Self:
@@ -245,19 +313,23 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
                 "add a second class (e.g. the good/'none' class) before fitting"
             )
         cfg = self.config
+        device = setup_distributed(resolve_device(cfg.device)).device
         seed_everything(cfg.seed)
-        self.kind = data.kind
-        size = data.materialize().image_tensor().shape
-        self.channels, self.size = int(size[1]), (int(size[2]), int(size[3]))
-        images, labels = self._images_labels(data, list(data.classes), "fit")
+        images, labels, real = self._images_labels(data, list(data.classes), "fit")
+        spec = InputSpec(
+            kind=data.kind,
+            data_channels=int(images.shape[1]),
+            size=(int(images.shape[2]), int(images.shape[3])),
+            size_policy="refuse",
+        )
+        self.input_spec = spec.with_stats(images[:: max(1, len(images) // STATS_SAMPLES)])
         self.classes = list(data.classes)
         self.build_classes = len(self.classes)
         self.experiences = 0
         self.history = []
         model = self._build_model(self.build_classes)
-        buffer = self._new_buffer()
-        trainer = self._trainer(model, buffer, [])
-        stats = trainer.train_experience(images, labels, len(self.classes))
+        trainer = self._trainer(model, self._new_buffer(), [], device)
+        stats = self._learn(trainer, images, labels, real, len(self.classes))
         self._commit(trainer, stats)
         self.fitted = True
         return self
@@ -275,24 +347,25 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
         """
         self.check_fitted()
         self.check_input(data)
-        self._check_like_fitted(data)
+        self._spec().check(data, "ContinualClassifier")
         classes = merge_classes(self.classes, list(data.classes))
-        images, labels = self._images_labels(data, classes, "update")
+        images, labels, real = self._images_labels(data, classes, "update")
         assert self.model is not None
+        device = setup_distributed(resolve_device(self.config.device)).device
         model = copy.deepcopy(self.model)
         buffer = self.buffer.copy() if self.buffer is not None else None
-        trainer = self._trainer(model, buffer, list(self.members))
+        trainer = self._trainer(model, buffer, list(self.members), device)
         torch.manual_seed(self.config.seed + self.experiences)
-        stats = trainer.train_experience(images, labels, len(classes))
+        stats = self._learn(trainer, images, labels, real, len(classes))
         # everything succeeded: swap the new state in
         self.classes = classes
         self._commit(trainer, stats)
         return self
 
     def _commit(self, trainer: ReplayTrainer, stats: dict[str, Any]) -> None:
-        self.model = trainer.model.eval()
+        self.model = trainer.model.cpu().eval()
         self.buffer = trainer.buffer
-        self.members = list(trainer.members)
+        self.members = [m.cpu() for m in trainer.members]
         self.experiences = trainer.experiences_seen
         self.history.append({k: v for k, v in stats.items() if isinstance(v, int | float | str)})
 
@@ -300,16 +373,17 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
         """``N×K`` probabilities over :attr:`classes`.
 
         Args:
-            data: Samples to predict.
+            data: Samples to predict (at the size the model was trained on).
             ensemble: Average the per-experience members (default: the ``ensemble``
                 setting); ``False`` uses the latest model alone.
         """
         self.check_fitted()
         self.check_input(data)
-        self._check_like_fitted(data)
+        spec = self._spec()
+        spec.check(data, "ContinualClassifier")
         assert self.model is not None
-        images = data.materialize().image_tensor()
-        trainer = self._trainer(self.model, self.buffer, self.members)
+        images = spec.fit_size(data.materialize().images)  # type: ignore[arg-type]
+        trainer = self._trainer(self.model, self.buffer, self.members, "cpu")
         return trainer.predict_proba(images, ensemble=ensemble)
 
     def run(self, data: ImageSet) -> Predictions:
@@ -333,10 +407,9 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
         self.check_fitted()
         assert self.model is not None
         return {
+            "version": STATE_VERSION,
             "classes": list(self.classes),
-            "kind": self.kind,
-            "channels": self.channels,
-            "size": list(self.size),
+            "input": self._spec().get_state(),
             "build_classes": self.build_classes,
             "experiences": self.experiences,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
@@ -351,12 +424,29 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
             "history": [dict(h) for h in self.history],
         }
 
+    @staticmethod
+    def _spec_from_state(state: dict[str, Any]) -> InputSpec:
+        version = int(state.get("version", 1))
+        if version > STATE_VERSION:
+            raise PersistenceError(
+                f"ContinualClassifier state version {version} is newer than {STATE_VERSION}; "
+                "upgrade inspectkit to load this model"
+            )
+        if "input" in state:
+            return InputSpec.from_state(state["input"])
+        # version 1 (inspectkit 0.1): kind, channels and size beside the weights; photos
+        # were scaled to [0, 1] without standardisation, which a spec without mean/std keeps
+        return InputSpec(
+            kind=state["kind"],
+            data_channels=int(state["channels"]),
+            size=(int(state["size"][0]), int(state["size"][1])),
+            size_policy="refuse",
+        )
+
     def set_state(self, state: dict[str, Any]) -> None:
         try:
+            self.input_spec = self._spec_from_state(state)
             self.classes = [str(c) for c in state["classes"]]
-            self.kind = str(state["kind"])
-            self.channels = int(state["channels"])
-            self.size = (int(state["size"][0]), int(state["size"][1]))
             self.build_classes = int(state["build_classes"])
             self.experiences = int(state["experiences"])
             self.model = self._restore(state["model"], len(self.classes))
@@ -368,7 +458,7 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
                 for m in state["members"]
             ]
             self.history = list(state.get("history", []))
-        except (KeyError, TypeError, ValueError, RuntimeError, ConfigError) as exc:
+        except (KeyError, TypeError, ValueError, RuntimeError, ConfigError, DataError) as exc:
             raise PersistenceError(
                 f"ContinualClassifier state is incomplete or does not match its config: {exc}"
             ) from None
@@ -397,4 +487,4 @@ def update_pipeline(pipe: Any, data: ImageSet) -> Any:
     raise ConfigError("the pipeline has no ContinualClassifier stage to update")
 
 
-__all__ = ["ContinualClassifier", "merge_classes", "update_pipeline"]
+__all__ = ["STATE_VERSION", "ContinualClassifier", "merge_classes", "update_pipeline"]

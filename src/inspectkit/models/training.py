@@ -102,6 +102,46 @@ def flip_augment(x: torch.Tensor, generator: torch.Generator | None = None) -> t
     return out
 
 
+def validation_split(
+    targets: torch.Tensor,
+    fraction: float,
+    *,
+    seed: int = 0,
+    eligible: torch.Tensor | None = None,
+    desc: str = "training",
+) -> tuple[list[int], list[int]]:
+    """Positions of a stratified train/validation split of labelled samples.
+
+    ``fraction`` of the ``eligible`` samples (default: all; stages pass the real ones, so
+    no figure rests on synthetic samples) go to validation, stratified by class with
+    scikit-learn (unstratified, with a logged warning, when a class has a single sample);
+    every other sample trains. Fewer than 4 eligible samples or ``fraction <= 0``: no
+    validation.
+
+    Example:
+        >>> train, val = validation_split(torch.tensor([0, 1] * 10), 0.2)
+        >>> len(train), len(val)
+        (16, 4)
+    """
+    from sklearn.model_selection import train_test_split
+
+    all_idx = list(range(len(targets)))
+    pool = all_idx if eligible is None else [i for i in all_idx if bool(eligible[i])]
+    if fraction <= 0 or len(pool) < 4:
+        return all_idx, []
+    y = targets[pool].numpy()
+    counts = torch.bincount(torch.as_tensor(y), minlength=1)
+    n_val = max(1, round(fraction * len(pool)))
+    stratify = (
+        y if int(counts[counts > 0].min()) >= 2 and n_val >= int((counts > 0).sum()) else None
+    )
+    if stratify is None:
+        log.warning("%s: validation split is not stratified (a class has < 2 samples)", desc)
+    _, val = train_test_split(pool, test_size=n_val, stratify=stratify, random_state=seed % (2**32))
+    val_set = set(val)
+    return [i for i in all_idx if i not in val_set], sorted(val)
+
+
 def _no_decay(name: str, p: torch.Tensor) -> bool:
     return p.ndim <= 1 or name.endswith(".bias")
 
@@ -465,5 +505,6 @@ __all__ = [
     "make_optimizer",
     "predict_logits",
     "train_epochs",
+    "validation_split",
     "warmed_up",
 ]

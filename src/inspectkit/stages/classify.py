@@ -29,7 +29,6 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator
 from sklearn.metrics import f1_score
-from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -44,6 +43,7 @@ from inspectkit.models.training import (
     flip_augment,
     predict_logits,
     train_epochs,
+    validation_split,
 )
 from inspectkit.records import ImageSet, LazyImages, Predictions
 from inspectkit.runtime import resolve_device, seed_everything
@@ -55,7 +55,7 @@ Imbalance = Literal["weighted_loss", "balanced_sampler", "both", "none"]
 #: Version of :meth:`Classifier.get_state`'s layout (1: inspectkit 0.1, flat input fields).
 STATE_VERSION = 2
 #: Most training samples the one-class check predicts when there is no validation split.
-SPREAD_CHECK_SAMPLES = 2048
+SPREAD_CHECK_SAMPLES = 1024
 
 
 def _collate(batch: Any) -> Any:
@@ -338,27 +338,6 @@ class Classifier(Stage[ImageSet, Predictions]):
             **kwargs,
         )
 
-    def _split(self, targets: torch.Tensor, real: torch.Tensor) -> tuple[list[int], list[int]]:
-        """Stratified train/val positions; validation holds real samples only."""
-        frac = self.config.val_fraction
-        all_idx = list(range(len(targets)))
-        real_idx = [i for i in all_idx if bool(real[i])]
-        if frac <= 0 or len(real_idx) < 4:
-            return all_idx, []
-        y = targets[real_idx].numpy()
-        counts = torch.bincount(torch.as_tensor(y), minlength=1)
-        n_val = max(1, round(frac * len(real_idx)))
-        stratify = (
-            y if int(counts[counts > 0].min()) >= 2 and n_val >= int((counts > 0).sum()) else None
-        )
-        if stratify is None:
-            log.warning("Classifier: validation split is not stratified (a class has < 2 samples)")
-        _, val = train_test_split(
-            real_idx, test_size=n_val, stratify=stratify, random_state=self.config.seed % (2**32)
-        )
-        val_set = set(val)
-        return [i for i in all_idx if i not in val_set], sorted(val)
-
     def fit(self, data: ImageSet) -> Classifier:
         """Train on a labelled :class:`ImageSet`; images are fitted to the input size
         (``size``, else the size the training images share).
@@ -384,7 +363,9 @@ class Classifier(Stage[ImageSet, Predictions]):
         self.classes = list(data.classes)
         k = len(self.classes)
         real = torch.tensor([not s.synthetic for s in data.samples])
-        train_idx, val_idx = self._split(targets, real)
+        train_idx, val_idx = validation_split(
+            targets, c.val_fraction, seed=c.seed, eligible=real, desc="Classifier"
+        )
 
         images: torch.Tensor | LazyImages
         if isinstance(data.images, LazyImages):
@@ -457,6 +438,7 @@ class Classifier(Stage[ImageSet, Predictions]):
 
         check_idx = val_idx or train_idx[:: max(1, len(train_idx) // SPREAD_CHECK_SAMPLES)]
         check_targets = targets[check_idx]
+        best: dict[str, Any] = {"score": -1.0, "pred": None}
 
         def predicted(net: nn.Module) -> torch.Tensor:
             return predict_logits(net, self._batches_at(train_set, check_idx), device=dev).argmax(1)
@@ -465,10 +447,13 @@ class Classifier(Stage[ImageSet, Predictions]):
         if val_idx:
 
             def validate(net: nn.Module) -> float:
-                pred = predicted(net).numpy()
-                return float(
-                    f1_score(check_targets.numpy(), pred, average="macro", zero_division=0)
+                pred = predicted(net)
+                score = float(
+                    f1_score(check_targets.numpy(), pred.numpy(), average="macro", zero_division=0)
                 )
+                if score > best["score"]:  # the epoch train_epochs keeps (same rule)
+                    best.update(score=score, pred=pred)
+                return score
 
         self._device = dev
         self.train_result = train_epochs(
@@ -490,8 +475,9 @@ class Classifier(Stage[ImageSet, Predictions]):
             progress=c.progress,
             desc=f"Classifier[{c.arch}]",
         )
+        kept = best["pred"] if best["pred"] is not None else predicted(self.model)
         self.train_result.one_class = check_prediction_spread(
-            predicted(self.model), check_targets, desc=f"Classifier[{c.arch}]"
+            kept, check_targets, desc=f"Classifier[{c.arch}]"
         )
         self.history = self.train_result.history
         self.model = self.model.cpu().eval()
