@@ -131,6 +131,12 @@ def test_detector_registered_in_code_is_an_ensemble_member(data) -> None:
     assert float(res.scores[4:].min()) > float(res.scores[:4].max())
 
 
+def test_published_spec_schema_lists_the_detectors() -> None:
+    schema = AnomalyDetector.Config.model_json_schema()["properties"]["method"]
+    assert schema["enum"] == available_detectors()
+    assert "test_mean_image" in schema["enum"]  # registered in code, listed too
+
+
 def test_register_detector_refuses_non_detectors_and_name_clashes() -> None:
     with pytest.raises(ConfigError, match="not an AnomalyModel"):
         register_detector(dict)  # type: ignore[arg-type]

@@ -43,7 +43,12 @@ import torch
 from pydantic import Field, field_validator
 
 from inspectkit.anomaly.base import AnomalyModel, DetectorSettings
-from inspectkit.anomaly.registry import DetectorNames, build_detector, check_method
+from inspectkit.anomaly.registry import (
+    DetectorNames,
+    available_detectors,
+    build_detector,
+    check_method,
+)
 from inspectkit.anomaly.threshold import Calibration, check_rate
 from inspectkit.errors import ConfigError, DataError, NotFittedError, PersistenceError
 from inspectkit.metrics.anomaly import DEFAULT_GOOD_LABELS, is_defective
@@ -65,6 +70,11 @@ METHODS = DetectorNames()
 #: ``calibration`` a float64 tensor ``[threshold, low, high]`` plus a ``calibrated`` flag;
 #: 2: ``calibration`` the plain-value dict of a :class:`Calibration`, or ``None``.
 STATE_VERSION = 2
+
+
+def _detector_names_schema(schema: dict[str, Any]) -> None:
+    """The JSON schema of ``method`` lists the detectors known when it is generated."""
+    schema["enum"] = available_detectors()
 
 
 class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
@@ -112,7 +122,7 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
     stateful = True
 
     class Config(StageConfig):
-        method: str = "patchcore"
+        method: str = Field("patchcore", json_schema_extra=_detector_names_schema)
         backbone: str = "resnet18"
         weights: str | None = None
         layers: list[str] | None = None
