@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from anomaly_support import flat_parts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,7 +17,7 @@ from inspectkit import Pipeline
 from inspectkit.anomaly import AnomalyDetector, Calibration, verdict
 from inspectkit.anomaly.stage import STATE_VERSION
 from inspectkit.errors import DataError, PersistenceError
-from inspectkit.records import ImageSet, SampleMeta
+from inspectkit.records import ImageSet
 
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy-0.1.0" / "anomaly-autoencoder"
 
@@ -109,16 +110,7 @@ def test_bad_calibrations_are_refused():
 
 # ---------------------------------------------------------------------- in the stage
 def parts(n: int, seed: int, defect: bool = False) -> ImageSet:
-    g = torch.Generator().manual_seed(seed)
-    x = 0.5 + 0.03 * torch.randn(n, 1, 32, 32, generator=g)
-    if defect:
-        for i in range(n):
-            y0, x0 = torch.randint(4, 18, (2,), generator=g).tolist()
-            x[i, :, y0 : y0 + 10, x0 : x0 + 10] = 0.1
-    label = "bad" if defect else "good"
-    samples = [SampleMeta(id=f"{label}{seed}-{i}", label=label) for i in range(n)]
-    images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
-    return ImageSet(images=images, samples=samples, classes=["good", "bad"])
+    return flat_parts(n, seed, defect, noise=0.03)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from anomaly_support import flat_parts
 
 from inspectkit import Pipeline
 from inspectkit.anomaly import (
@@ -22,7 +23,7 @@ from inspectkit.anomaly.registry import detector_name
 from inspectkit.anomaly.stage import METHODS
 from inspectkit.errors import ConfigError
 from inspectkit.ops import to_float
-from inspectkit.records import ImageSet, SampleMeta
+from inspectkit.records import ImageSet
 
 BUILTIN = ["autoencoder", "ensemble", "padim", "patchcore", "selfsupervised"]
 
@@ -48,25 +49,11 @@ class MeanImage(AnomalyModel):
 register_detector(MeanImage)
 
 
-def parts(n: int, seed: int, defect: bool) -> ImageSet:
-    """Flat gray parts with mild noise; defects carry a dark 10-px square."""
-    g = torch.Generator().manual_seed(seed)
-    x = 0.5 + 0.02 * torch.randn(n, 1, 32, 32, generator=g)
-    if defect:
-        for i in range(n):
-            y0, x0 = torch.randint(4, 18, (2,), generator=g).tolist()
-            x[i, :, y0 : y0 + 10, x0 : x0 + 10] = 0.1
-    label = "bad" if defect else "good"
-    samples = [SampleMeta(id=f"{label}{seed}-{i}", label=label) for i in range(n)]
-    images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
-    return ImageSet(images=images, samples=samples, classes=["good", "bad"])
-
-
 @pytest.fixture(scope="module")
 def data() -> dict[str, ImageSet]:
     return {
-        "train": parts(16, 0, False),
-        "test": ImageSet.concat([parts(4, 1, False), parts(4, 2, True)]),
+        "train": flat_parts(16, 0),
+        "test": ImageSet.concat([flat_parts(4, 1), flat_parts(4, 2, defect=True)]),
     }
 
 

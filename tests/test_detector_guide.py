@@ -13,40 +13,28 @@ from plugin_support import install_package, last_json, run_python
 import inspectkit as ik
 from inspectkit.errors import InspectkitError
 
-GUIDE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+TESTS = Path(__file__).resolve().parent
+GUIDE = TESTS.parent / "docs" / "architecture.md"
 
 
 @pytest.fixture(scope="module")
 def guide() -> dict[str, str]:
-    """The guide's code blocks by name (``<!-- guide:NAME -->`` before each block)."""
-    blocks = dict(re.findall(r"<!-- guide:(\S+) -->\s*```\w*\n(.*?)```", GUIDE.read_text(), re.S))
+    """The guide's code blocks by name (``<!-- guide:detector/NAME -->`` before each)."""
+    pattern = r"<!-- guide:detector/(\S+) -->\s*```\w*\n(.*?)```"
+    blocks = dict(re.findall(pattern, GUIDE.read_text(), re.S))
     assert {"pixel_gaussian.py", "pyproject.toml", "usage.py"} <= set(blocks), sorted(blocks)
     return blocks
 
 
-#: ``good`` (20 good parts) and ``parts`` (6 good, then 6 with a dark 12-px square), the
-#: names the guide's usage block expects.
+#: ``good`` (20 good parts) and ``parts`` (6 good, then 6 with a dark square), the names
+#: the guide's usage block expects.
 DATA = """
 import json
-import torch
-from inspectkit.records import ImageSet, SampleMeta
+from anomaly_support import flat_parts
+from inspectkit.records import ImageSet
 
-
-def make(n, seed, defect):
-    g = torch.Generator().manual_seed(seed)
-    x = 0.5 + 0.02 * torch.randn(n, 1, 64, 64, generator=g)
-    if defect:
-        for i in range(n):
-            y0, x0 = torch.randint(8, 44, (2,), generator=g).tolist()
-            x[i, :, y0 : y0 + 12, x0 : x0 + 12] = 0.1
-    label = "bad" if defect else "good"
-    samples = [SampleMeta(id=f"{label}{seed}-{i}", label=label) for i in range(n)]
-    images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
-    return ImageSet(images=images, samples=samples, classes=["good", "bad"])
-
-
-good = make(20, 0, False)
-parts = ImageSet.concat([make(6, 1, False), make(6, 2, True)])
+good = flat_parts(20, 0, size=64)
+parts = ImageSet.concat([flat_parts(6, 1, size=64), flat_parts(6, 2, defect=True, size=64)])
 """
 
 #: After the usage block: what it produced, and the ensemble it built, fitted.
@@ -98,10 +86,10 @@ def test_guide_detector_imported_in_code(guide: dict[str, str], tmp_path: Path) 
     code.mkdir()
     (code / "pixel_gaussian.py").write_text(guide["pixel_gaussian.py"])
     script = "import pixel_gaussian\n" + DATA + guide["usage.py"] + REPORT
-    first = last_json(run_python(script, paths=(code,), cwd=tmp_path))
+    first = last_json(run_python(script, paths=(code, TESTS), cwd=tmp_path))
     check_usage(first)
     load = "import pixel_gaussian\n" + DATA + LOAD
-    fresh = last_json(run_python(load, paths=(code,), cwd=tmp_path))
+    fresh = last_json(run_python(load, paths=(code, TESTS), cwd=tmp_path))
     assert fresh["module"] == "pixel_gaussian"
     assert "pixel_gaussian" in fresh["available"]
     assert fresh["scores"] == first["scores"]
@@ -116,9 +104,10 @@ def test_guide_detector_as_a_file_in_the_anomaly_package(
     folder.mkdir()
     (folder / "pixel_gaussian.py").write_text(guide["pixel_gaussian.py"])
     extend = f"import inspectkit.anomaly\ninspectkit.anomaly.__path__.append({str(folder)!r})\n"
-    first = last_json(run_python(extend + DATA + guide["usage.py"] + REPORT, cwd=tmp_path))
+    script = extend + DATA + guide["usage.py"] + REPORT
+    first = last_json(run_python(script, paths=(TESTS,), cwd=tmp_path))
     check_usage(first)
-    fresh = last_json(run_python(extend + DATA + LOAD, cwd=tmp_path))
+    fresh = last_json(run_python(extend + DATA + LOAD, paths=(TESTS,), cwd=tmp_path))
     assert fresh["module"] == "inspectkit.anomaly.pixel_gaussian"
     assert fresh["scores"] == first["scores"]
 
@@ -139,9 +128,9 @@ def test_installed_detector_is_found_by_entry_point(
 ) -> None:
     # no import of the plugin anywhere: the entry point is the only way to it
     script = DATA + guide["usage.py"] + REPORT
-    first = last_json(run_python(script, paths=(installed_detector,), cwd=tmp_path))
+    first = last_json(run_python(script, paths=(installed_detector, TESTS), cwd=tmp_path))
     check_usage(first)
-    fresh = last_json(run_python(DATA + LOAD, paths=(installed_detector,), cwd=tmp_path))
+    fresh = last_json(run_python(DATA + LOAD, paths=(installed_detector, TESTS), cwd=tmp_path))
     assert fresh["module"] == "pixel_gaussian"
     assert "pixel_gaussian" in fresh["available"]
     assert fresh["scores"] == first["scores"]
