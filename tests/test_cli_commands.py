@@ -5,6 +5,7 @@ Pascal-VOC folder (NEU-DET) through ``train``/``predict``/``evaluate``."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -189,3 +190,14 @@ def test_neu_voc_folder_through_train_predict_evaluate(neu_det_dir: Path, tmp_pa
     assert proc.returncode == 0, proc.stderr
     ev = json.loads(proc.stdout)
     assert ev["counts"]["total"] == 24 and ev["classes"] == card["classes"]
+
+
+def test_the_readme_spec_example_is_a_valid_spec() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```json\n(.*?)```", readme, re.S)
+    specs = [json.loads(b) for b in blocks if '"stages"' in b]
+    assert specs
+    for spec in specs:
+        jsonschema.validate(spec, Pipeline.spec_schema())
+        assert len(Pipeline.from_spec(spec).stages) == len(spec["stages"])
