@@ -143,7 +143,9 @@ def test_register_detector_refuses_non_detectors_and_name_clashes() -> None:
 BAD_SETTINGS = [
     ("batch_size", 0, "batch_size must be a whole number of at least 1"),
     ("batch_size", 2.5, "batch_size must be a whole number"),
-    ("seed", "one", "seed must be a whole number"),
+    ("seed", "one", "seed must be a whole number from 0 to 2"),
+    ("seed", -1, "seed must be a whole number from 0 to 2"),
+    ("seed", 2**63, "seed must be a whole number from 0 to 2"),
     ("feature_dtype", "float16", "feature_dtype must be 'float32' or 'bfloat16'"),
     ("sigma", -1.0, "sigma must be a number of pixels, 0 or more"),
     ("sigma", float("inf"), "sigma must be finite"),

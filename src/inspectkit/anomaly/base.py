@@ -26,12 +26,14 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import TypeAdapter, ValidationError
 from torch import nn
 from typing_extensions import Self
 
 from inspectkit.errors import ConfigError, DataError, NotFittedError
 from inspectkit.ops import to_float
 from inspectkit.runtime import progress, resolve_device
+from inspectkit.stage import Seed
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,8 @@ def check_images(images: Any, what: str = "images") -> torch.Tensor:
 
 FEATURE_DTYPES = ("float32", "bfloat16")
 
+_SEED: TypeAdapter[int] = TypeAdapter(Seed)
+
 
 @dataclass(frozen=True)
 class DetectorSettings:
@@ -163,15 +167,22 @@ class DetectorSettings:
                 f"detector setting {name} must be {what}, got {getattr(self, name)!r}"
             )
 
-        for name in ("seed", "batch_size"):
+        for name, what in (
+            ("seed", "a whole number from 0 to 2**63 - 1"),
+            ("batch_size", "a whole number of at least 1"),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool):
-                raise refuse(name, "a whole number")
+                raise refuse(name, what)
             try:
                 value = operator.index(value)
             except TypeError:
-                raise refuse(name, "a whole number") from None
+                raise refuse(name, what) from None
             object.__setattr__(self, name, int(value))
+        try:
+            _SEED.validate_python(self.seed)  # the range of every stage's seed
+        except ValidationError:
+            raise refuse("seed", "a whole number from 0 to 2**63 - 1") from None
         if self.batch_size < 1:
             raise refuse("batch_size", "a whole number of at least 1")
         if not isinstance(self.progress, bool):

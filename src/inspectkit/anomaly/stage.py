@@ -54,7 +54,7 @@ from inspectkit.errors import ConfigError, DataError, NotFittedError, Persistenc
 from inspectkit.metrics.anomaly import DEFAULT_GOOD_LABELS, is_defective
 from inspectkit.ops import resize_images
 from inspectkit.records import AnomalyScores, ImageSet
-from inspectkit.stage import ImageSize, Stage, StageConfig
+from inspectkit.stage import ImageSize, Seed, Stage, StageConfig
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         calibration_fraction: float = Field(0.2, ge=0, lt=1)
         options: dict[str, Any] = Field(default_factory=dict)
         batch_size: int = Field(32, ge=1)
-        seed: int = 0
+        seed: Seed = 0
         device: str = "auto"
         progress: bool = True
 
