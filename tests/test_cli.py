@@ -428,6 +428,8 @@ def test_demo_runs_and_writes_html(work: Path) -> None:
     assert 0 <= res["metrics"]["accuracy"] <= 1
     assert Path(res["report_html"]).is_file() and (out / "model" / "pipeline.json").is_file()
     assert json.loads((out / "report.json").read_text())["counts"]["total"] == 650
+    card = json.loads((out / "model" / "inspectkit-model.json").read_text())
+    assert card["task"] == "classify" and card["kind"] == "wafer" and card["layout"] == "wafer-npz"
 
 
 # ---------------------------------------------------------------------- bad input, as a process
@@ -534,13 +536,15 @@ def test_internal_error_exit_1_without_traceback(
 
 
 def test_detect_layout(work: Path, tree: Path) -> None:
-    assert detect_layout(tree) == "class-folders"
-    assert detect_layout(make_mvtec(work / "layout-mvtec")) == "mvtec"
-    tiles = work / "tiles" / "MT_Free" / "Imgs"
-    tiles.mkdir(parents=True)
-    assert detect_layout(work / "tiles") == "magnetic-tile"
-    assert detect_layout(demo_data_path("wm811k_demo_test.npz")) == "wafer-npz"
-    assert detect_layout(tree / "ok" / "ok_0.png") == "images"
+    # a deprecated alias of inspectkit.sources.detect, with the same layout names
+    with pytest.deprecated_call():
+        assert detect_layout(tree) == "class-folders"
+        assert detect_layout(make_mvtec(work / "layout-mvtec")) == "mvtec"
+        tiles = work / "tiles" / "MT_Free" / "Imgs"
+        tiles.mkdir(parents=True)
+        assert detect_layout(work / "tiles") == "magnetic-tile"
+        assert detect_layout(demo_data_path("wm811k_demo_test.npz")) == "wafer-npz"
+        assert detect_layout(tree / "ok" / "ok_0.png") == "images"
 
 
 def test_predict_streams_batches_in_input_order(

@@ -201,3 +201,43 @@ def test_the_readme_spec_example_is_a_valid_spec() -> None:
     for spec in specs:
         jsonschema.validate(spec, Pipeline.spec_schema())
         assert len(Pipeline.from_spec(spec).stages) == len(spec["stages"])
+
+
+def test_card_is_saved_with_the_model_and_the_previous_model_is_kept(
+    tmp_path: Path, err, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    tree = make_tree(tmp_path / "tree", n=3)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(TINY_CLASSIFIER))
+    model = tmp_path / "models" / "line"
+    train = ["train", "--data", str(tree), "--out", str(model), "--spec", str(spec), "-q"]
+    assert main([*train, "--json", "--seed", "1"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    saved = Pipeline.load(model)
+    stored = json.loads(saved.attachments["inspectkit-model.json"])
+    assert stored == {k: v for k, v in card.items() if k != "model"}
+    assert stored["seed"] == 1 and stored["layout"] == "class-folders"
+    assert main([*train, "--seed", "2"]) == 0
+    assert sorted(p.name for p in model.parent.iterdir()) == ["line", "line.prev"]
+    previous = json.loads(
+        Pipeline.load(tmp_path / "models" / "line.prev").attachments["inspectkit-model.json"]
+    )
+    assert previous["seed"] == 1
+    assert main([*train, "--keep", "0"]) == 0  # replaced in place: line.prev is still seed 1
+    assert sorted(p.name for p in model.parent.iterdir()) == ["line", "line.prev"]
+    assert (
+        json.loads((model.parent / "line.prev" / "inspectkit-model.json").read_text())["seed"] == 1
+    )
+    assert "--keep must be 0 or more" in err(*train, "--keep", "-1")
+    # explain checks its method against the registered ones, naming them
+    text = err(
+        "explain",
+        "--model",
+        str(model),
+        str(tree / "ok"),
+        "--out",
+        str(tmp_path / "e"),
+        "--method",
+        "lime",
+    )
+    assert "unknown --method 'lime'" in text and "gradcam" in text and "sise" in text

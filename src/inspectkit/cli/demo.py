@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from inspectkit.cli.command import EXIT_OK, Command, positive_int, register_command
-from inspectkit.cli.project import save_card
+from inspectkit.cli.project import save_model
 
 #: Mistakes explained with Grad-CAM in the demo report.
 EXPLAINED_MISTAKES = 16
@@ -86,8 +86,7 @@ class Demo(Command):
         pred = pipe.run(test)
         report = classification_report(pred, title="WM-811K demo sample: compact CNN")
         out = Path(args.out)
-        pipe.save(out / "model")
-        save_card(
+        save_model(
             out / "model",
             pipe,
             train,

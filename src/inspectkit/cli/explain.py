@@ -9,9 +9,21 @@ from __future__ import annotations
 
 import argparse
 
-from inspectkit.cli.command import EXIT_OK, Command, register_command
+from inspectkit.cli.command import EXIT_OK, Command, UsageError, register_command
 from inspectkit.cli.predict import load_inputs_for
 from inspectkit.cli.project import Project, load_model, out_folder, pick
+
+
+def check_method(method: str) -> str:
+    """``method`` if it names an explanation method; a ``UsageError`` listing them otherwise."""
+    from inspectkit.xai import available_methods
+
+    names = available_methods()
+    if method not in names:
+        raise UsageError(
+            f"inspectkit explain: unknown --method {method!r}; choose one of {', '.join(names)}"
+        )
+    return method
 
 
 @register_command
@@ -23,7 +35,11 @@ class Explain(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--model", metavar="MODEL_DIR")
         parser.add_argument("--out", metavar="DIR")
-        parser.add_argument("--method", choices=["gradcam", "sise"], default="gradcam")
+        parser.add_argument(
+            "--method",
+            default="gradcam",
+            help="explanation method of a classifier: gradcam (default), sise, or an installed one",
+        )
         parser.add_argument("inputs", nargs="*", metavar="PATH")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -34,6 +50,8 @@ class Explain(Command):
         model_dir = pick(args.model, project, lambda p: p.model(args.name), "--model", "explain")
         out = out_folder(pick(args.out, project, lambda p: p.report("explain"), "--out", "explain"))
         pipe, card = load_model(model_dir)
+        if card["task"] == "classify":
+            check_method(args.method)
         data = load_inputs_for(args.inputs, card, "explain")
         if card["task"] == "classify":
             from inspectkit.xai import Explain as ExplainStage

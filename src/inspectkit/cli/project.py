@@ -7,10 +7,11 @@ A project keeps one line's work in one place::
     PROJECT/models/<name>/        saved pipelines (+ inspectkit-model.json)
     PROJECT/reports/<name>/       report.html / report.json
 
-A model folder is a saved :class:`~inspectkit.Pipeline` plus the model card
-``inspectkit-model.json`` (task, kind of input, channels, classes, training counts),
-written by :func:`save_card` only. The card is optional on load: any saved pipeline
-works with ``predict``/``evaluate``.
+A model folder is a saved :class:`~inspectkit.Pipeline` with the model card
+``inspectkit-model.json`` (task, kind of input, channels, classes, training counts) as
+an attachment saved in the same atomic unit, by :func:`save_model` only; the previous
+model is kept as ``MODEL_DIR.prev`` (:data:`KEEP_PREVIOUS`). The card is optional on
+load: any saved pipeline works with ``predict``/``evaluate``.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from inspectkit._version import __version__
 from inspectkit.cli.command import UsageError, wrap
 from inspectkit.errors import InspectkitError
 
-#: File written beside a saved pipeline by ``inspectkit train`` and ``inspectkit demo``.
+#: The model card: saved with the pipeline by ``inspectkit train`` and ``inspectkit demo``.
 CARD_FILE = "inspectkit-model.json"
 CARD_FORMAT = "inspectkit.model-card"
+#: Previous versions of a model the command line keeps (``MODEL_DIR.prev``).
+KEEP_PREVIOUS = 1
 
 
 @dataclass(frozen=True)
@@ -126,10 +129,19 @@ def out_folder(path: Path) -> Path:
 def read_json(path: Path, what: str) -> Any:
     """Parsed JSON of ``path``; a one-line ``UsageError`` naming the file otherwise."""
     try:
-        return json.loads(path.read_text())
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise UsageError(f"{path}: {what} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read {what} ({exc})") from None
+    return parse_json(raw, path, what)
+
+
+def parse_json(raw: bytes, path: Path, what: str) -> Any:
+    """``raw`` parsed as JSON; a one-line ``UsageError`` naming ``path`` otherwise."""
+    try:
+        return json.loads(raw.decode())
+    except UnicodeDecodeError as exc:
         raise UsageError(f"{path}: cannot read {what} ({exc})") from None
     except json.JSONDecodeError as exc:
         raise UsageError(
@@ -137,7 +149,7 @@ def read_json(path: Path, what: str) -> Any:
         ) from None
 
 
-def save_card(
+def save_model(
     model_dir: Path,
     pipe: Any,
     data: Any,
@@ -147,11 +159,13 @@ def save_card(
     seed: int,
     layout: str | None = None,
     started: float | None = None,
+    keep: int = KEEP_PREVIOUS,
 ) -> dict[str, Any]:
-    """Write the model card of a pipeline trained on ``data`` (atomically) and return it.
+    """Save a pipeline trained on ``data`` with its model card, in one atomic unit (the
+    card is an attachment of :meth:`Pipeline.save`), and return the card.
 
     Args:
-        model_dir: The folder the pipeline was saved to.
+        model_dir: The model folder.
         pipe: The fitted pipeline (its last stage's ``classes`` when it has them).
         data: The training set (kind, channels, class counts).
         task: ``"classify"`` or ``"anomaly"``.
@@ -159,9 +173,8 @@ def save_card(
         seed: The training seed.
         layout: The data layout name (``inspectkit.sources.detect``).
         started: ``time.perf_counter()`` when training began, for ``seconds``.
+        keep: Previous versions kept beside the model (``MODEL_DIR.prev`` ...).
     """
-    from inspectkit.atomic import atomic_write
-
     card: dict[str, Any] = {
         "format": CARD_FORMAT,
         "inspectkit_version": __version__,
@@ -178,7 +191,7 @@ def save_card(
     }
     if started is not None:
         card["seconds"] = round(time.perf_counter() - started, 1)
-    atomic_write(model_dir / CARD_FILE, json.dumps(card, indent=2))
+    pipe.save(model_dir, attachments={CARD_FILE: json.dumps(card, indent=2)}, keep=keep)
     return card
 
 
@@ -196,7 +209,8 @@ def load_model(model_dir: Path) -> tuple[Any, dict[str, Any]]:
     except InspectkitError as exc:
         raise wrap(model_dir, exc) from None
     card_path = model_dir / CARD_FILE
-    card = read_json(card_path, "model card") if card_path.is_file() else {}
+    raw = pipe.attachments.get(CARD_FILE)
+    card = parse_json(raw, card_path, "model card") if raw is not None else {}
     if not isinstance(card, dict):
         raise UsageError(f"{card_path}: the model card must be a JSON object")
     card.setdefault("task", task_of(pipe))
@@ -221,11 +235,13 @@ def task_of(pipe: Any) -> str:
 
 __all__ = [
     "CARD_FILE",
+    "KEEP_PREVIOUS",
     "Project",
     "load_model",
     "out_folder",
+    "parse_json",
     "pick",
     "read_json",
-    "save_card",
+    "save_model",
     "task_of",
 ]

@@ -22,15 +22,23 @@ from inspectkit.cli.command import (
     register_command,
     wrap,
 )
-from inspectkit.cli.project import Project, out_folder, pick, read_json, save_card, task_of
+from inspectkit.cli.project import (
+    KEEP_PREVIOUS,
+    Project,
+    out_folder,
+    pick,
+    read_json,
+    save_model,
+    task_of,
+)
 from inspectkit.errors import InspectkitError
 
 
 def detector_names() -> list[str]:
     """The detectors ``--method`` accepts (imports the anomaly package: call it in ``run``)."""
-    from inspectkit.anomaly.stage import METHODS
+    from inspectkit.anomaly import available_detectors
 
-    return sorted({*METHODS, "ensemble"})
+    return available_detectors()
 
 
 def check_method(method: str) -> str:
@@ -96,6 +104,13 @@ class Train(Command):
             "--channels", type=int, choices=[1, 3], default=None, help="force gray (1) or RGB (3)"
         )
         parser.add_argument(
+            "--keep",
+            type=int,
+            default=KEEP_PREVIOUS,
+            metavar="N",
+            help=f"previous models kept as MODEL_DIR.prev ... (default {KEEP_PREVIOUS}, 0: none)",
+        )
+        parser.add_argument(
             "--method",
             default=None,
             help="anomaly detector of --task anomaly: patchcore (default), padim, autoencoder, "
@@ -112,6 +127,8 @@ class Train(Command):
         out = out_folder(pick(args.out, project, lambda p: p.model(args.name), "--out", "train"))
         if out.is_dir() and any(out.iterdir()) and not (out / "pipeline.json").is_file():
             raise UsageError(f"{out}: a non-empty folder that holds no model; choose another --out")
+        if args.keep < 0:
+            raise UsageError(f"inspectkit train: --keep must be 0 or more, got {args.keep}")
         method = check_method(args.method) if args.method is not None else None
         progress = self.progress(args)
         spec = None
@@ -148,8 +165,7 @@ class Train(Command):
             progress=progress,
         )
         pipe.fit(data)
-        pipe.save(out)
-        card = save_card(
+        card = save_model(
             out,
             pipe,
             data,
@@ -158,6 +174,7 @@ class Train(Command):
             seed=_seed_of(pipe, args.seed),
             layout=layout,
             started=started,
+            keep=args.keep,
         )
         if args.json:
             print(json.dumps({"model": str(out), **card}))
