@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,16 @@ def test_calibrate_at_a_rate_is_the_rate_the_saved_model_states(fitted, tmp_path
     assert loaded.calibration == cal
     assert loaded.config.target_false_alarm_rate == 0.1
     assert fitted.config.target_false_alarm_rate == 0.2  # the copy's calibration only
+
+
+def test_a_config_rate_changed_after_calibration_is_reported_on_load(fitted, tmp_path, caplog):
+    pipe = Pipeline([copy_of(fitted)])
+    pipe.set_params(anomaly_detector__target_false_alarm_rate=0.05)  # threshold still at 0.2
+    pipe.save(tmp_path / "model")
+    with caplog.at_level(logging.WARNING, logger="inspectkit.anomaly.stage"):
+        loaded = Pipeline.load(tmp_path / "model").stages[0]
+    assert "false-alarm rate of 0.2 but the config says 0.05" in caplog.text
+    assert loaded.calibration == fitted.calibration  # the saved calibration is what runs
 
 
 def test_calibrate_with_defects_records_the_f1_rule(fitted, tmp_path):

@@ -383,6 +383,17 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
                 self.calibration = Calibration.from_state(state["calibration"])
         except DataError as exc:
             raise PersistenceError(f"the saved calibration is unreadable: {exc}") from None
+        cal = self.calibration
+        if cal is not None and cal.false_alarm_rate not in (
+            None,
+            self.config.target_false_alarm_rate,
+        ):
+            log.warning(
+                "the saved threshold was set at a false-alarm rate of %g but the config says "
+                "%g (changed after calibration); call calibrate() to set it at the config's rate",
+                cal.false_alarm_rate,
+                self.config.target_false_alarm_rate,
+            )
         stats = state.get("intensity")
         self.intensity_stats = None
         if stats is not None and not bool(torch.isnan(stats).any()):
