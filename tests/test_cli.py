@@ -461,16 +461,18 @@ def test_bad_input_each_command(work: Path, tree_model: Path, tree: Path) -> Non
 
 
 # ---------------------------------------------------------------------- bad input, in-process
+def user_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Run ``inspectkit ARGV`` in-process; it must exit 2 with one line on stderr."""
+    capsys.readouterr()
+    assert main(list(argv)) == 2
+    text = capsys.readouterr().err.strip()
+    assert len(text.splitlines()) == 1 and "Traceback" not in text
+    return text
+
+
 @pytest.fixture
 def err(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
-    def run(*argv: str) -> str:
-        capsys.readouterr()
-        assert main(list(argv)) == 2
-        text = capsys.readouterr().err.strip()
-        assert len(text.splitlines()) == 1 and "Traceback" not in text
-        return text
-
-    return run
+    return lambda *argv: user_error(capsys, *argv)
 
 
 def test_more_bad_inputs(work: Path, tree: Path, tree_model: Path, err) -> None:  # type: ignore[no-untyped-def]

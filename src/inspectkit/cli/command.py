@@ -102,6 +102,15 @@ def positive_int(text: str) -> int:
     return v
 
 
+def check_choice(value: str, names: list[str], where: str) -> str:
+    """``value`` if it is one of ``names``; a ``UsageError`` listing them otherwise. For
+    choices that come from a registry behind torch, checked when the command runs rather
+    than by argparse (``where``: e.g. ``"inspectkit train: --method"``)."""
+    if value not in names:
+        raise UsageError(f"{where}: unknown value {value!r}; choose one of {', '.join(names)}")
+    return value
+
+
 def wrap(where: object, exc: InspectkitError) -> UsageError:
     """``exc`` as a one-line :class:`UsageError` that starts with ``where``."""
     text = str(exc)
@@ -116,6 +125,7 @@ __all__ = [
     "EXIT_USAGE",
     "Command",
     "UsageError",
+    "check_choice",
     "positive_int",
     "register_command",
     "wrap",

@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import argparse
 
-from inspectkit.cli.command import EXIT_OK, Command, UsageError, register_command
+from inspectkit.cli.command import EXIT_OK, Command, check_choice, register_command
 from inspectkit.cli.predict import load_inputs_for
 from inspectkit.cli.project import Project, load_model, out_folder, pick
 
 
 def check_method(method: str) -> str:
-    """``method`` if it names an explanation method; a ``UsageError`` listing them otherwise."""
+    """``method`` if it names a registered explanation method (imports ``inspectkit.xai``:
+    call it in ``run``); a ``UsageError`` listing the methods otherwise."""
     from inspectkit.xai import available_methods
 
-    names = available_methods()
-    if method not in names:
-        raise UsageError(
-            f"inspectkit explain: unknown --method {method!r}; choose one of {', '.join(names)}"
-        )
-    return method
+    return check_choice(method, available_methods(), "inspectkit explain: --method")
 
 
 @register_command

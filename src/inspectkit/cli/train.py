@@ -18,6 +18,7 @@ from inspectkit.cli.command import (
     EXIT_OK,
     Command,
     UsageError,
+    check_choice,
     positive_int,
     register_command,
     wrap,
@@ -34,21 +35,12 @@ from inspectkit.cli.project import (
 from inspectkit.errors import InspectkitError
 
 
-def detector_names() -> list[str]:
-    """The detectors ``--method`` accepts (imports the anomaly package: call it in ``run``)."""
+def check_method(method: str) -> str:
+    """``method`` if it names a registered detector (imports the anomaly package: call it in
+    ``run``); a ``UsageError`` listing the detectors otherwise."""
     from inspectkit.anomaly import available_detectors
 
-    return available_detectors()
-
-
-def check_method(method: str) -> str:
-    """``method`` if it names a detector; a ``UsageError`` listing the valid names otherwise."""
-    names = detector_names()
-    if method not in names:
-        raise UsageError(
-            f"inspectkit train: unknown --method {method!r}; choose one of {', '.join(names)}"
-        )
-    return method
+    return check_choice(method, available_detectors(), "inspectkit train: --method")
 
 
 def spec_pipeline(path: Path, *, epochs: int | None, seed: int | None, progress: bool) -> Any:
