@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -272,3 +273,25 @@ def test_anomaly_scale_puts_the_threshold_at_most_half_way(values, threshold) ->
     assert float(scaled.min()) >= 0 and float(scaled.max()) <= 1
     if threshold is not None and threshold >= lo and hi > lo:
         assert float(scale_map(torch.tensor(threshold), lo, hi)) <= 0.5 + 1e-5
+
+
+def test_anomaly_overlays_index_their_files_and_refuse_records_without_maps(
+    tmp_path: Path,
+) -> None:
+    from inspectkit.xai.overlay import anomaly_scale, write_anomaly_overlays
+
+    sc = scores()
+    files = write_anomaly_overlays(sc, tmp_path / "maps")
+    index = json.loads((tmp_path / "maps" / "overlays.json").read_text())
+    assert index["method"] == "anomaly_map" and index["threshold"] == 0.8
+    assert index["scale"] == list(anomaly_scale(sc.maps, 0.8))
+    assert [e["file"] for e in index["overlays"]] == [f.name for f in files]
+    assert [e["anomalous"] for e in index["overlays"]] == sc.is_anomalous.tolist()
+    assert files[-1].name.startswith("00019_t19_anomalous_")
+    with pytest.raises(DataError, match="no anomaly maps"):
+        write_anomaly_overlays(sc.replace(maps=None), tmp_path / "none")
+    with pytest.raises(DataError, match="needs an AnomalyScores record"):
+        write_anomaly_overlays(ImageSet(**sc.base_fields()), tmp_path / "x")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="not a folder"):
+        write_anomaly_overlays(sc, tmp_path / "file")
