@@ -36,7 +36,7 @@ from inspectkit.errors import ConfigError, DataError, NotFittedError, Persistenc
 from inspectkit.models.classifiers import build_classifier
 from inspectkit.models.distributed import setup_distributed
 from inspectkit.models.inputs import InputSpec
-from inspectkit.models.training import validation_split
+from inspectkit.models.training import Augmentation, augmentation, validation_split
 from inspectkit.records import ImageSet, Predictions
 from inspectkit.runtime import resolve_device, seed_everything
 from inspectkit.stage import Stage, StageConfig
@@ -111,7 +111,13 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
             scored, with the memory, after every epoch for early stopping and best-epoch
             restore; 0 trains on everything for ``epochs`` epochs. Held-out samples still
             become memory candidates.
-        patience: Epochs without a better validation macro-F1 before an experience stops.
+        patience: Epochs without a better validation macro-F1 before an experience stops
+            (epochs inside the one-cycle warm-up do not count).
+        augment: ``"auto"`` (all 8 flips/quarter-turns for wafer maps, flips for
+            photos), ``"dihedral"``, ``"flip"`` or ``"none"``; applied to new and replayed
+            samples alike.
+        imbalance: ``"weighted_loss"``: loss weights ∝ 1/√(each class's expected share
+            of a joined batch of new and replayed samples); ``"none"``.
         ema: Decay of an exponential moving average of the weights kept as the model.
         amp: Mixed precision on CUDA (ignored on CPU).
         replay_ratio: Share of each mini-batch replayed from memory.
@@ -148,6 +154,8 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
         val_fraction: float = Field(0.0, ge=0, lt=1)
         patience: int | None = Field(None, ge=0)
         ema: float | None = Field(None, gt=0, lt=1)
+        augment: Augmentation = "none"
+        imbalance: Literal["weighted_loss", "none"] = "none"
         amp: bool = True
         replay_ratio: float = Field(0.5, ge=0, le=0.9)
         mode: Literal["experience", "batch"] = "experience"
@@ -255,6 +263,8 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
             patience=cfg.patience,
             ema=cfg.ema,
             amp=cfg.amp,
+            augment=augmentation(cfg.augment, self.kind),
+            imbalance=cfg.imbalance,
             input_spec=self._spec(),
         )
         tr.members = members

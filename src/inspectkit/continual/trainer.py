@@ -56,6 +56,7 @@ from inspectkit.models.training import (
     Schedule,
     check_prediction_spread,
     predict_logits,
+    sqrt_inverse_weights,
     train_epochs,
 )
 from inspectkit.runtime import resolve_device
@@ -63,6 +64,8 @@ from inspectkit.runtime import resolve_device
 log = logging.getLogger(__name__)
 
 ReplayMode = Literal["experience", "batch"]
+Imbalance = Literal["weighted_loss", "none"]
+AugmentFn = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
 #: Most new samples of an experience the one-class check predicts (plus the memory).
 SPREAD_CHECK_SAMPLES = 256
 
@@ -264,6 +267,18 @@ class ReplayBatches:
     def __len__(self) -> int:
         return len(self._global_batches())
 
+    def class_shares(self, num_classes: int) -> torch.Tensor:
+        """Expected share of each class in a joined batch: new samples at ``1 - ρ``, the
+        memory (as it stands now) at ``ρ``, with ``ρ`` the replay ratio."""
+        new = torch.bincount(self.labels, minlength=num_classes).double()
+        shares = new / new.sum()
+        if self.replay_size(self.batch_size):
+            assert self.buffer is not None and self.buffer.labels is not None
+            mem = torch.bincount(self.buffer.labels, minlength=num_classes).double()
+            rho = self.replay_ratio
+            shares = (1 - rho) * shares + rho * mem / mem.sum()
+        return shares
+
     def replay_size(self, n_new: int) -> int:
         """Replayed samples joined to ``n_new`` new ones."""
         if self.buffer is None or len(self.buffer) == 0 or self.replay_ratio == 0:
@@ -320,6 +335,10 @@ class ReplayTrainer:
         ema: Decay of an exponential moving average of the weights, kept as the model.
         amp: Mixed precision on CUDA.
         label_smoothing: Cross-entropy label smoothing.
+        augment: Batch augmentation applied to joined batches before encoding, e.g.
+            :func:`~inspectkit.models.training.dihedral_augment` (``None``: none).
+        imbalance: ``"weighted_loss"``: loss weights ∝ 1/√(each class's expected share of
+            a joined batch), as the ``Classifier`` weighs its classes; ``"none"``.
         input_spec: The model-input contract (``None``: built from ``kind`` and the first
             experience, refusing other sizes).
 
@@ -355,6 +374,8 @@ class ReplayTrainer:
         ema: float | None = None,
         amp: bool = True,
         label_smoothing: float = 0.0,
+        augment: AugmentFn | None = None,
+        imbalance: Imbalance = "none",
         input_spec: InputSpec | None = None,
     ) -> None:
         if epochs < 1:
@@ -373,6 +394,8 @@ class ReplayTrainer:
             raise ConfigError(f"lr must be positive, got {lr}")
         if kind not in ("wafer", "image"):
             raise ConfigError(f"kind must be 'wafer' or 'image', got {kind!r}")
+        if imbalance not in ("weighted_loss", "none"):
+            raise ConfigError(f"imbalance must be 'weighted_loss' or 'none', got {imbalance!r}")
         self.device = resolve_device(device)
         self.channels_last = bool(channels_last)
         self.model = model.to(self.device)
@@ -396,7 +419,10 @@ class ReplayTrainer:
         self.ema = ema
         self.amp = bool(amp)
         self.label_smoothing = float(label_smoothing)
+        self.augment = augment
+        self.imbalance: Imbalance = imbalance
         self.input_spec = input_spec
+        self._augment_gen = torch.Generator().manual_seed(self.seed)
         self.members: list[nn.Module] = []
         self.experiences_seen = 0
 
@@ -448,7 +474,14 @@ class ReplayTrainer:
 
     def _encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.input_spec is not None
+        if self.augment is not None:
+            x = self.augment(x, self._augment_gen)
         return self.input_spec.encode(x, channels_last=self.channels_last), y
+
+    def _class_weights(self, batches: ReplayBatches, num_classes: int) -> torch.Tensor | None:
+        if self.imbalance == "none":
+            return None
+        return sqrt_inverse_weights(batches.class_shares(num_classes))
 
     def _batch_update(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """Batch-level replay: the buffer sees each trained mini-batch (global under DDP)."""
@@ -546,6 +579,8 @@ class ReplayTrainer:
             if self.mode == "batch" and self.buffer is not None
             else None,
         )
+        rank, _ = _world()
+        self._augment_gen.manual_seed(self.seed * 104729 + exp * 7919 + rank)
         result = train_epochs(
             self.model,
             batches,
@@ -553,6 +588,7 @@ class ReplayTrainer:
             lr=self.lr,
             weight_decay=self.weight_decay,
             schedule=self.schedule,
+            class_weights=self._class_weights(batches, k),
             label_smoothing=self.label_smoothing,
             device=self.device,
             transform=self._encode,
@@ -642,6 +678,7 @@ class ReplayTrainer:
             lr=self.lr * self.review_lr_factor,
             weight_decay=self.weight_decay,
             schedule="constant",
+            class_weights=self._class_weights(batches, num_outputs(self.model)),
             label_smoothing=self.label_smoothing,
             device=self.device,
             transform=self._encode,

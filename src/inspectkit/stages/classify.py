@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -38,10 +38,11 @@ from inspectkit.models.distributed import DistInfo, ShardedSampler, setup_distri
 from inspectkit.models.inputs import WAFER_CODES, InputSpec
 from inspectkit.models.training import (
     TrainResult,
+    augmentation,
+    auto_batch_size,
     check_prediction_spread,
-    dihedral_augment,
-    flip_augment,
     predict_logits,
+    sqrt_inverse_weights,
     train_epochs,
     validation_split,
 )
@@ -110,7 +111,9 @@ class Classifier(Stage[ImageSet, Predictions]):
         size: Input size ``(H, W)`` (an int means square): every image is resized to it at
             fit and at predict. ``None``: the training images' size (they must share one).
         epochs: Maximum training epochs.
-        batch_size: Batch size per process.
+        batch_size: Batch size per process; ``"auto"`` picks the largest power of two
+            from 16 to 128 that still gives an epoch 16 steps
+            (:func:`~inspectkit.models.training.auto_batch_size`).
         lr: Peak learning rate (AdamW).
         weight_decay: AdamW weight decay.
         schedule: ``"onecycle"``, ``"cosine"`` or ``"constant"``.
@@ -162,7 +165,7 @@ class Classifier(Stage[ImageSet, Predictions]):
         weights: str | None = None
         size: ImageSize | None = None
         epochs: int = Field(30, ge=1)
-        batch_size: int = Field(128, ge=2)
+        batch_size: Annotated[int, Field(ge=2)] | Literal["auto"] = "auto"
         lr: float = Field(3e-3, gt=0)
         weight_decay: float = Field(1e-4, ge=0)
         schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
@@ -253,12 +256,6 @@ class Classifier(Stage[ImageSet, Predictions]):
             >>> x = clf.preprocess(test.image_tensor())  # doctest: +SKIP
         """
         return self._spec().encode(images)
-
-    def _augment_fn(self) -> Any:
-        mode = self.config.augment
-        if mode == "auto":
-            mode = "dihedral" if self.kind == "wafer" else "flip"
-        return {"dihedral": dihedral_augment, "flip": flip_augment, "none": None}[mode]
 
     # ------------------------------------------------------------------ checks
     def _check_training_set(self, data: ImageSet) -> tuple[ImageSet, torch.Tensor]:
@@ -386,23 +383,29 @@ class Classifier(Stage[ImageSet, Predictions]):
         self.input_spec = spec
 
         counts = torch.bincount(targets[train_idx], minlength=k).double()
-        inv_sqrt = 1.0 / counts.clamp_min(1).sqrt()
         class_weights = None
         if c.imbalance in ("weighted_loss", "both"):
-            w = inv_sqrt * (counts > 0)
-            class_weights = (w / (w * counts).sum() * counts.sum()).float()
+            class_weights = sqrt_inverse_weights(counts)
         sample_weights = None
         if c.imbalance in ("balanced_sampler", "both"):
-            sample_weights = inv_sqrt[targets[train_idx]]
+            sample_weights = (1.0 / counts.clamp_min(1).sqrt())[targets[train_idx]]
 
         self.model = self._build_model(k, spec, weights=True)
+        batch_size = (
+            auto_batch_size(len(train_idx) // info.world_size)
+            if c.batch_size == "auto"
+            else c.batch_size
+        )
+
         log.info(
-            "Classifier: %s with %d parameters at %s, %d train / %d val samples, %d process(es)",
+            "Classifier: %s with %d parameters at %s, %d train / %d val samples, batch %d, "
+            "%d process(es)",
             c.arch,
             count_parameters(self.model),
             spec.size,
             len(train_idx),
             len(val_idx),
+            batch_size,
             info.world_size,
         )
         subset = _SubsetBatches(train_set, train_idx)
@@ -421,14 +424,14 @@ class Classifier(Stage[ImageSet, Predictions]):
             )
         loader = DataLoader(
             subset,
-            batch_size=c.batch_size,
+            batch_size=batch_size,
             sampler=sampler,
             num_workers=c.num_workers,
             collate_fn=_collate,
-            drop_last=len(train_idx) // info.world_size > c.batch_size,
+            drop_last=len(train_idx) // info.world_size > batch_size,
             persistent_workers=c.num_workers > 0,
         )
-        augment = self._augment_fn()
+        augment = augmentation(c.augment, spec.kind)
         aug_gen = torch.Generator().manual_seed(c.seed + 104729 * (info.rank + 1))
 
         def transform(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
