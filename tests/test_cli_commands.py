@@ -86,11 +86,6 @@ def test_spec_schema_prints_the_published_schema(capsys: pytest.CaptureFixture[s
     assert len(capsys.readouterr().out.strip().splitlines()) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stage.ImageSize publishes only the [h, w] form in its JSON schema, though a "
-    "config accepts a single int (asked of the lead: WithJsonSchema on ImageSize)",
-)
 def test_spec_schema_accepts_a_square_size_as_one_number() -> None:
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(TINY_CLASSIFIER, Pipeline.spec_schema())  # "size": 16

@@ -25,11 +25,19 @@ import typing
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 import torch
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+)
 from typing_extensions import Self
 
 from inspectkit.errors import ConfigError, DataError, NotFittedError
-from inspectkit.ops import check_size
+from inspectkit.ops import SIZE_RANGE, check_size
 from inspectkit.records import ImageSet, Record, _format_validation
 
 In = TypeVar("In", bound=Record)
@@ -50,7 +58,21 @@ def _square_size(value: Any) -> Any:
 #: An image size ``(H, W)`` config field; a single int ``n`` means ``(n, n)``. Every stage
 #: that resizes declares its size with this type, so one range applies everywhere
 #: (:data:`inspectkit.ops.SIZE_RANGE`).
-ImageSize = Annotated[tuple[int, int], BeforeValidator(_square_size), AfterValidator(check_size)]
+_SIDE = {"type": "integer", "minimum": SIZE_RANGE[0], "maximum": SIZE_RANGE[1]}
+ImageSize = Annotated[
+    tuple[int, int],
+    BeforeValidator(_square_size),
+    AfterValidator(check_size),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                _SIDE,
+                {"type": "array", "items": _SIDE, "minItems": 2, "maxItems": 2},
+            ],
+            "description": "one side for a square, or [height, width], in pixels",
+        }
+    ),
+]
 
 
 #: A random seed: a whole number from 0 to 2**63 - 1 (what torch, NumPy and Python all
