@@ -39,7 +39,8 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (renames, new files) to disk, where the platform allows."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # not every platform opens folders
@@ -97,7 +98,7 @@ def atomic_write(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return target
 
 
@@ -136,16 +137,16 @@ def swap_folder(tmp: Path, path: Path) -> None:
     fsync_tree(tmp)
     if not path.exists():
         os.rename(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return
     if renameat2_exchange(tmp, path):
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old folder
         return
     old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
     os.rename(path, old)
     os.rename(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -155,11 +156,12 @@ def fsync_tree(folder: Path) -> None:
         if p.is_file() and not p.is_symlink():
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 __all__ = [
     "atomic_write",
+    "fsync_dir",
     "fsync_tree",
     "renameat2_exchange",
     "resolve_target",

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from inspectkit.atomic import (
+    fsync_dir,
     fsync_tree,
     renameat2_exchange,
     resolve_target,
@@ -355,11 +356,11 @@ def _publish(tmp: Path, target: Path, keep: int) -> None:
     """Swap the complete folder ``tmp`` in at ``target`` (under the save lock)."""
     if not target.exists():
         os.rename(tmp, target)
-        _fsync_parent(target)
+        fsync_dir(target.parent)
         return
     prev = _rotate(target, keep)
     if renameat2_exchange(tmp, target):
-        _fsync_parent(target)
+        fsync_dir(target.parent)
         if prev is None:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
@@ -370,23 +371,10 @@ def _publish(tmp: Path, target: Path, keep: int) -> None:
     _write_journal(target, old)
     os.rename(target, old)
     os.rename(tmp, target)
-    _fsync_parent(target)
+    fsync_dir(target.parent)
     _journal(target).unlink(missing_ok=True)
     if prev is None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_parent(path: Path) -> None:
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def rollback(path: str | os.PathLike[str]) -> Path:
@@ -411,7 +399,7 @@ def rollback(path: str | os.PathLike[str]) -> Path:
             os.rename(prev, target)
             os.rename(spare, prev)
             _journal(target).unlink(missing_ok=True)
-        _fsync_parent(target)
+        fsync_dir(target.parent)
     log.info("rolled %s back to its previous version", target)
     return target
 
