@@ -1,11 +1,13 @@
-"""Runtime helpers shared by the training stages: device choice, seeding, progress bars."""
+"""Runtime helpers shared by the training stages: device choice, seeding, progress bars,
+epoch observers."""
 
 from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import numpy as np
@@ -87,8 +89,42 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+#: ``callback(entry, epochs)`` of the current context (see :func:`observe_epochs`).
+EpochObserver = Callable[[dict[str, float], int], None]
+_EPOCH_OBSERVERS: ContextVar[tuple[EpochObserver, ...]] = ContextVar(
+    "inspectkit_epoch_observers", default=()
+)
+
+
+@contextmanager
+def observe_epochs(callback: EpochObserver) -> Iterator[None]:
+    """Call ``callback(entry, epochs)`` after every training epoch run in this context
+    (thread or task): ``entry`` is the epoch's history row (``epoch``, ``loss``, ``lr``,
+    ``val``), ``epochs`` the planned number. An exception the callback raises stops the
+    training and propagates (how a caller cancels a run between epochs).
+
+    Example:
+        >>> with observe_epochs(lambda entry, epochs: print(entry["epoch"])):  # doctest: +SKIP
+        ...     pipe.fit(data)
+    """
+    token = _EPOCH_OBSERVERS.set((*_EPOCH_OBSERVERS.get(), callback))
+    try:
+        yield
+    finally:
+        _EPOCH_OBSERVERS.reset(token)
+
+
+def epoch_done(entry: dict[str, float], epochs: int) -> None:
+    """Tell the observers of this context that an epoch ended (training loops call it)."""
+    for callback in _EPOCH_OBSERVERS.get():
+        callback(dict(entry), epochs)
+
+
 __all__ = [
+    "EpochObserver",
+    "epoch_done",
     "is_main_process",
+    "observe_epochs",
     "progress",
     "progress_bar",
     "resolve_device",

@@ -34,7 +34,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from inspectkit.errors import ConfigError
 from inspectkit.models.distributed import broadcast_float, broadcast_module_buffers
-from inspectkit.runtime import progress_bar
+from inspectkit.runtime import epoch_done, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -523,6 +523,7 @@ def train_epochs(
                 result.best_epoch = epoch
             result.history.append(entry)
             log.info("%s epoch %d: %s", desc, epoch + 1, entry)
+            epoch_done(entry, epochs)  # runtime.observe_epochs: live curves, cancel
             if patience is not None and validate is not None and stale >= max(patience, 1):
                 result.stopped_early = True
                 break
