@@ -345,3 +345,90 @@ def test_replay_keeps_old_wafer_defects_that_fine_tuning_forgets(wm811k_dir) -> 
         assert rows[-1][0] >= 0.25, buffer  # the first experience's classes survive two updates
         assert replay["forgetting"] <= finetune["forgetting"] - 0.2, buffer
         assert replay["final_avg_accuracy"] > finetune["final_avg_accuracy"], buffer
+
+
+# ---------------------------------------------------------------------- one loop, one contract
+def test_predict_refuses_other_sizes_as_update_does() -> None:
+    clf = _clf().fit(_exp(0))
+    bigger = _set(["a", "b"], ["a", "b"], 2, seed=3, prefix="p")
+    bigger = bigger.replace(
+        images=torch.nn.functional.interpolate(bigger.images.float(), size=(20, 20)).to(torch.uint8)
+    )
+    for call in (clf.predict_proba, clf.run, clf.update):
+        with pytest.raises(DataError, match=r"20×20 but the model was trained on 12×12.*Wrangle"):
+            call(bigger)
+    ragged = bigger.subset([0, 1]).replace(images=[bigger.images[0], _exp(0).images[0]])
+    with pytest.raises(DataError, match="Wrangle"):
+        clf.predict_proba(ragged)
+
+
+def test_replay_batches_join_memory_and_see_each_batch_after_its_step() -> None:
+    from inspectkit.continual.trainer import ReplayBatches
+
+    memory = ReservoirBuffer(10, seed=0)
+    memory.update(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.full((10,), 3))
+    seen: list[torch.Tensor] = []
+    batches = ReplayBatches(
+        torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 1, 2, 2).contiguous(),
+        torch.arange(20) % 3,
+        batch_size=8,
+        buffer=memory,
+        replay_ratio=0.5,
+        seed=1,
+        after_batch=lambda x, y: seen.append(x[:, 0, 0, 0].clone()),
+    )
+    assert len(batches) == 3
+    firsts = []
+    for step, (x, y) in enumerate(batches):
+        assert len(seen) == step  # the previous batch was handed over after its step
+        new = x[y != 3]
+        assert len(x) == 2 * len(new) and bool((y[len(new) :] == 3).all())
+        firsts.append(new[:, 0, 0, 0])
+    assert len(seen) == 3 and all(torch.equal(a, b) for a, b in zip(seen, firsts))
+    assert sorted(torch.cat(seen).tolist()) == list(range(20))  # one epoch: every sample once
+    shares = batches.class_shares(4)
+    assert torch.isclose(shares.sum(), torch.tensor(1.0, dtype=shares.dtype))
+    assert float(shares[3]) == 0.5  # half of every joined batch comes from memory (class 3)
+
+
+def test_continual_training_gets_validation_early_stopping_and_ema_from_the_one_loop() -> None:
+    clf = _clf(epochs=30, val_fraction=0.25, patience=4, schedule="onecycle", ema=0.9)
+    clf.fit(_exp(0, n_per=24)).update(_exp(1, n_per=24))
+    for entry in clf.history:
+        assert entry["stopped_early"] and entry["epochs"] < 30
+        assert 0 <= entry["best_epoch"] < entry["epochs"] and 0 < entry["val_macro_f1"] <= 1
+        assert not entry["one_class"]
+    # held-out samples are not trained on, but may enter the memory afterwards
+    assert clf.buffer is not None and len(clf.buffer) == 30
+    test = _set(ALL[:3], ALL[:3], 6, seed=21, prefix="t")
+    acc = (clf.predict_proba(test).argmax(1) == test.targets()).float().mean()
+    assert float(acc) > 0.6
+
+
+def test_state_is_versioned_and_0_1_states_still_load(tmp_path) -> None:
+    from inspectkit.continual.stage import STATE_VERSION
+    from inspectkit.errors import PersistenceError
+
+    clf = _clf().fit(_exp(0))
+    state = clf.get_state()
+    assert state["version"] == STATE_VERSION == 2 and state["input"]["size_policy"] == "refuse"
+    old = {k: v for k, v in state.items() if k not in ("version", "input")}
+    old.update(kind="image", channels=1, size=[SIZE, SIZE])  # the 0.1 layout
+    back = _clf()
+    back.set_state(old)
+    test = _set(["a", "b"], ["a", "b"], 3, seed=8, prefix="t")
+    # 0.1 fed photos as [0, 1] floats: the migrated contract keeps that (no mean/std)
+    assert back.input_spec is not None and back.input_spec.mean is None
+    plain = _clf()
+    plain.set_state({**state, "input": {**state["input"], "mean": None, "std": None}})
+    assert torch.allclose(back.predict_proba(test), plain.predict_proba(test), atol=1e-6)
+    with pytest.raises(PersistenceError, match="newer"):
+        _clf().set_state({**state, "version": STATE_VERSION + 1})
+
+
+def test_photos_are_standardised_with_the_first_experience_statistics() -> None:
+    clf = _clf().fit(_exp(0))
+    spec = clf.input_spec
+    assert spec is not None and spec.kind == "image" and spec.mean is not None
+    x = spec.encode(_exp(0).images)
+    assert abs(float(x.mean())) < 0.05 and abs(float(x.std()) - 1) < 0.05

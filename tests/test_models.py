@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from inspectkit.errors import ConfigError, InspectkitError, PersistenceError
 from inspectkit.models import (
@@ -263,3 +267,105 @@ def test_time_budget_recovers_epochs_after_a_slow_start() -> None:
     result = train_epochs(net, SlowFirstEpoch(), epochs=12, time_budget=4.0, progress=False)
     # the first epoch alone would have allowed ~6 epochs; the pace afterwards allows all 12
     assert result.epochs_run == 12 and not result.stopped_early
+
+
+# ---------------------------------------------------------------------- training defaults
+def _flat_then_rising(flat_epochs: int) -> Callable[[torch.nn.Module], float]:
+    """A validate callback: one-class-like flat scores for ``flat_epochs``, then rising."""
+    calls: list[int] = []
+
+    def validate(model: torch.nn.Module) -> float:
+        calls.append(len(calls))
+        return 0.05 if len(calls) <= flat_epochs else 0.05 + 0.01 * len(calls)
+
+    return validate
+
+
+def test_patience_does_not_count_during_the_one_cycle_warm_up() -> None:
+    """A flat validation score while the learning rate still rises is no reason to stop:
+    with 40 epochs the one-cycle warm-up lasts 6, and the score only moves after 7."""
+    from inspectkit.models.training import ONECYCLE_WARMUP, warmed_up
+
+    x, y = torch.randn(8, 1, 16, 16), torch.arange(8) % 2
+    loader = [(x, y)]
+    for schedule, expect_stop in (("onecycle", False), ("cosine", True), ("constant", True)):
+        net = build_classifier("compact", 1, 2, input_size=(16, 16), max_params=5_000)
+        validate = _flat_then_rising(7)
+        result = train_epochs(
+            net, loader, epochs=40, schedule=schedule, validate=validate, patience=6,
+            progress=False,
+        )  # fmt: skip
+        if expect_stop:  # no warm-up: 6 epochs without improvement after the first end it
+            assert result.stopped_early and result.epochs_run == 7, schedule
+        else:
+            assert result.epochs_run == 40 and result.best_epoch == 39, schedule
+    assert ONECYCLE_WARMUP * 40 == 6
+    assert not warmed_up("onecycle", 6, 40) and warmed_up("onecycle", 7, 40)
+
+
+def test_one_class_models_are_flagged_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    from inspectkit.models.training import check_prediction_spread
+
+    with caplog.at_level("WARNING"):
+        assert check_prediction_spread(torch.zeros(5, dtype=torch.long), torch.arange(5) % 3)
+    assert "predicts class 0 for every one of 5" in caplog.text and "3 classes" in caplog.text
+    assert not check_prediction_spread(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 2]))
+    assert not check_prediction_spread(torch.zeros(3, dtype=torch.long), torch.zeros(3))
+
+
+def test_auto_batch_size_gives_small_sets_enough_steps() -> None:
+    from inspectkit.models.training import AUTO_BATCH_RANGE, AUTO_MIN_STEPS, auto_batch_size
+
+    lo, hi = AUTO_BATCH_RANGE
+    assert auto_batch_size(623) == 32 and auto_batch_size(0) == lo
+    for n in (1, 100, 511, 512, 1000, 2048, 2049, 10**6):
+        b = auto_batch_size(n)
+        assert lo <= b <= hi and b & (b - 1) == 0
+        assert b == lo or n // b >= AUTO_MIN_STEPS  # an epoch takes the minimum steps ...
+        assert b == hi or n // (2 * b) < AUTO_MIN_STEPS  # ... with the largest such batch
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 10_000), min_size=2, max_size=12).filter(lambda c: sum(c) > 0))
+def test_sqrt_inverse_weights_average_one_per_sample(counts: list[int]) -> None:
+    from inspectkit.models.training import sqrt_inverse_weights
+
+    f = torch.tensor(counts, dtype=torch.float64)
+    w = sqrt_inverse_weights(f).double()
+    assert torch.isclose((w * f).sum(), f.sum(), rtol=1e-4)
+    assert bool((w[f == 0] == 0).all())
+    present = f > 0
+    ratio = w[present] * f[present].sqrt()  # w ∝ 1/√f
+    assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-4)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.integers(0, 3), min_size=4, max_size=60),
+    st.floats(0.05, 0.5),
+    st.integers(0, 1000),
+)
+def test_validation_split_is_a_seeded_stratified_partition(
+    labels: list[int], fraction: float, seed: int
+) -> None:
+    from inspectkit.models.training import validation_split
+
+    y = torch.tensor(labels)
+    train, val = validation_split(y, fraction, seed=seed)
+    assert sorted(train + val) == list(range(len(labels))) and not set(train) & set(val)
+    assert (train, val) == validation_split(y, fraction, seed=seed)
+    assert len(val) == max(1, round(fraction * len(labels)))
+    synthetic = torch.arange(len(labels)) % 2 == 1
+    _, real_val = validation_split(y, fraction, seed=seed, eligible=~synthetic)
+    assert not any(bool(synthetic[i]) for i in real_val)
+
+
+def test_the_optimizer_is_fused_where_the_device_allows() -> None:
+    from inspectkit.models.training import make_optimizer
+
+    net = build_classifier("compact", 1, 2, input_size=(16, 16), max_params=5_000)
+    opt = make_optimizer(net, 1e-3, 1e-4)
+    assert opt.defaults["fused"] or opt.defaults["foreach"]
+    decay, plain = opt.param_groups
+    assert decay["weight_decay"] == 1e-4 and plain["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim <= 1 for p in plain["params"])
