@@ -327,3 +327,61 @@ def test_wm811k_subset_beats_the_majority_baseline(wm811k_dir) -> None:
     )
     assert report.metrics["macro_f1"] > base.metrics["macro_f1"] + 0.1
     assert report.metrics["accuracy"] >= base.metrics["accuracy"] - 0.05
+
+
+# ---------------------------------------------------------------------- the input contract
+def test_size_setting_resizes_at_fit_and_at_predict_alike(train_set: ImageSet) -> None:
+    """With ``size``, ragged or bigger training maps are resized as predict resizes them:
+    a model trained on 24×24 maps at size 16 predicts those maps exactly as it predicts
+    them after ``Wrangle(size=16)``."""
+    big = make_patterns(80, size=24, seed=11)
+    ragged = big.replace(
+        images=[t if i % 3 else t[:, 1:, :] for i, t in enumerate(big.image_tensor())]
+    )
+    clf = Classifier(**{**FAST, "epochs": 3, "size": 16}).fit(ragged)
+    assert clf.input_size == (16, 16) and clf.input_spec is not None
+    assert clf.input_spec.size_policy == "resize"
+    wrangled = Wrangle(size=16).run(ragged)
+    assert torch.equal(clf.predict_proba(ragged), clf.predict_proba(wrangled))
+    assert Classifier(size=20).config.size == (20, 20)
+    with pytest.raises(ConfigError, match="size"):
+        Classifier(size=0)
+
+
+def test_ragged_training_maps_without_size_name_both_remedies(train_set: ImageSet) -> None:
+    ragged = train_set.replace(
+        images=[t if i % 2 else t[:, :12, :12] for i, t in enumerate(train_set.image_tensor())]
+    )
+    with pytest.raises(DataError, match=r"Classifier\(size=\.\.\.\).*Wrangle\(size=\.\.\.\)"):
+        Classifier(**FAST).fit(ragged)
+
+
+def test_state_carries_the_contract_and_0_1_states_still_load(
+    fitted: Classifier, test_set: ImageSet
+) -> None:
+    from inspectkit.errors import PersistenceError
+    from inspectkit.stages.classify import STATE_VERSION
+
+    state = fitted.get_state()
+    assert state["version"] == STATE_VERSION == 2 and state["input"]["kind"] == "wafer"
+    spec = state["input"]
+    old = {k: v for k, v in state.items() if k not in ("version", "input")}
+    old.update(
+        kind=spec["kind"],
+        input_size=spec["size"],
+        data_channels=spec["data_channels"],
+        mean=spec["mean"],
+        std=spec["std"],
+    )  # the 0.1 layout
+    back = Classifier(**FAST)
+    back.set_state(old)
+    assert torch.equal(back.predict_proba(test_set), fitted.predict_proba(test_set))
+    with pytest.raises(PersistenceError, match="newer"):
+        Classifier(**FAST).set_state({**state, "version": STATE_VERSION + 1})
+    with pytest.raises(PersistenceError, match="input fields"):
+        Classifier(**FAST).set_state({k: v for k, v in old.items() if k != "input_size"})
+
+
+def test_preprocess_before_fit_is_refused() -> None:
+    with pytest.raises(NotFittedError):
+        Classifier().preprocess(torch.zeros(1, 1, 4, 4))

@@ -249,7 +249,7 @@ def test_gradcam_explains_a_continual_classifier_on_wafer_maps(wm811k_dir, tmp_p
                 schedule="onecycle",
                 device="cpu",
                 progress=False,
-            ),  # fmt: skip
+            ),
             GradCAM(progress=False),
         ]
     )
