@@ -9,14 +9,23 @@ ReLU, Linear 32·32·16→512→9; Adam 1e-3, batch 128).
 NEU-DET: the 1,770 ``IMAGES`` (6 classes), stratified 80/20 split with seed 0, trained
 from scratch.
 
+``--defaults validation|test`` measures what ``Classifier()`` with its defaults reaches
+behind ``Wrangle(size=...)`` (``--candidate`` overrides settings to try as defaults):
+on WM-811K (623 maps of ``WM811K_train_1_split.npz``, and the 6,225 of
+``WM811K_train_10_split.npz``), NEU-DET (the 80 % split above) and DeepPCB defect tiles
+(96×96 crops around the annotated defects of the ``_test.jpg`` images, six types; never
+used to choose a default). ``validation`` scores on data carved from training files only
+(WM-811K: every 10th map of ``WM811K_train_20_split.npz``; NEU: 20 % of the 80 % split);
+``test`` on the test file / the 20 % NEU split / tiles from later DeepPCB images.
+
 Usage::
 
     flock /tmp/inspectkit-bench.lock python benchmarks/bench_classifier.py > benchmarks/results/classifier.json
     python benchmarks/bench_classifier.py --quick      # smoke run, about a minute
+    python benchmarks/bench_classifier.py --defaults validation --candidate '{"batch_size": 128}'
 
-OpenMP threads spin while waiting by default: on an idle machine that is fastest (setting
-``OMP_WAIT_POLICY=PASSIVE`` made a training epoch 35-50 % slower on the 2-core box); on a
-shared, oversubscribed one, export ``OMP_WAIT_POLICY=PASSIVE`` before the run.
+OpenMP threads spin while waiting by default: fastest on an idle machine; on a shared,
+oversubscribed one, export ``OMP_WAIT_POLICY=PASSIVE`` before the run (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -324,6 +333,112 @@ def bench_neu(root: Path, args: argparse.Namespace) -> dict:
     }
 
 
+# ---------------------------------------------------------------------- the defaults
+PCB_TYPES = ["open", "short", "mousebite", "spur", "spurious_copper", "pin_hole"]
+
+
+def deeppcb_tiles(
+    root: Path, per_type: int, *, tile: int = 96, skip_images: int = 0
+) -> tuple[ImageSet, int]:
+    """``per_type`` gray ``tile``×``tile`` crops centred on annotated DeepPCB defects of
+    each of the six types (``x1 y1 x2 y2 type`` lines of ``groupN/N_not/*.txt`` on the
+    ``_test.jpg`` images), reading images in sorted order from the ``skip_images``-th on.
+    Returns the set and the number of images read, so a later call can start after them
+    (a test set from other boards)."""
+    from PIL import Image
+
+    pcb = root / "deeppcb" / "PCBData"
+    quota = dict.fromkeys(range(1, 7), 0)
+    images: list[torch.Tensor] = []
+    samples: list[SampleMeta] = []
+    annotations = sorted(pcb.glob("group*/*_not/*.txt"))
+    k = 0
+    for k, ann in enumerate(annotations):
+        if min(quota.values()) >= per_type:
+            break
+        if k < skip_images:
+            continue
+        img = ann.parent.parent / ann.parent.name.removesuffix("_not") / f"{ann.stem}_test.jpg"
+        boxes = [[int(v) for v in line.split()] for line in ann.read_text().splitlines() if line]
+        wanted = [b for b in boxes if len(b) == 5 and quota.get(b[4], per_type) < per_type]
+        if not wanted or not img.exists():
+            continue
+        a = np.asarray(Image.open(img).convert("L"))
+        h, w = a.shape
+        for j, (x1, y1, x2, y2, t) in enumerate(wanted):
+            if quota[t] >= per_type:
+                continue
+            x0 = min(max((x1 + x2) // 2 - tile // 2, 0), w - tile)
+            y0 = min(max((y1 + y2) // 2 - tile // 2, 0), h - tile)
+            images.append(torch.from_numpy(a[y0 : y0 + tile, x0 : x0 + tile].copy())[None])
+            samples.append(
+                SampleMeta(id=f"{img.stem}#{j}", source=str(img), label=PCB_TYPES[t - 1])
+            )
+            quota[t] += 1
+    data = ImageSet(images=torch.stack(images), samples=samples, classes=list(PCB_TYPES))
+    return data, k
+
+
+def defaults_sets(root: Path, mode: str) -> dict[str, tuple[ImageSet, ImageSet, int]]:
+    """``name -> (train, evaluation set, Wrangle size)`` for ``--defaults``."""
+    wm = root / "wm811k"
+    small = load_wafer_maps(wm / "WM811K_train_1_split.npz")
+    neu = load_neu(root, None)
+    y = neu.targets().numpy()
+    tr, te = train_test_split(np.arange(len(neu)), test_size=0.2, stratify=y, random_state=0)
+    neu_train, neu_test = neu.subset(tr.tolist()), neu.subset(te.tolist())
+    if mode == "validation":
+        held = load_wafer_maps(wm / "WM811K_train_20_split.npz")
+        held = held.subset(range(0, len(held), 10))
+        y = neu_train.targets().numpy()
+        a, b = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=1)
+        return {
+            "wm811k_623": (small, held, 64),
+            "neu": (neu_train.subset(a.tolist()), neu_train.subset(b.tolist()), 128),
+        }
+    test = load_wafer_maps(wm / "WM811K_test_data.npz")
+    pcb_train, read = deeppcb_tiles(root, 150)
+    pcb_test, _ = deeppcb_tiles(root, 100, skip_images=read)
+    return {
+        "wm811k_623": (small, test, 64),
+        "wm811k_6225": (load_wafer_maps(wm / "WM811K_train_10_split.npz"), test, 64),
+        "neu": (neu_train, neu_test, 128),
+        "deeppcb_tiles": (pcb_train, pcb_test, 96),
+    }
+
+
+def bench_defaults(root: Path, mode: str, overrides: dict) -> dict:
+    """``Pipeline([Wrangle(size=...), Classifier(**overrides)])`` — the defaults — per set."""
+    import inspectkit as ik
+
+    out: dict = {}
+    for name, (train, held, size) in defaults_sets(root, mode).items():
+        clf = Classifier(progress=False, **overrides)
+        pipe = ik.Pipeline([Wrangle(size=size), clf])
+        t0, c0 = time.perf_counter(), time.process_time()
+        pipe.fit(train.replace(boxes=None))
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        pred = pipe.run(held.replace(boxes=None))
+        report = classification_report(pred)
+        result = clf.train_result
+        out[name] = {
+            "n_train": len(train),
+            "n_eval": len(held),
+            "size": size,
+            "accuracy": round(report.metrics["accuracy"], 4),
+            "macro_f1": round(report.metrics["macro_f1"], 4),
+            "predicted_classes": len({p for p in pred.predicted if p is not None}),
+            "one_class_flag": getattr(result, "one_class", None),
+            "epochs_run": len(clf.history),
+            "best_epoch": result.best_epoch if result else None,
+            "val_macro_f1": [round(h.get("val", float("nan")), 4) for h in clf.history],
+            "train_seconds": round(seconds, 1),
+            "train_cpu_seconds": round(cpu, 1),
+        }
+        log.info("%s: %s", name, out[name])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -369,6 +484,13 @@ def main() -> None:
     ap.add_argument("--skip-neu", action="store_true")
     ap.add_argument("--skip-wafer", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument(
+        "--defaults",
+        choices=["validation", "test"],
+        default=None,
+        help="what Classifier() with its defaults reaches (see the module docs)",
+    )
+    ap.add_argument("--candidate", default="{}", help="JSON of settings tried as defaults")
     args = ap.parse_args()
     args.ema = args.ema or None
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
@@ -381,6 +503,15 @@ def main() -> None:
         "machine": machine(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
+    if args.defaults is not None:
+        out["defaults"] = {
+            "mode": args.defaults,
+            "overrides": json.loads(args.candidate),
+            "sets": bench_defaults(root, args.defaults, json.loads(args.candidate)),
+        }
+        out["machine"]["load_avg_end"] = list(os.getloadavg())
+        print(json.dumps(out, indent=2))
+        return
     if not args.skip_wafer:
         out["wm811k"] = bench_wm811k(root, args)
     if not args.skip_neu:

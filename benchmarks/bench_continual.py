@@ -8,10 +8,10 @@ Streams (data from ``INSPECTKIT_DATA`` or ``../shared/data``):
 * domain-incremental: the same files split into three experiences by wafer-map die count
   ``H×W`` (small < 676 ≤ medium < 1353 ≤ large), all classes in each.
 
-To fit the 2-core development machine, every method trains on a seeded subsample of
+To fit a small machine, every method trains on a seeded subsample of
 at most ``--per-class`` maps per class and experience (``--domain-per-class`` for the
-domain stream; defaults 1,000 and 350, about 5,800 and 5,000 training maps, 27 minutes
-for three seeds — sessions 2 and 3 used 200 and 70), is evaluated on at most
+domain stream; defaults 1,000 and 350, about 5,800 and 5,000 training maps; run times
+in BENCHMARKS.md), is evaluated on at most
 ``--test-per-class`` test maps per class and experience, and runs a fixed number of
 ``--epochs``; all methods share the same compact network (same initial weights),
 optimiser, batch sizes and epochs.
@@ -40,6 +40,15 @@ Usage::
     flock /tmp/inspectkit-bench.lock python benchmarks/bench_continual.py > benchmarks/results/continual.json
     python benchmarks/bench_continual.py --quick
     python benchmarks/bench_continual.py --seeds 0 --temperatures 0.1   # one seed, fixed T
+    python benchmarks/bench_continual.py --seeds 0 --defaults validation  # the README defaults
+
+``--defaults validation|test`` runs the README's continual example as written with the
+stage's defaults (``--candidate`` overrides settings to try as defaults) against plain
+fine-tuning, joint training of the same stage and a jointly trained ``Classifier`` with
+the same network and epochs, on the class-incremental stream of
+``examples/new_product_continual.py`` (600 maps per class, 64×64); ``validation`` tests
+on ``WM811K_train_20_split.npz`` (150 maps per class, a training file), ``test`` on the
+test file.
 """
 
 from __future__ import annotations
@@ -517,6 +526,78 @@ def targets(per_seed: dict[str, list[dict[str, Any]]], buffers: list[int]) -> di
     return out
 
 
+# ---------------------------------------------------------------------- the README defaults
+def readme_stream(train: ImageSet, test: ImageSet, per_class: int, seed: int) -> list[Experience]:
+    """The class-incremental stream of ``examples/new_product_continual.py`` at the
+    README's size: four experiences, at most ``per_class`` training maps per class, 64×64."""
+    stream = class_incremental_stream(
+        train, test, CLASS_ORDER, max_train_per_class=per_class, seed=seed
+    )
+    return wrangle_stream(stream, 64)
+
+
+def bench_defaults(
+    train: ImageSet, test: ImageSet, args: argparse.Namespace, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """The README's continual example as written — ``ContinualClassifier(buffer="snnl",
+    capacity=200, ensemble=True)`` with the stage's defaults (plus ``overrides``, the
+    candidate defaults under test), fitted on the first experience and updated with the
+    next ones — against plain fine-tuning (``buffer="none"``), joint training of the same
+    stage on every experience at once, and a ``Classifier`` with the same network and
+    epochs trained jointly (its own defaults otherwise)."""
+    from inspectkit.metrics import classification_report
+    from inspectkit.stages import Classifier
+
+    stream = readme_stream(train, test, args.per_class, args.seeds[0])
+    joined, exp_of = joined_test(stream)
+    truth = [str(x) for x in joined.labels]
+    n = len(stream)
+    out: dict[str, Any] = {
+        "overrides": overrides,
+        "experiences": [
+            {"name": e.name, "train": len(e.train), "test": len(e.test)} for e in stream
+        ],
+    }
+    readme = {"buffer": "snnl", "capacity": 200, "ensemble": True}
+    base = {"device": "cpu", "progress": False, "seed": args.seeds[0], **overrides}
+    both = run_ours(stream, joined, exp_of, {**base, **readme}, True)
+    out["readme_snnl_ensemble"] = both["ensemble"]
+    out["readme_snnl_latest_model"] = both["single"]
+    if args.parts == "readme":
+        return out
+    out["finetune"] = run_ours(stream, joined, exp_of, {**base, "buffer": "none"})["single"]
+    out["joint"] = run_joint(stream, joined, exp_of, base)
+    epochs = ContinualClassifier(**base).config.epochs
+    everything = ImageSet.concat([e.train for e in stream]).replace(
+        classes=list(stream[-1].seen_classes)
+    )
+    clf = Classifier(epochs=epochs, seed=args.seeds[0], progress=False, device="cpu")
+    t0, c0 = time.perf_counter(), time.process_time()
+    clf.fit(everything)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    pred = clf.run(joined)
+    acc = accuracies([str(p) for p in pred.predicted], truth, exp_of, n)
+    out["classifier_joint"] = {
+        "final_avg_accuracy": round(float(np.mean(acc)), 4),
+        "macro_f1": round(classification_report(pred).metrics["macro_f1"], 4),
+        "epochs_run": len(clf.history),
+        "train_seconds": round(seconds, 2),
+        "train_cpu_seconds": round(cpu, 2),
+        "per_experience_accuracy": [round(a, 4) for a in acc],
+    }
+    ours, ft, joint = out["readme_snnl_ensemble"], out["finetune"], out["joint"]
+    out["targets"] = {
+        f"{m}_{what}": value
+        for m in ("final_avg_accuracy", "macro_f1")
+        for what, value in (
+            ("beats_finetune", ours[m] > ft[m]),
+            ("share_of_joint", round(ours[m] / max(joint[m], 1e-9), 4)),
+            ("joint_minus_classifier_pts", round((joint[m] - out["classifier_joint"][m]) * 100, 2)),
+        )
+    }
+    return out
+
+
 def build_streams(
     train: ImageSet, test: ImageSet, args: argparse.Namespace, seed: int
 ) -> dict[str, list[Experience]]:
@@ -585,6 +666,27 @@ def main() -> None:
         "(first seed's stream; 0 = none)",
     )
     ap.add_argument("--streams", nargs="+", default=["class_incremental", "domain_incremental"])
+    ap.add_argument(
+        "--defaults",
+        choices=["validation", "test"],
+        default=None,
+        help="instead of the method comparison: the README example with the stage's defaults "
+        "vs fine-tuning, joint training and a jointly trained Classifier, on the stream of "
+        "examples/new_product_continual.py (600 maps per class); 'validation' tests on "
+        "WM811K_train_20_split.npz (a training file, 150 maps per class), 'test' on the test file",
+    )
+    ap.add_argument(
+        "--parts",
+        choices=["all", "readme"],
+        default="all",
+        help="with --defaults: 'readme' runs only the README example (for candidates that "
+        "change replay settings alone, which the baselines do not use)",
+    )
+    ap.add_argument(
+        "--candidate",
+        default="{}",
+        help="JSON of ContinualClassifier settings tried as defaults (with --defaults)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.epochs, args.per_class, args.domain_per_class, args.test_per_class = 1, 20, 8, 10
@@ -598,6 +700,24 @@ def main() -> None:
     load0 = os.getloadavg()
     wm = data_root()
     train = load_wafer_maps(wm / "WM811K_train_29_split.npz")
+    if args.defaults is not None:
+        if args.defaults == "validation":
+            held_out = cap_per_class(load_wafer_maps(wm / "WM811K_train_20_split.npz"), 150, 0)
+        else:
+            held_out = load_wafer_maps(wm / "WM811K_test_data.npz")
+        if args.per_class == 1000:  # the method comparison's default; the example uses 600
+            args.per_class = 600
+        result = bench_defaults(train, held_out, args, json.loads(args.candidate))
+        result.update(
+            benchmark="continual-defaults",
+            tested_on=args.defaults,
+            command="python " + " ".join(sys.argv),
+            date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            loadavg=[round(x, 2) for x in (*load0, *os.getloadavg())],
+            total_seconds=round(time.perf_counter() - started, 1),
+        )
+        print(json.dumps(result, indent=2))
+        return
     test = load_wafer_maps(wm / "WM811K_test_data.npz")
     cfg = {
         "arch": "compact",
