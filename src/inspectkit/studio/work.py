@@ -1,0 +1,462 @@
+"""What the studio's screens do, through the library's public functions.
+
+Nothing here has model code of its own: data comes from :func:`inspectkit.sources.load`,
+pipelines from :mod:`inspectkit.recipes`, models are saved by
+:func:`inspectkit.cli.project.save_model` (atomic, the previous model kept), reports by
+:func:`inspectkit.report.write_html`, overlays by :mod:`inspectkit.xai.overlay`. So what a
+person does on screen is what ``inspectkit train/generate/evaluate --project`` do.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import time
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from inspectkit.errors import ConfigError, DataError
+from inspectkit.studio.jobs import JobContext
+from inspectkit.studio.safety import StudioError
+from inspectkit.studio.workspace import StudioProject
+
+#: Share of each class held out from training, for the test screens and the report.
+HELD_OUT = 0.2
+#: Seed of the held-out split.
+SPLIT_SEED = 0
+#: Training sets of at least this size get a validation split (the live score curve).
+MIN_VALIDATION = 20
+#: Most images one "Generate" asks for.
+MAX_GENERATE = 1000
+
+#: One line per training setting, shown beside it on the Train screen.
+TIPS = {
+    "epochs": "How many times the model sees every image. More can help, but takes longer; "
+    "watch the curves flatten.",
+    "batch_size": "Images per learning step. 'auto' picks a size that suits the data; "
+    "smaller steps are noisier but can help with few images.",
+    "lr": "How big each learning step is. Too high and the loss jumps around; "
+    "too low and it barely falls.",
+    "size": "Images are resized to this many pixels per side. Larger sees finer "
+    "defects but is slower.",
+    "backbone": "The network that looks at the image. The default is chosen for "
+    "good-only inspection.",
+    "weights": "Start from ImageNet weights (learned from millions of photos) or from "
+    "random weights.",
+    "method": "How normal images are remembered: patchcore keeps a memory of good "
+    "patches; padim models their statistics.",
+}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The Train screen's settings, checked before a job starts."""
+
+    epochs: int = 10
+    batch_size: int | str = "auto"
+    lr: float = 3e-3
+    size: int | None = None
+    method: str | None = None
+    backbone: str | None = None
+    weights: str | None = None
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any], task: str) -> TrainSettings:
+        from inspectkit.ops import SIZE_RANGE
+
+        def number(key: str, kind: type, lo: float, hi: float) -> Any:
+            value = raw.get(key)
+            if value in (None, ""):
+                return getattr(cls, key)
+            try:
+                v = kind(value)
+            except (TypeError, ValueError):
+                raise StudioError(f"{key} must be a number, got {value!r}") from None
+            if (isinstance(v, float) and not math.isfinite(v)) or not lo <= v <= hi:
+                raise StudioError(f"{key} must be between {lo:g} and {hi:g}, got {value!r}")
+            return v
+
+        batch = raw.get("batch_size", "auto")
+        batch = "auto" if batch in (None, "", "auto") else number("batch_size", int, 2, 1024)
+        size = raw.get("size")
+        if size not in (None, ""):
+            lo, hi = SIZE_RANGE
+            size = number("size", int, max(lo, 16), min(hi, 1024))
+        else:
+            size = None
+        text = {
+            k: (str(raw[k]) if raw.get(k) not in (None, "") else None)
+            for k in ("method", "backbone", "weights")
+        }
+        if task != "anomaly" and any(text.values()):
+            raise StudioError("method, backbone and weights apply to good-only (anomaly) projects")
+        return cls(
+            epochs=number("epochs", int, 1, 500),
+            batch_size=batch,
+            lr=number("lr", float, 1e-6, 1.0),
+            size=size,
+            seed=number("seed", int, 0, 2**31 - 1),
+            **text,
+        )
+
+
+# ---------------------------------------------------------------------- data
+def load_project_data(project: StudioProject, *, channels: int | None = None) -> Any:
+    """Every real, labelled image of ``data/<class>/`` (an ``ImageSet``)."""
+    from inspectkit.sources import load
+
+    names = [c["name"] for c in project.classes() if c["images"] > 0]
+    if not names:
+        raise StudioError("add images to at least one class first")
+    try:
+        return load(project.paths.data, purpose="evaluate", channels=channels)
+    except DataError as exc:
+        raise StudioError(_relative(project, str(exc))) from None
+
+
+def split(project: StudioProject, data: Any) -> tuple[Any, Any]:
+    """``(train, held_out)``: a seeded, stratified :data:`HELD_OUT` share of each class
+    (``stages.wrangle.assign_splits``) is never trained on. For a good-only project the
+    training part keeps the good images only, and every defect image is held out."""
+    from inspectkit.metrics.anomaly import is_defective
+    from inspectkit.stages.wrangle import assign_splits
+
+    splits = assign_splits(data.samples, (1 - HELD_OUT, 0.0, HELD_OUT), seed=SPLIT_SEED)
+    if project.task == "anomaly":
+        bad = [is_defective(s) for s in data.samples]
+        train_idx = [i for i, sp in enumerate(splits) if sp == "train" and not bad[i]]
+        held_idx = [i for i, sp in enumerate(splits) if sp != "train" or bad[i]]
+        if not train_idx:
+            raise StudioError("a good-only project trains on the class 'good': add good images")
+    else:
+        train_idx = [i for i, sp in enumerate(splits) if sp == "train"]
+        held_idx = [i for i, sp in enumerate(splits) if sp != "train"]
+        trained = {data.samples[i].label for i in train_idx}
+        if len(trained) < 2:
+            raise StudioError("a classifier needs images in at least two classes")
+    return data.subset(train_idx), data.subset(held_idx)
+
+
+def _relative(project: StudioProject, text: str) -> str:
+    """A message with the project's absolute path cut to the project name."""
+    return text.replace(str(project.root.parent) + "/", "")
+
+
+# ---------------------------------------------------------------------- training
+def train(project: StudioProject, settings: TrainSettings, ctx: JobContext) -> dict[str, Any]:
+    """Train the project's model on its training part and save it (previous one kept)."""
+    from inspectkit.cli.project import save_model
+    from inspectkit.recipes import default_pipeline
+    from inspectkit.records import ImageSet
+    from inspectkit.runtime import observe_epochs
+
+    started = time.perf_counter()
+    task = project.task
+    ctx.phase("reading images")
+    data = load_project_data(project)
+    train_set, held = split(project, data)
+    if task == "classify":
+        generated = project.paths.load_generated(train_set, None)
+        if generated is not None:
+            train_set = ImageSet.concat([train_set, generated])
+    try:
+        pipe = default_pipeline(
+            task,
+            kind=data.kind,
+            n_train=len(train_set),
+            size=settings.size,
+            epochs=settings.epochs,
+            seed=settings.seed,
+            method=settings.method,
+            progress=False,
+        )
+        changes: dict[str, Any] = {}
+        if task == "classify":
+            changes = {
+                "classifier__batch_size": settings.batch_size,
+                "classifier__lr": settings.lr,
+            }
+            real = len(train_set.real())
+            if real >= MIN_VALIDATION:
+                changes["classifier__val_fraction"] = 0.2
+        else:
+            if settings.backbone:
+                changes["anomaly_detector__backbone"] = settings.backbone
+            if settings.weights:
+                changes["anomaly_detector__weights"] = (
+                    None if settings.weights == "none" else settings.weights
+                )
+        if changes:
+            pipe.set_params(**changes)
+    except ConfigError as exc:
+        raise StudioError(str(exc)) from None
+    ctx.phase(f"training on {len(train_set)} images")
+    with observe_epochs(ctx.epoch):
+        pipe.fit(train_set)
+    ctx.phase(f"checking {len(held)} held-out images")
+    metrics = held_out_metrics(task, pipe, held)
+    ctx.phase("saving the model")
+    save_model(
+        project.model_dir,
+        pipe,
+        train_set,
+        task=task,
+        source=str(project.paths.data),
+        seed=settings.seed,
+        layout="class-folders",
+        started=started,
+    )
+    return {"metrics": metrics, "trained_on": len(train_set), "held_out": len(held)}
+
+
+def held_out_metrics(task: str, pipe: Any, held: Any) -> dict[str, float | None]:
+    """Accuracy (classify) or image AUROC and rates (anomaly) on the held-out part."""
+    if len(held) == 0:
+        return {}
+    out = pipe.run(held)
+    if task == "classify":
+        from inspectkit.metrics import classification_report
+
+        report = classification_report(out, title="held-out")
+        keys = ("accuracy", "macro_f1")
+    else:
+        from inspectkit.metrics import anomaly_report
+
+        report = anomaly_report(out, title="held-out")
+        keys = ("image_auroc", "miss_rate", "false_alarm_rate")
+    return {
+        k: (float(report.metrics[k]) if math.isfinite(report.metrics[k]) else None)
+        for k in keys
+        if k in report.metrics
+    }
+
+
+# ---------------------------------------------------------------------- generation
+def generate(
+    project: StudioProject, cls: str, n: int, method: str, ctx: JobContext
+) -> dict[str, Any]:
+    """``n`` synthetic images of class ``cls`` into ``generated/<cls>/`` (PNG)."""
+    from inspectkit.cli.generate import save_generated
+    from inspectkit.recipes import generation_pipeline, synthetic_samples
+
+    if method not in ("augment", "vae"):
+        raise StudioError(f"method must be 'augment' or 'vae' (use AI), got {method!r}")
+    if not 1 <= n <= MAX_GENERATE:
+        raise StudioError(f"count must be between 1 and {MAX_GENERATE}, got {n}")
+    project.require_class(cls)
+    ctx.phase("reading images")
+    data = load_project_data(project)
+    train_set, _ = split(project, data)  # held-out images never feed a generator
+    ctx.phase("learning the class" if method == "vae" else "augmenting")
+    try:
+        pipe = generation_pipeline(train_set, cls, n, method=method, seed=0, progress=False)
+        synth = synthetic_samples(pipe.fit_run(train_set), cls, n)
+    except DataError as exc:
+        raise StudioError(str(exc)) from None
+    ctx.phase("writing images")
+    written = save_generated(synth, project.class_dir(cls, "generated"), cls)
+    return {"class": cls, "generated": len(synth), "files": [p.name for p in written]}
+
+
+# ---------------------------------------------------------------------- evaluation
+def evaluate(project: StudioProject, ctx: JobContext) -> dict[str, Any]:
+    """The report of ``inspectkit evaluate`` on the held-out part, into ``reports/model/``."""
+    from inspectkit.cli.project import load_model
+    from inspectkit.metrics import anomaly_report, classification_report
+    from inspectkit.report import write_html
+
+    ctx.phase("loading the model")
+    pipe, card = _load_model(project, load_model)
+    task = card["task"]
+    ctx.phase("reading images")
+    data = load_project_data(project, channels=card.get("channels"))
+    _, held = split(project, data)
+    if len(held) == 0:
+        raise StudioError("no held-out images to evaluate on: add more images per class")
+    ctx.phase(f"running the model on {len(held)} held-out images")
+    result = pipe.run(held)
+    title = f"{project.name}: model on the held-out images"
+    if task == "classify":
+        report = classification_report(result, title=title)
+        extra: dict[str, Any] = {"predictions": result}
+    else:
+        report = anomaly_report(result, title=title)
+        extra = {"scores": result}
+    ctx.phase("writing the report")
+    out = project.paths.report("model")
+    report.save(out / "report.json")
+    write_html(report, out, **extra)
+    metrics = {k: (v if math.isfinite(v) else None) for k, v in report.metrics.items()}
+    return {"metrics": metrics, "held_out": len(held), "report": "reports/model/report.html"}
+
+
+def _load_model(project: StudioProject, loader: Any) -> tuple[Any, dict[str, Any]]:
+    if not project.has_model():
+        raise StudioError("train a model first")
+    return loader(project.model_dir)
+
+
+# ---------------------------------------------------------------------- testing
+def png_data_url(img: Any) -> str:
+    buf = BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def predict(
+    project: StudioProject, paths: list[Path], names: list[str], explain: str | None
+) -> list[dict[str, Any]]:
+    """One row per image: class probabilities (classify), or score, verdict and anomaly
+    map overlay (anomaly); with ``explain`` a Grad-CAM / SISE overlay per image."""
+    from inspectkit.cli.predict import prediction_rows
+    from inspectkit.cli.project import load_model
+    from inspectkit.pipeline import Pipeline
+    from inspectkit.sources import load_inputs
+
+    pipe, card = _load_model(project, load_model)
+    task = card["task"]
+    data = load_inputs(
+        [str(p) for p in paths], channels=card.get("channels"), kind=card.get("kind")
+    )
+    data = data.subset(range(len(data)))  # decoded once, for the overlays
+    if task == "classify" and explain:
+        from inspectkit.xai import Explain, available_methods
+
+        if explain not in available_methods():
+            raise StudioError(f"unknown explanation {explain!r}; choose {available_methods()}")
+        result = Pipeline([*pipe.stages, Explain(method=explain, progress=False)]).run(data)
+    else:
+        result = pipe.run(data)
+    rows = prediction_rows(result, task)
+    by_source = {str(p): name for p, name in zip(paths, names)}
+    overlays = _overlays(task, data, result, explain)
+    for row, sample, pic in zip(rows, result.samples, overlays):
+        row["input"] = by_source.get(sample.source or "", sample.id)
+        row.pop("id", None)
+        if pic is not None:
+            row["overlay"] = pic
+    return rows
+
+
+def _overlays(task: str, data: Any, result: Any, explain: str | None) -> list[str | None]:
+    from inspectkit.xai.overlay import anomaly_scale, overlay, scale_map
+
+    n = len(result)
+    if task == "anomaly" and getattr(result, "maps", None) is not None:
+        lo, hi = anomaly_scale(result.maps, result.threshold)
+        return [
+            png_data_url(overlay(data.images[i], scale_map(result.maps[i], lo, hi), kind=data.kind))
+            for i in range(n)
+        ]
+    if task == "classify" and explain and getattr(result, "heatmaps", None) is not None:
+        return [
+            png_data_url(overlay(data.images[i], result.heatmaps[i], kind=data.kind))
+            for i in range(n)
+        ]
+    return [None] * n
+
+
+# ---------------------------------------------------------------------- threshold
+def threshold_view(project: StudioProject) -> dict[str, Any]:
+    """The anomaly scores of the held-out images (good and defective) and the model's
+    threshold, for the threshold screen (which computes rates as the slider moves)."""
+    from inspectkit.cli.project import load_model
+    from inspectkit.metrics.anomaly import is_defective
+
+    pipe, card = _load_model(project, load_model)
+    if card["task"] != "anomaly":
+        raise StudioError("the threshold belongs to good-only (anomaly) projects")
+    data = load_project_data(project, channels=card.get("channels"))
+    _, held = split(project, data)
+    if len(held) == 0:
+        raise StudioError("no held-out images: add more images per class")
+    result = pipe.run(held)
+    scores = [float(s) for s in result.scores]
+    bad = [is_defective(s) for s in held.samples]
+    return {
+        "threshold": result.threshold,
+        "good": [s for s, b in zip(scores, bad) if not b],
+        "defect": [s for s, b in zip(scores, bad) if b],
+        "can_save": threshold_setter(pipe) is not None,
+    }
+
+
+def threshold_setter(pipe: Any) -> Any:
+    """The detector stage's threshold setter when the library has one, else ``None``."""
+    stage = pipe.stages[-1]
+    setter = getattr(stage, "set_threshold", None)
+    return setter if callable(setter) else None
+
+
+def save_threshold(project: StudioProject, value: float) -> dict[str, Any]:
+    """Set the threshold through the detector stage's API and save a new model version."""
+    from inspectkit.cli.project import CARD_FILE, load_model
+
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        raise StudioError(f"threshold must be a finite number, got {value!r}")
+    pipe, card = _load_model(project, load_model)
+    setter = threshold_setter(pipe) if card["task"] == "anomaly" else None
+    if setter is None:
+        raise StudioError("this model's threshold cannot be set here")
+    try:
+        setter(float(value))
+    except (ConfigError, DataError) as exc:
+        raise StudioError(str(exc)) from None
+    card = {**card, "threshold_set_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    attachments = {**pipe.attachments, CARD_FILE: _json(card)}
+    pipe.save(project.model_dir, attachments=attachments, keep=1)
+    return {"threshold": pipe.stages[-1].threshold}
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, indent=2)
+
+
+# ---------------------------------------------------------------------- export
+def onnx_available() -> bool:
+    """Whether the library can export a pipeline to ONNX here."""
+    from inspectkit.pipeline import Pipeline
+
+    if not callable(getattr(Pipeline, "export", None)):
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("onnx") is not None
+
+
+def export_onnx(project: StudioProject) -> Path:
+    """The project's model as ``models/model.onnx`` (``Pipeline.export``)."""
+    from inspectkit.cli.project import load_model
+
+    if not onnx_available():
+        raise StudioError("ONNX export is not available in this installation")
+    pipe, _ = _load_model(project, load_model)
+    out = project.model_dir.with_suffix(".onnx")
+    try:
+        pipe.export(out, format="onnx")
+    except (ConfigError, DataError) as exc:
+        raise StudioError(str(exc)) from None
+    return out
+
+
+__all__ = [
+    "HELD_OUT",
+    "TIPS",
+    "TrainSettings",
+    "evaluate",
+    "export_onnx",
+    "generate",
+    "held_out_metrics",
+    "load_project_data",
+    "onnx_available",
+    "predict",
+    "save_threshold",
+    "split",
+    "threshold_view",
+    "train",
+]
