@@ -368,6 +368,21 @@ class Pipeline:
         pipe.attachments = saved.attachments
         return pipe
 
+    def export(self, path: str | os.PathLike[str], format: str = "onnx", **options: Any) -> Path:
+        """Export the fitted pipeline to ONNX: ``MODEL.onnx`` plus the sidecar
+        ``MODEL.json`` (preprocessing, classes or calibration) that
+        :mod:`inspectkit_runtime` or any ONNX Runtime binding reads. The graph is checked
+        against this pipeline's exact float32 scoring before anything is written; see
+        :func:`inspectkit.export.export_pipeline` for ``options``.
+
+        Raises:
+            ExportError: a stage or detector without an exporter, or a graph that would
+                score differently (nothing is written).
+        """
+        from inspectkit.export import export_pipeline
+
+        return export_pipeline(self, path, format=format, **options)
+
     @staticmethod
     def rollback(path: str | os.PathLike[str]) -> Path:
         """Put the model saved before the last save at ``path`` back (see :meth:`save`)."""

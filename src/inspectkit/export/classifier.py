@@ -1,0 +1,74 @@
+"""The classifier stage as an export: resize to the network's input size and scaling in
+the runtime; the input encoding (wafer one-hot, photo standardisation), the network with
+BatchNorm folded, the test-time views and the softmax inside the graph. Outputs:
+``probs`` (``N×K``) and ``class`` (the index of the top class, ``-1`` where
+``reject_below`` sends the sample to review)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from inspectkit.export.base import ExportContext, ExportError, StageExport, register_stage_exporter
+from inspectkit.models.inputs import WAFER_CODES
+from inspectkit.stages.classify import ViewAverage
+
+
+class ClassifierGraph(nn.Module):
+    def __init__(self, net: nn.Module, spec: Any, tta: str, reject_below: float | None) -> None:
+        super().__init__()
+        self.net = ViewAverage(net, tta) if tta != "none" else net
+        self.wafer = spec.kind == "wafer"
+        self.standardize = spec.kind != "wafer" and spec.mean is not None
+        if self.standardize:
+            self.register_buffer("mean", spec.mean.detach().float().view(1, -1, 1, 1).clone())
+            self.register_buffer("std", spec.std.detach().float().view(1, -1, 1, 1).clone())
+        self.reject_below = reject_below
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``InputSpec.encode`` in exportable operations."""
+        if self.wafer:
+            codes = x.round().clamp(0, WAFER_CODES - 1)
+            return torch.stack([(codes[:, 0] == k).float() for k in range(WAFER_CODES)], 1)
+        return (x - self.mean) / self.std if self.standardize else x
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(self.encode(x))
+        probs = torch.softmax(logits.double(), dim=1).float()
+        top, idx = probs.max(dim=1)
+        if self.reject_below is not None:
+            idx = torch.where(top.double() >= self.reject_below, idx, torch.full_like(idx, -1))
+        return probs, idx
+
+
+@register_stage_exporter("classifier")
+def export_classifier(stage: Any, ctx: ExportContext) -> StageExport:
+    stage.check_fitted()
+    spec = stage.input_spec
+    if ctx.kind != spec.kind:
+        raise ExportError(
+            f"the Classifier was trained on {spec.kind!r} data but the stages before it give "
+            f"{ctx.kind!r} data"
+        )
+    steps = [
+        {"op": "resize", "size": list(spec.size), "mode": spec.resize_mode},
+        {"op": "to_float", "scale": 1 if spec.kind == "wafer" else 255},
+    ]
+    cfg = stage.config
+    return StageExport(
+        steps=steps,
+        module=ClassifierGraph(stage.model.fused().eval(), spec, cfg.tta, cfg.reject_below).eval(),
+        outputs=["probs", "class"],
+        input_shape=(spec.data_channels, *spec.size),
+        sidecar={
+            "task": "classify",
+            "classes": list(stage.classes),
+            "reject_below": cfg.reject_below,
+            "tta": cfg.tta,
+        },
+    )
+
+
+__all__ = ["ClassifierGraph", "export_classifier"]
