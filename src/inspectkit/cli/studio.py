@@ -40,7 +40,7 @@ def allowed_hosts(host: str, port: int) -> set[str] | None:
 class Studio(Command):
     name = "studio"
     help = "the teachable-machine flow in the browser (local web app)"
-    order = 15
+    order = 80
     takes_json = False
     takes_project = False
 

@@ -24,7 +24,8 @@ MAX_NAME = 64
 #: File suffixes accepted as uploads: what the library's image readers decode.
 IMAGE_SUFFIXES = tuple(sorted(_READABLE))
 
-_FORBIDDEN = set('/\\:*?"<>|\x00')
+_LOOKALIKE_SLASHES = "\u2044\u2215\u2216\u29f5\u29f8\u29f9"
+_FORBIDDEN = set('/\\:*?"<>|\x00' + _LOOKALIKE_SLASHES)
 _RESERVED = {"con", "prn", "aux", "nul"} | {f"{p}{i}" for p in ("com", "lpt") for i in range(10)}
 _BAD_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 

@@ -50,6 +50,9 @@ TIPS = {
 }
 
 
+_CLASSIFY_ONLY = ("epochs", "batch_size", "lr")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """The Train screen's settings, checked before a job starts."""
@@ -93,6 +96,11 @@ class TrainSettings:
         }
         if task != "anomaly" and any(text.values()):
             raise StudioError("method, backbone and weights apply to good-only (anomaly) projects")
+        if task == "anomaly" and any(raw.get(k) not in (None, "") for k in _CLASSIFY_ONLY):
+            raise StudioError(
+                f"{', '.join(_CLASSIFY_ONLY)} apply to classify projects; a good-only "
+                "detector learns without epochs"
+            )
         return cls(
             epochs=number("epochs", int, 1, 500),
             batch_size=batch,
