@@ -16,10 +16,33 @@ from inspectkit.models.inputs import WAFER_CODES
 from inspectkit.stages.classify import ViewAverage
 
 
+def rot90(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``torch.rot90(x, k, dims=(-2, -1))`` as flips and a transpose (ONNX has no rot90)."""
+    k %= 4
+    if k == 1:
+        return x.flip(-1).transpose(-2, -1)
+    if k == 2:
+        return x.flip(-1).flip(-2)
+    if k == 3:
+        return x.flip(-2).transpose(-2, -1)
+    return x
+
+
+class ExportViewAverage(ViewAverage):
+    """:class:`~inspectkit.stages.classify.ViewAverage` with its quarter-turns written as
+    flips and transposes: the same views, exportable."""
+
+    def _views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.views == "flip" or x.shape[-1] != x.shape[-2]:
+            return super()._views(x)
+        turns = [rot90(x, k) for k in range(4)]
+        return turns + [t.flip(-1) for t in turns]
+
+
 class ClassifierGraph(nn.Module):
     def __init__(self, net: nn.Module, spec: Any, tta: str, reject_below: float | None) -> None:
         super().__init__()
-        self.net = ViewAverage(net, tta) if tta != "none" else net
+        self.net = ExportViewAverage(net, tta) if tta != "none" else net
         self.wafer = spec.kind == "wafer"
         self.standardize = spec.kind != "wafer" and spec.mean is not None
         if self.standardize:
@@ -71,4 +94,4 @@ def export_classifier(stage: Any, ctx: ExportContext) -> StageExport:
     )
 
 
-__all__ = ["ClassifierGraph", "export_classifier"]
+__all__ = ["ClassifierGraph", "ExportViewAverage", "export_classifier", "rot90"]
