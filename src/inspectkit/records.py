@@ -125,7 +125,7 @@ class Box(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    label: str
+    label: PrintableStr
     xmin: float = Field(ge=0)
     ymin: float = Field(ge=0)
     xmax: float
@@ -258,7 +258,8 @@ class ImageSet(Record):
             matching the images' sizes; 0 = good, non-zero = defect.
         boxes: Optional list (one entry per image) of defect boxes.
         samples: One :class:`SampleMeta` per image.
-        classes: The class names a model may predict; labels must be among them.
+        classes: The class names a model may predict; labels must be among them (made
+            printable like labels, :func:`printable`).
         kind: ``"wafer"`` for wafer maps coded 0 (outside), 1 (pass), 2 (fail) — they
             are resized with nearest neighbour so codes survive — or ``"image"``.
         skipped: Inputs a source skipped with ``on_error="skip"``, each as
@@ -271,9 +272,9 @@ class ImageSet(Record):
     masks: ImageData | None = None
     boxes: list[list[Box]] | None = None
     samples: list[SampleMeta]
-    classes: list[str] = Field(default_factory=list)
+    classes: list[PrintableStr] = Field(default_factory=list)
     kind: Literal["image", "wafer"] = "image"
-    skipped: list[str] = Field(default_factory=list)
+    skipped: list[PrintableStr] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _validate_set(self) -> Self:

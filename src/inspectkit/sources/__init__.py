@@ -3,7 +3,9 @@
 :func:`detect` names the layout a path holds and :func:`load` loads it (every loader
 module registers its :class:`Layout`; installed packages add theirs under the entry-point
 group ``inspectkit.sources``). Imported on first use, so a missing optional dependency
-(pandas for ``LSWMD.pkl``) only matters to the loader that needs it.
+(pandas for ``LSWMD.pkl``) only matters to the loader that needs it. What one file may
+make a loader allocate is bounded by :class:`Limits` (:func:`set_limits`,
+``INSPECTKIT_MAX_*`` environment variables, or ``limits=`` per call).
 
 Example:
     >>> from inspectkit import sources
@@ -35,6 +37,11 @@ _LAZY = {
     "load_magnetic_tile": "inspectkit.sources.folders",
     "load_voc": "inspectkit.sources.voc",
     "attach_metadata": "inspectkit.sources.metadata",
+    "Limits": "inspectkit.sources.limits",
+    "SizeLimitError": "inspectkit.sources.limits",
+    "get_limits": "inspectkit.sources.limits",
+    "set_limits": "inspectkit.sources.limits",
+    "use_limits": "inspectkit.sources.limits",
 }
 
 __all__ = sorted(_LAZY)

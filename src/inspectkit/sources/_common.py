@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import stat
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -19,10 +21,11 @@ import torch
 from PIL import Image
 
 from inspectkit.errors import DataError
+from inspectkit.sources.layout import OnError, check_on_error
+from inspectkit.sources.limits import Limits, as_limits, get_limits, over
 
 log = logging.getLogger(__name__)
 
-OnError = Literal["raise", "skip"]
 Unlabelled = Literal["keep", "skip"]
 
 #: The nine WM-811K failure types, ``none`` meaning a map without a pattern.
@@ -48,11 +51,6 @@ _GRAY_MODES = frozenset({"1", "L", "LA", "P;L", "I", "I;16", "I;16L", "I;16B", "
 _FLOAT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 
 T = TypeVar("T")
-
-
-def check_on_error(on_error: str) -> None:
-    if on_error not in ("raise", "skip"):
-        raise DataError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
 
 
 def check_channels(channels: int | None) -> None:
@@ -92,36 +90,79 @@ class Collector:
         log.warning("skipped %s: %s", path, reason)
 
 
-def _open(path: Path) -> Image.Image:
-    if not path.is_file():
-        raise file_error(path, "file not found")
+def check_regular_file(path: Path) -> None:
+    """A :class:`DataError` unless ``path`` is a regular file (not missing, not a folder,
+    a device such as ``/dev/zero`` or a pipe, which could be read without end)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise file_error(path, "file not found") from None
+    except OSError as exc:
+        raise file_error(path, f"cannot read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise file_error(path, f"{what}; expected a file")
+
+
+def _open(path: Path, limits: Limits | Mapping[str, int] | None = None) -> Image.Image:
+    """Open an image (header only) and check its size against ``max_image_pixels``."""
+    limits = as_limits(limits)
+    check_regular_file(path)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise file_error(path, f"image too large to decode safely ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+            # our own limit decides below; Pillow's warning threshold is not configurable
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError as exc:  # over twice PIL.Image.MAX_IMAGE_PIXELS
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        if found:
+            over(path, "image has pixels", int(found.group(1)), "max_image_pixels", limits)
+        raise file_error(
+            path,
+            f"image too large for Pillow ({exc}); raise PIL.Image.MAX_IMAGE_PIXELS as well as "
+            "the inspectkit limit max_image_pixels to read it",
+        ) from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow parsing untrusted bytes: any failure = unreadable
         raise file_error(path, f"not a readable image ({type(exc).__name__}: {exc})") from None
+    w, h = im.size
+    try:
+        over(path, f"image is {w}×{h} (W×H) pixels", w * h, "max_image_pixels", limits)
+    except DataError:
+        im.close()
+        raise
+    return im
 
 
-def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+def image_size(
+    path: str | os.PathLike[str], limits: Limits | Mapping[str, int] | None = None
+) -> tuple[int, int]:
     """``(H, W)`` read from the file's header only (no pixel decoding)."""
     p = Path(path)
-    with _open(p) as im:
+    with _open(p, limits) as im:
         w, h = im.size
     if h < 1 or w < 1:
         raise file_error(p, f"image has an empty size {w}x{h}")
     return h, w
 
 
-def decode_array(path: str | os.PathLike[str], channels: int | None = None) -> np.ndarray:
+def decode_array(
+    path: str | os.PathLike[str],
+    channels: int | None = None,
+    limits: Limits | Mapping[str, int] | None = None,
+) -> np.ndarray:
     """Decode one image file to an ``H×W`` or ``H×W×3`` NumPy array (see :func:`read_image`)."""
     p = Path(path)
-    with _open(p) as im:
+    with _open(p, limits) as im:
+        w, h = im.size
+        if h < 1 or w < 1:
+            raise file_error(p, f"image has an empty size {w}x{h}")
         try:
             im.load()
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        except MemoryError:
+            raise
+        except Exception as exc:
             raise file_error(
                 p, f"corrupt or truncated image ({type(exc).__name__}: {exc})"
             ) from None
@@ -141,12 +182,21 @@ def decode_array(path: str | os.PathLike[str], channels: int | None = None) -> n
         target = "L" if want == 1 else "RGB"
         try:
             converted = im.convert(target) if mode != target else im
-            return np.array(converted, dtype=np.uint8)
-        except (OSError, ValueError) as exc:
+            arr = np.array(converted, dtype=np.uint8)
+        except MemoryError:
+            raise
+        except Exception as exc:
             raise file_error(p, f"cannot convert {mode} image to {target} ({exc})") from None
+        if arr.shape[:2] != (h, w):  # a decoder that disagrees with its own header
+            raise file_error(p, f"decoded to {arr.shape[:2]}, but the header says {h}x{w}")
+        return arr
 
 
-def read_image(path: str | os.PathLike[str], channels: int | None = None) -> torch.Tensor:
+def read_image(
+    path: str | os.PathLike[str],
+    channels: int | None = None,
+    limits: Limits | Mapping[str, int] | None = None,
+) -> torch.Tensor:
     """Decode one image file to a ``C×H×W`` tensor.
 
     8-bit files become uint8 (``channels=None`` keeps gray as 1 channel and turns every
@@ -154,14 +204,16 @@ def read_image(path: str | os.PathLike[str], channels: int | None = None) -> tor
     [0, 1]; floating-point TIFFs stay float32 and must be finite.
 
     Raises:
-        DataError: naming the file, for a missing, corrupt, truncated or non-finite image.
+        DataError: naming the file, for a missing, corrupt, truncated or non-finite image;
+            :class:`~inspectkit.sources.limits.SizeLimitError` for one whose header claims
+            more than ``max_image_pixels`` (checked before decoding).
 
     Example:
         >>> from inspectkit.sources._common import read_image
         >>> read_image("part.png", channels=1).shape  # doctest: +SKIP
         torch.Size([1, 240, 320])
     """
-    arr = decode_array(path, channels)
+    arr = decode_array(path, channels, limits)
     if arr.ndim == 2:
         return torch.from_numpy(np.ascontiguousarray(arr[None]))
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
@@ -176,20 +228,33 @@ def wafer_label(text: str) -> str:
 
 class ImageReader:
     """Picklable loader for :class:`~inspectkit.records.LazyImages`: decodes one file with
-    :func:`read_image`. Two readers with the same ``channels`` are equal, so lazy sets
-    that share one can be joined without decoding."""
+    :func:`read_image`, under the size limits in effect when the reader was made (the
+    set was loaded). Two readers with the same ``channels`` and limits are equal, so lazy
+    sets that share one can be joined without decoding."""
 
-    def __init__(self, channels: int | None = None) -> None:
+    def __init__(
+        self, channels: int | None = None, limits: Limits | Mapping[str, int] | None = None
+    ) -> None:
         self.channels = channels
+        self.limits = as_limits(limits) or get_limits()
 
     def __call__(self, key: str) -> torch.Tensor:
-        return read_image(key, self.channels)
+        return read_image(key, self.channels, self.limits)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ImageReader) and other.channels == self.channels
+        return (
+            isinstance(other, ImageReader)
+            and other.channels == self.channels
+            and other.limits == self.limits
+        )
 
     def __hash__(self) -> int:
-        return hash(("ImageReader", self.channels))
+        return hash(("ImageReader", self.channels, self.limits))
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        if "limits" not in state:  # pickled before readers carried limits
+            self.limits = get_limits()
 
 
 def _palette_is_gray(im: Image.Image) -> bool:
@@ -200,13 +265,15 @@ def _palette_is_gray(im: Image.Image) -> bool:
     return bool((rgb[:, 0] == rgb[:, 1]).all() and (rgb[:, 1] == rgb[:, 2]).all())
 
 
-def read_mask(path: str | os.PathLike[str]) -> torch.Tensor:
+def read_mask(
+    path: str | os.PathLike[str], limits: Limits | Mapping[str, int] | None = None
+) -> torch.Tensor:
     """Decode a mask image to a ``1×H×W`` uint8 tensor of 0 (good) / 1 (defect).
 
     Pixels of 128 or more (in the gray conversion) count as defect: masks saved as
     0/255 PNGs and masks with soft, anti-aliased borders both binarise sensibly.
     """
-    arr = decode_array(path, channels=1)
+    arr = decode_array(path, channels=1, limits=limits)
     limit = 0.5 if arr.dtype.kind == "f" else 128
     return torch.from_numpy((arr >= limit).astype(np.uint8)[None])
 
@@ -252,6 +319,7 @@ __all__ = [
     "Unlabelled",
     "check_channels",
     "check_on_error",
+    "check_regular_file",
     "decode_array",
     "file_error",
     "image_size",

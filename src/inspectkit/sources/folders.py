@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,6 +38,7 @@ from inspectkit.sources._common import (
     unify_dtypes,
 )
 from inspectkit.sources.layout import Layout, register_layout
+from inspectkit.sources.limits import Limits, applies_limits, get_limits
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +54,20 @@ class _Item:
     meta: dict[str, str | int | float | bool | None] | None = None
 
 
-def _zero_mask(path: Path) -> torch.Tensor:
-    h, w = image_size(path)
-    return torch.zeros((1, h, w), dtype=torch.uint8)
+class MaskReader:
+    """Picklable loader of lazy masks: key ``("mask", path)`` reads a mask file,
+    ``("empty", image path)`` gives an all-good mask of that image's size; under the size
+    limits in effect when the set was loaded."""
 
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits if limits is not None else get_limits()
 
-def _load_mask_lazy(key: tuple[str, str]) -> torch.Tensor:
-    kind, path = key
-    return _zero_mask(Path(path)) if kind == "empty" else read_mask(path)
+    def __call__(self, key: tuple[str, str]) -> torch.Tensor:
+        kind, path = key
+        if kind == "empty":
+            h, w = image_size(path, self.limits)
+            return torch.zeros((1, h, w), dtype=torch.uint8)
+        return read_mask(path, self.limits)
 
 
 def _materialize_items(
@@ -121,7 +128,7 @@ def _materialize_items(
             keys = [
                 ("empty", str(i.image)) if i.empty_mask else ("mask", str(i.mask)) for i in kept
             ]
-            mask_data = LazyImages(keys, _load_mask_lazy)
+            mask_data = LazyImages(keys, MaskReader())
         return image_data, mask_data, kept
     images = unify_dtypes(images)
     return ragged_or_stacked(images), (ragged_or_stacked(masks) if with_masks else None), kept
@@ -168,6 +175,7 @@ def _subfolders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+@applies_limits
 def load_image_folder(
     root: str | os.PathLike[str],
     *,
@@ -176,6 +184,7 @@ def load_image_folder(
     lazy: bool = False,
     channels: int | None = None,
     limit_per_class: int | None = None,
+    limits: Limits | Mapping[str, int] | None = None,
 ) -> ImageSet:
     """Load ``root/<class>/<image>`` files: one sub-folder per class.
 
@@ -190,6 +199,8 @@ def load_image_folder(
         channels: 1 (gray) or 3 (RGB); ``None`` keeps gray files gray and makes every
             colour file RGB.
         limit_per_class: Read only the first ``n`` images (by file name) of each class.
+        limits: Size limits for this call (:class:`~inspectkit.sources.limits.Limits` or a
+            mapping of the ones to change); default: the process-wide limits.
 
     Returns:
         An ``ImageSet`` labelled by folder name; sample ids are ``"<class>/<file name>"``.
@@ -237,6 +248,7 @@ def load_image_folder(
     )
 
 
+@applies_limits
 def load_mvtec(
     root: str | os.PathLike[str],
     category: str | None = None,
@@ -246,6 +258,7 @@ def load_mvtec(
     lazy: bool = False,
     channels: int | None = None,
     limit_per_class: int | None = None,
+    limits: Limits | Mapping[str, int] | None = None,
 ) -> ImageSet:
     """Load one category of the MVTec AD layout.
 
@@ -262,6 +275,8 @@ def load_mvtec(
         lazy: Decode pixels on demand.
         channels: 1, 3 or ``None`` (keep).
         limit_per_class: Read only the first ``n`` images (by file name) of each folder.
+        limits: Size limits for this call (:class:`~inspectkit.sources.limits.Limits` or a
+            mapping of the ones to change); default: the process-wide limits.
 
     Example:
         >>> from inspectkit.sources import load_mvtec
@@ -318,6 +333,7 @@ def load_mvtec(
     )
 
 
+@applies_limits
 def load_magnetic_tile(
     root: str | os.PathLike[str],
     *,
@@ -325,6 +341,7 @@ def load_magnetic_tile(
     on_error: OnError = "raise",
     lazy: bool = False,
     limit_per_class: int | None = None,
+    limits: Limits | Mapping[str, int] | None = None,
 ) -> ImageSet:
     """Load the magnetic-tile defect layout: ``MT_<Class>/Imgs/NAME.jpg`` + ``NAME.png`` mask.
 
@@ -342,6 +359,8 @@ def load_magnetic_tile(
             mask or one whose size differs from its image counts as an error.
         lazy: Decode pixels on demand.
         limit_per_class: Read only the first ``n`` images (by file name) of each class.
+        limits: Size limits for this call (:class:`~inspectkit.sources.limits.Limits` or a
+            mapping of the ones to change); default: the process-wide limits.
 
     Example:
         >>> from inspectkit.sources import load_magnetic_tile
@@ -393,16 +412,19 @@ def load_magnetic_tile(
     )
 
 
+@applies_limits
 def load_image_files(
     paths: Sequence[str | os.PathLike[str]],
     *,
     channels: int | None = None,
     limit: int | None = None,
+    limits: Limits | Mapping[str, int] | None = None,
 ) -> ImageSet:
     """Unlabelled images from files and folders (searched recursively), decoded lazily.
 
     The inputs of ``predict``/``explain``: only file names are read here, pixels when a
-    batch is needed, so a folder of 100,000 parts is fine. Sample ids and sources are the
+    batch is needed (under the size limits in effect now, or ``limits=``), so a folder
+    of 100,000 parts is fine. Sample ids and sources are the
     file paths (a repeated path gets ``'`` appended to its id); hidden files and folders
     are ignored.
 
@@ -469,17 +491,31 @@ def _predict(path: Path, channels: int | None, limit: int | None) -> ImageSet:
 
 
 def _load_mvtec(
-    path: Path, *, purpose: str, task: str, channels: int | None, limit: int | None
+    path: Path,
+    *,
+    purpose: str,
+    task: str,
+    channels: int | None,
+    limit: int | None,
+    on_error: OnError = "raise",
 ) -> ImageSet:
     if purpose == "predict":  # the parts, not the ground-truth masks
         parts = [path / d for d in ("train", "test") if (path / d).is_dir()]
         return load_image_files(parts, channels=channels, limit=limit)
     split = "train" if (task == "anomaly" and purpose == "train") else "test"
-    return load_mvtec(path, split=split, channels=channels, limit_per_class=limit)
+    return load_mvtec(
+        path, split=split, channels=channels, limit_per_class=limit, on_error=on_error
+    )
 
 
 def _load_tiles(
-    path: Path, *, purpose: str, task: str, channels: int | None, limit: int | None
+    path: Path,
+    *,
+    purpose: str,
+    task: str,
+    channels: int | None,
+    limit: int | None,
+    on_error: OnError = "raise",
 ) -> ImageSet:
     if purpose == "predict":  # the .jpg parts, not their .png masks
         parts = [
@@ -492,19 +528,31 @@ def _load_tiles(
         if not parts:
             raise file_error(path, "no images (.jpg) found in the MT_<class> folders")
         return load_image_files(parts, channels=1, limit=limit)
-    return load_magnetic_tile(path, limit_per_class=limit)
+    return load_magnetic_tile(path, limit_per_class=limit, on_error=on_error)
 
 
 def _load_classes(
-    path: Path, *, purpose: str, task: str, channels: int | None, limit: int | None
+    path: Path,
+    *,
+    purpose: str,
+    task: str,
+    channels: int | None,
+    limit: int | None,
+    on_error: OnError = "raise",
 ) -> ImageSet:
     if purpose == "predict":
         return _predict(path, channels, limit)
-    return load_image_folder(path, channels=channels, limit_per_class=limit)
+    return load_image_folder(path, channels=channels, limit_per_class=limit, on_error=on_error)
 
 
 def _load_plain(
-    path: Path, *, purpose: str, task: str, channels: int | None, limit: int | None
+    path: Path,
+    *,
+    purpose: str,
+    task: str,
+    channels: int | None,
+    limit: int | None,
+    on_error: OnError = "raise",
 ) -> ImageSet:
     if purpose == "predict" or (purpose == "train" and task == "anomaly"):
         return _predict(path, channels, limit)  # unlabelled parts count as good
@@ -522,6 +570,7 @@ MVTEC = register_layout(
         load=_load_mvtec,
         priority=80,
         description="MVTec AD category: train/good, test/<defect>, ground_truth/<defect>",
+        on_error=True,
     )
 )
 MAGNETIC_TILE = register_layout(
@@ -531,6 +580,7 @@ MAGNETIC_TILE = register_layout(
         load=_load_tiles,
         priority=70,
         description="magnetic tile: MT_<class>/Imgs/NAME.jpg + NAME.png masks",
+        on_error=True,
     )
 )
 CLASS_FOLDERS = register_layout(
@@ -540,6 +590,7 @@ CLASS_FOLDERS = register_layout(
         load=_load_classes,
         priority=20,
         description="one sub-folder of images per class: root/<class>/*.png",
+        on_error=True,
     )
 )
 IMAGES = register_layout(
@@ -551,6 +602,7 @@ IMAGES = register_layout(
         load=_load_plain,
         priority=10,
         description="image files or a flat folder of them (unlabelled)",
+        on_error=True,
     )
 )
 

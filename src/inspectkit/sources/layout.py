@@ -22,18 +22,23 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from inspectkit.errors import DataError
 from inspectkit.registry import Registry
+from inspectkit.sources.limits import Limits, applies_limits
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from inspectkit.records import ImageSet
 
+OnError = Literal["raise", "skip"]
 Purpose = Literal["train", "evaluate", "predict"]
 Task = Literal["classify", "anomaly"]
 
@@ -58,6 +63,8 @@ class Layout:
             plugin layout takes more than 20, the generic class-folder layout, to be
             asked before it).
         description: One line for messages and the documentation.
+        on_error: Whether ``load`` also takes ``on_error="raise"|"skip"`` (skip unreadable
+            files, listing them in ``ImageSet.skipped``); every built-in layout does.
     """
 
     name: str
@@ -65,6 +72,7 @@ class Layout:
     load: Callable[..., ImageSet]
     priority: int = 50
     description: str = ""
+    on_error: bool = False
 
 
 LAYOUTS: Registry[Layout] = Registry(
@@ -74,6 +82,11 @@ LAYOUTS: Registry[Layout] = Registry(
     scan="inspectkit.sources",
     error=DataError,
 )
+
+
+def check_on_error(on_error: str) -> None:
+    if on_error not in ("raise", "skip"):
+        raise DataError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
 
 
 def register_layout(layout: Layout) -> Layout:
@@ -118,6 +131,7 @@ def detect(path: str | os.PathLike[str]) -> str:
     )
 
 
+@applies_limits
 def load(
     path: str | os.PathLike[str],
     *,
@@ -126,6 +140,8 @@ def load(
     channels: int | None = None,
     limit: int | None = None,
     layout: str | None = None,
+    on_error: OnError = "raise",
+    limits: Limits | Mapping[str, int] | None = None,
 ) -> ImageSet:
     """Load ``path`` in the layout :func:`detect` finds (or the one named by ``layout``).
 
@@ -137,11 +153,18 @@ def load(
         channels: 1 (gray), 3 (RGB) or ``None`` (keep).
         limit: Read at most this many samples (per class where the layout has classes).
         layout: Skip detection and use this layout.
+        on_error: ``"raise"`` stops at the first unreadable file; ``"skip"`` leaves it out
+            and lists ``"<file>: <reason>"`` in ``ImageSet.skipped`` (layouts that take
+            it, see :attr:`Layout.on_error`; others raise, with a warning).
+        limits: Size limits for this call (:class:`~inspectkit.sources.limits.Limits` or
+            a mapping of the ones to change); default: the process-wide limits.
 
     Raises:
         DataError: unknown layout, unreadable input, no labels where labels are needed,
             no good samples to train an anomaly model on.
+        SizeLimitError: a file claims more than the limits allow.
     """
+    check_on_error(on_error)
     if purpose not in PURPOSES:
         raise DataError(f"purpose must be one of {list(PURPOSES)}, got {purpose!r}")
     if task not in TASKS:
@@ -150,10 +173,22 @@ def load(
         raise DataError(f"limit must be at least 1, got {limit}")
     p = Path(path)
     chosen = get_layout(layout) if layout is not None else get_layout(detect(p))
-    data = chosen.load(p, purpose=purpose, task=task, channels=channels, limit=limit)
+    data = _load_with(chosen, p, purpose=purpose, task=task, channels=channels, limit=limit,
+                      on_error=on_error)  # fmt: skip
     if task == "anomaly" and purpose == "train":
         data = _good_only(data, p)
     return data
+
+
+def _load_with(layout: Layout, path: Path, *, on_error: OnError, **kwargs: Any) -> ImageSet:
+    """``layout.load`` with ``on_error`` when the layout takes it."""
+    if layout.on_error:
+        return layout.load(path, on_error=on_error, **kwargs)
+    if on_error == "skip":
+        log.warning(
+            "layout %s cannot skip unreadable files; the first one stops loading", layout.name
+        )
+    return layout.load(path, **kwargs)
 
 
 def _good_only(data: ImageSet, path: Path) -> ImageSet:
@@ -168,11 +203,14 @@ def _good_only(data: ImageSet, path: Path) -> ImageSet:
     return data.subset(keep)
 
 
+@applies_limits
 def load_inputs(
     paths: Sequence[str | os.PathLike[str]],
     *,
     channels: int | None = None,
     kind: str | None = None,
+    on_error: OnError = "raise",
+    limits: Limits | Mapping[str, int] | None = None,
 ) -> ImageSet:
     """Inputs to predict or explain: image files, folders, wafer files, any layout.
 
@@ -186,21 +224,39 @@ def load_inputs(
         channels: 1, 3 or ``None`` (keep), for image files.
         kind: ``"wafer"`` or ``"image"``: the kind of input a model reads; a path holding
             the other kind is a ``DataError`` naming it.
+        on_error: ``"skip"``: a path that cannot be loaded (or a file inside it, where the
+            layout takes ``on_error``) is listed in ``ImageSet.skipped`` instead of
+            stopping; files decoded later (lazily) are the caller's to skip.
+        limits: Size limits for this call; lazy sets keep them for decoding.
+
+    Raises:
+        DataError: a path cannot be loaded (``on_error="raise"``), or none can.
     """
+    check_on_error(on_error)
     if not paths:
         raise DataError("no inputs given")
     sets = []
+    skipped: list[str] = []
     for raw in paths:
         p = Path(raw)
-        name = detect(p)
-        got = get_layout(name).load(
-            p, purpose="predict", task="classify", channels=channels, limit=None
-        )
-        if kind is not None and got.kind != kind:
-            reads = "wafer maps (.npz / LSWMD.pkl)" if kind == "wafer" else "images"
-            raise DataError(f"{p}: this model reads {reads}, not {got.kind} data ({name})")
+        try:
+            name = detect(p)
+            got = _load_with(get_layout(name), p, purpose="predict", task="classify",
+                             channels=channels, limit=None, on_error=on_error)  # fmt: skip
+            if kind is not None and got.kind != kind:
+                reads = "wafer maps (.npz / LSWMD.pkl)" if kind == "wafer" else "images"
+                raise DataError(f"{p}: this model reads {reads}, not {got.kind} data ({name})")
+        except DataError as exc:
+            if on_error == "raise":
+                raise
+            text = str(exc)
+            skipped.append(text if text.startswith(str(p)) else f"{p}: {text}")
+            continue
         sets.append(got)
-    return join_inputs(sets)
+    if not sets:
+        raise DataError(f"none of the {len(paths)} inputs could be loaded: {skipped[0]}")
+    joined = join_inputs(sets)
+    return joined.replace(skipped=[*skipped, *joined.skipped]) if skipped else joined
 
 
 def join_inputs(sets: Sequence[ImageSet]) -> ImageSet:

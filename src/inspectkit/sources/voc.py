@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,6 +27,7 @@ from inspectkit.sources._common import (
     ImageReader,
     OnError,
     check_channels,
+    check_regular_file,
     file_error,
     image_size,
     ragged_or_stacked,
@@ -34,6 +36,7 @@ from inspectkit.sources._common import (
     unify_dtypes,
 )
 from inspectkit.sources.layout import Layout, register_layout
+from inspectkit.sources.limits import Limits, applies_limits, get_limits, over
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,6 @@ LabelFrom = Literal["prefix", "objects", "none"]
 
 _DTD = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 _PREFIX = re.compile(r"^(.+?)_?(\d+)$")
-#: Largest annotation file accepted (VOC files are a few KB).
-MAX_XML_BYTES = 1 << 20
 
 
 @dataclass
@@ -72,31 +73,50 @@ def _number(el: ET.Element, tag: str, xml: Path) -> float:
     return value
 
 
-def parse_voc_xml(xml: str | os.PathLike[str], images_dir: Path | None = None) -> _Annotation:
+@applies_limits
+def parse_voc_xml(
+    xml: str | os.PathLike[str],
+    images_dir: Path | None = None,
+    *,
+    limits: Limits | Mapping[str, int] | None = None,
+) -> _Annotation:
     """Parse one Pascal-VOC annotation, refusing DTD/entity declarations.
 
+    At most ``max_xml_bytes`` (:class:`~inspectkit.sources.limits.Limits`, 1 MiB) are
+    read; a larger file, and anything but a regular file (``/dev/zero``, a pipe), is
+    refused.
+
     Raises:
+        SizeLimitError: the file holds more than ``max_xml_bytes``.
         DataError: naming the file for malformed XML, a DTD, missing fields, or boxes that
             are empty, inverted or outside the ``<size>`` the file declares.
     """
     path = Path(xml)
+    return _parse(path, _read_xml(path), images_dir)
+
+
+def _read_xml(path: Path) -> bytes:
+    """At most ``max_xml_bytes`` (+1, to tell a larger file) of a regular file."""
+    limit = get_limits().max_xml_bytes
+    check_regular_file(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_XML_BYTES:
-            raise file_error(
-                path, f"annotation is {size} bytes; refusing files over {MAX_XML_BYTES}"
-            )
-        raw = path.read_bytes()
+        with path.open("rb") as fh:
+            raw = fh.read(limit + 1)  # bounded: a file growing meanwhile is still refused
     except OSError as exc:
-        raise file_error(path, f"cannot read annotation ({exc})") from None
+        raise file_error(path, f"cannot read annotation ({exc.strerror or exc})") from None
+    over(path, "annotation size in bytes (at least)", len(raw), "max_xml_bytes")
+    return raw
+
+
+def _parse(path: Path, raw: bytes, images_dir: Path | None) -> _Annotation:
     if _DTD.search(raw):
         raise file_error(
             path, "XML declares a DTD or entities; refused (possible entity-expansion attack)"
         )
     try:
         root = ET.fromstring(raw)
-    except ET.ParseError as exc:
-        raise file_error(path, f"malformed XML ({exc})") from None
+    except (ET.ParseError, ValueError, RecursionError) as exc:
+        raise file_error(path, f"malformed XML ({type(exc).__name__}: {exc})") from None
     if root.tag != "annotation":
         raise file_error(path, f"root element is <{root.tag}>, expected <annotation> (Pascal VOC)")
     filename = (root.findtext("filename") or "").strip()
@@ -164,6 +184,7 @@ def _label(ann: _Annotation, label_from: LabelFrom) -> str | None:
     return names.pop()
 
 
+@applies_limits
 def load_voc(
     images_dir: str | os.PathLike[str],
     annotations_dir: str | os.PathLike[str],
@@ -174,6 +195,7 @@ def load_voc(
     channels: int | None = None,
     label_from: LabelFrom = "prefix",
     limit: int | None = None,
+    limits: Limits | Mapping[str, int] | None = None,
 ) -> ImageSet:
     """Load images with Pascal-VOC box annotations (one XML per image).
 
@@ -201,6 +223,8 @@ def load_voc(
         channels: 1, 3, or ``None`` (keep: NEU-DET's JPEGs are RGB with equal channels).
         label_from: ``"prefix"``, ``"objects"`` or ``"none"`` (see above).
         limit: Read only the first ``limit`` annotations.
+        limits: Size limits for this call (:class:`~inspectkit.sources.limits.Limits` or a
+            mapping of the ones to change); default: the process-wide limits.
 
     Example:
         >>> from inspectkit.sources import load_voc
@@ -320,7 +344,13 @@ def voc_folders(path: Path) -> tuple[Path, Path] | None:
 
 
 def _load_layout(
-    path: Path, *, purpose: str, task: str, channels: int | None, limit: int | None
+    path: Path,
+    *,
+    purpose: str,
+    task: str,
+    channels: int | None,
+    limit: int | None,
+    on_error: OnError = "raise",
 ) -> ImageSet:
     found = voc_folders(path)
     if found is None:
@@ -330,7 +360,7 @@ def _load_layout(
         from inspectkit.sources.folders import load_image_files
 
         return load_image_files([images], channels=channels, limit=limit)
-    return load_voc(images, notes, channels=channels, limit=limit)
+    return load_voc(images, notes, channels=channels, limit=limit, on_error=on_error)
 
 
 VOC = register_layout(
@@ -340,6 +370,7 @@ VOC = register_layout(
         load=_load_layout,
         priority=60,
         description="Pascal-VOC: an images folder and an annotations folder of XML (NEU-DET)",
+        on_error=True,
     )
 )
 

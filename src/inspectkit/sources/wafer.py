@@ -9,20 +9,29 @@ resizes them with nearest neighbour so the codes survive.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from numpy.lib import format as npformat
 
 from inspectkit.atomic import atomic_write
 from inspectkit.errors import DataError
-from inspectkit.records import ImageSet, SampleMeta
-from inspectkit.sources._common import WM811K_CLASSES, OnError, Unlabelled, wafer_label
+from inspectkit.records import ImageSet, SampleMeta, printable
+from inspectkit.sources._common import (
+    WM811K_CLASSES,
+    OnError,
+    Unlabelled,
+    check_regular_file,
+    wafer_label,
+)
 from inspectkit.sources.layout import Layout, register_layout
+from inspectkit.sources.limits import Limits, applies_limits, get_limits, over
 
 log = logging.getLogger(__name__)
 
@@ -33,24 +42,80 @@ def _fail(path: Path, problem: str) -> DataError:
     return DataError(f"{path}: {problem}")
 
 
+def _member_header(fh: Any) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    """Shape and dtype from the ``.npy`` header at the start of ``fh`` (nothing else read)."""
+    version = npformat.read_magic(fh)
+    if version == (1, 0):
+        shape, _, dtype = npformat.read_array_header_1_0(fh)
+    elif version in ((2, 0), (3, 0)):
+        shape, _, dtype = npformat.read_array_header_2_0(fh)
+    else:
+        raise ValueError(f".npy format version {version} is not supported")
+    return tuple(int(d) for d in shape), dtype
+
+
+def _read_member(zf: zipfile.ZipFile, path: Path, key: str, names: dict[str, str]) -> np.ndarray:
+    """One array of the archive, its size checked from its header against the limits."""
+    info = zf.getinfo(names[key])
+    limits = get_limits()
+    where = f"{path}[{key}]"
+    over(where, "bytes the member inflates to", info.file_size, "max_file_bytes", limits)
+    with zf.open(info) as fh:
+        shape, dtype = _member_header(fh)
+        header_len = fh.tell()
+    if dtype.hasobject:
+        raise _fail(path, f"'{key}' holds Python objects (a pickle); refused")
+    count = math.prod(shape)
+    claim = f"its .npy header claims shape {shape} of {dtype}"
+    over(where, f"{claim}, in bytes", count * dtype.itemsize, "max_file_bytes", limits)
+    # flat: every pixel of every map; the others: one entry per map (+1), each map a pixel
+    over(where, f"{claim}, in elements", count, "max_archive_pixels", limits)
+    if header_len + count * dtype.itemsize != info.file_size:
+        raise _fail(
+            path,
+            f"'{key}' header claims {count:,} elements of {dtype.itemsize} bytes but the "
+            f"member holds {info.file_size - header_len:,} bytes of data (a lying header)",
+        )
+    with zf.open(info) as fh:
+        return npformat.read_array(fh, allow_pickle=False)
+
+
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise _fail(path, "file not found")
+    check_regular_file(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in _NPZ_KEYS if k not in npz.files]
+        with zipfile.ZipFile(path) as zf:
+            names = {n.removesuffix(".npy"): n for n in zf.namelist()}
+            missing = [k for k in _NPZ_KEYS if k not in names]
             if missing:
                 raise _fail(
                     path,
                     f"not a wafer-map archive: keys {missing} missing (need {list(_NPZ_KEYS)})",
                 )
-            return {k: npz[k] for k in _NPZ_KEYS}
+            arrs = {}
+            for key in ("shapes", "offsets", "failure_type", "flat"):  # flat, the big one, last
+                arrs[key] = _read_member(zf, path, key, names)
+                if key == "shapes":
+                    _check_map_sizes(path, arrs[key])
+            return arrs
     except DataError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # zipfile/zlib/numpy parsing untrusted bytes
         raise _fail(
             path, f"corrupt or truncated npz archive ({type(exc).__name__}: {exc})"
         ) from None
+
+
+def _check_map_sizes(path: Path, shapes: np.ndarray) -> None:
+    """Refuse a map over ``max_image_pixels`` before the pixels are read."""
+    if shapes.ndim != 2 or shapes.shape[1:] != (2,) or not np.issubdtype(shapes.dtype, np.integer):
+        return  # _check_layout names the problem
+    areas = shapes[:, 0].astype(np.float64) * shapes[:, 1].astype(np.float64)  # cannot overflow
+    big = np.flatnonzero(areas > get_limits().max_image_pixels)
+    if big.size:
+        h, w = (int(v) for v in shapes[big[0]])
+        over(path, f"map {int(big[0])} is {h}×{w} pixels", h * w, "max_image_pixels")
 
 
 def _check_layout(path: Path, arrs: dict[str, np.ndarray]) -> None:
@@ -85,6 +150,7 @@ def _check_layout(path: Path, arrs: dict[str, np.ndarray]) -> None:
         )
 
 
+@applies_limits
 def load_wafer_npz(
     path: str | os.PathLike[str],
     *,
@@ -92,6 +158,7 @@ def load_wafer_npz(
     unlabelled: Unlabelled = "keep",
     limit: int | None = None,
     classes: list[str] | None = None,
+    limits: Limits | Mapping[str, int] | None = None,
 ) -> ImageSet:
     """Load wafer maps from the ragged ``.npz`` layout (keys flat/shapes/offsets/failure_type).
 
@@ -103,9 +170,16 @@ def load_wafer_npz(
         limit: Read only the first ``limit`` maps (quick looks, tests).
         classes: Class list to use (default: the nine WM-811K types, plus any other
             label found in the file).
+        limits: Size limits for this call (:class:`~inspectkit.sources.limits.Limits`,
+            or a mapping of the ones to change); default: the process-wide limits.
 
     Returns:
         An ``ImageSet`` of kind ``"wafer"`` with ragged ``1×H×W`` uint8 maps.
+
+    Raises:
+        SizeLimitError: a member's ``.npy`` header, a map or the archive is over the
+            limits (checked before the arrays are read).
+        DataError: unreadable or inconsistent archive; bad codes (``on_error="raise"``).
 
     Example:
         >>> from inspectkit.sources import load_wafer_maps
@@ -144,7 +218,7 @@ def load_wafer_npz(
     bad_set = set(bad_maps.tolist())
 
     # the published splits spell the no-pattern class "None" or "none": one class, "none"
-    labels_list = [wafer_label(str(x)) for x in labels[:n].tolist()]
+    labels_list = [printable(wafer_label(str(x))) for x in labels[:n].tolist()]
     found = sorted({lab for lab in labels_list if lab})
     class_list = list(classes) if classes is not None else list(WM811K_CLASSES)
     extra = [c for c in found if c not in class_list]
@@ -156,7 +230,7 @@ def load_wafer_npz(
     flat_t = torch.from_numpy(np.ascontiguousarray(flat).astype(np.uint8, copy=False))
     images: list[torch.Tensor] = []
     samples: list[SampleMeta] = []
-    stem = path.stem
+    stem = printable(path.stem)  # the per-map copies below are not validated
     src = str(path)
     # one validated template, copied with the per-map fields (validated above as a
     # whole): 3-5x faster than constructing 50k models one by one
@@ -260,10 +334,16 @@ def save_wafer_npz(
 
 
 def _load_layout(
-    path: Path, *, purpose: str, task: str, channels: int | None, limit: int | None
+    path: Path,
+    *,
+    purpose: str,
+    task: str,
+    channels: int | None,
+    limit: int | None,
+    on_error: OnError = "raise",
 ) -> ImageSet:
     unlabelled = "keep" if purpose == "predict" else "skip"
-    return load_wafer_npz(path, unlabelled=unlabelled, limit=limit)
+    return load_wafer_npz(path, unlabelled=unlabelled, limit=limit, on_error=on_error)
 
 
 WAFER_NPZ = register_layout(
@@ -273,6 +353,7 @@ WAFER_NPZ = register_layout(
         load=_load_layout,
         priority=90,
         description="WM-811K ragged .npz (flat, shapes, offsets, failure_type)",
+        on_error=True,
     )
 )
 
