@@ -18,7 +18,7 @@ import numpy as np
 
 from inspectkit_runtime.errors import InputError, RuntimeModelError
 from inspectkit_runtime.images import collect_inputs, decode_image, read_wafer_npz
-from inspectkit_runtime.preprocess import apply_steps
+from inspectkit_runtime.preprocess import apply_steps, resize_maps
 from inspectkit_runtime.sidecar import PREDICT_SCHEMA, read_sidecar, sha256_file
 
 #: Inputs preprocessed and run through the graph at a time (detector graphs hold
@@ -124,8 +124,11 @@ class InspectionModel:
         return x
 
     def run_arrays(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        """The graph's outputs (``score``, ``map``, ``normalized``, ``anomalous`` or
-        ``probs``, ``class``) for decoded images, ``batch_size`` at a time."""
+        """The graph's outputs (``score``, ``map``, ``normalized``, ``anomalous`` and
+        ``review`` with a review band, or ``probs``, ``class``) for decoded images,
+        ``batch_size`` at a time. Maps are at the working size, or at the images' own
+        size when the model says ``maps="source"`` and the images share one size (as the
+        library returns them)."""
         if len(images) == 0:
             raise InputError("no images given")
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.output_names}
@@ -133,7 +136,13 @@ class InspectionModel:
             x = self.preprocess(images[start : start + self.batch_size])
             for name, value in zip(self.output_names, self.session.run(None, {self.input_name: x})):
                 parts[name].append(value)
-        return {name: np.concatenate(values) for name, values in parts.items()}
+        out = {name: np.concatenate(values) for name, values in parts.items()}
+        sizes = {tuple(np.asarray(a).shape[:2]) for a in images}
+        if "map" in out and self.sidecar.get("maps") == "source" and len(sizes) == 1:
+            (source,) = sizes
+            if source != tuple(out["map"].shape[-2:]):  # the library's maps="source"
+                out["map"] = resize_maps(out["map"], source)
+        return out
 
     def rows(
         self, outputs: dict[str, np.ndarray], ids: Sequence[str], sources: Sequence[str]
@@ -155,6 +164,8 @@ class InspectionModel:
                 row["normalized"] = None if norm is None else round(float(norm[i]), 6)
                 row["anomalous"] = None if flag is None else bool(flag[i])
                 row["threshold"] = self.threshold
+                if "review" in outputs:
+                    row["review"] = bool(outputs["review"][i])
             rows.append(row)
         return rows
 

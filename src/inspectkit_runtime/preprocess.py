@@ -185,6 +185,31 @@ def intensity(image: np.ndarray, mean: float, std: float) -> np.ndarray:
     return np.round(y).astype(np.uint8) if is_uint8 else y.astype(image.dtype)
 
 
+def resize_maps(maps: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """``N×h×w`` float maps at ``size`` by bilinear interpolation (half-pixel centres, no
+    antialiasing), as ``torch.nn.functional.interpolate(mode="bilinear")`` brings the
+    library's maps back to the source images' size."""
+    out_h, out_w = int(size[0]), int(size[1])
+    _, in_h, in_w = maps.shape
+
+    def taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        scale = np.float32(n_in) / np.float32(n_out)
+        src = np.maximum(
+            scale * (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), 0
+        )
+        i0 = src.astype(np.int64)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, (src - i0).astype(np.float32)
+
+    y0, y1, ly = taps(in_h, out_h)
+    x0, x1, lx = taps(in_w, out_w)
+    m = maps.astype(np.float32)
+    ly, lx = ly[:, None], lx[None, :]
+    top = (1 - lx) * m[:, y0][:, :, x0] + lx * m[:, y0][:, :, x1]
+    bottom = (1 - lx) * m[:, y1][:, :, x0] + lx * m[:, y1][:, :, x1]
+    return ((1 - ly) * top + ly * bottom).astype(np.float32)
+
+
 def apply_step(image: np.ndarray, step: dict[str, Any]) -> np.ndarray:
     """One sidecar step on one ``C×H×W`` image."""
     op = step.get("op")
@@ -232,6 +257,7 @@ __all__ = [
     "intensity",
     "letterbox",
     "resize",
+    "resize_maps",
     "standardize",
     "to_channels",
     "to_float",

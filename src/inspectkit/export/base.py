@@ -14,6 +14,7 @@ package (or an installed package's entry point under ``inspectkit.stage_exporter
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,6 +168,15 @@ def exact_detector(detector: Any) -> Any:
     return exact.eval()
 
 
+def _detectors(stage: Any) -> list[Any]:
+    """The fitted detectors of an anomaly stage (one per product where it routes)."""
+    products = getattr(stage, "products", None)
+    if products:
+        return [p.detector for p in products.values()]
+    det = getattr(stage, "detector", None)
+    return [] if det is None else [det]
+
+
 def exact_reference(pipeline: Any) -> Any:
     """``pipeline`` with its detectors computing in exact float32 (see
     :func:`exact_detector`): what an exported graph reproduces. The pipeline itself when
@@ -174,16 +184,21 @@ def exact_reference(pipeline: Any) -> Any:
     from inspectkit.anomaly.stage import AnomalyDetector
 
     def inexact(st: Any) -> bool:
-        return isinstance(st, AnomalyDetector) and bool(
-            st.detector is not None and approximations(st.detector)
-        )
+        return isinstance(st, AnomalyDetector) and any(approximations(d) for d in _detectors(st))
 
     if not any(inexact(st) for st in pipeline.stages):
         return pipeline
     copied = copy.copy(pipeline)
     copied.stages = [copy.copy(st) if inexact(st) else st for st in pipeline.stages]
     for st in copied.stages:
-        if inexact(st):
+        if not inexact(st):
+            continue
+        if getattr(st, "products", None):
+            st.products = {
+                key: dataclasses.replace(p, detector=exact_detector(p.detector))
+                for key, p in st.products.items()
+            }
+        else:
             st.detector = exact_detector(st.detector)
     return copied
 

@@ -1,0 +1,205 @@
+"""Pipeline.export / inspectkit export: every detector and the classifier export to ONNX,
+the runtime reproduces the library within the issue's tolerances, and what cannot be
+exported is refused with an ExportError naming it, leaving no file behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from deploy_support import as_arrays, assert_parity, detector_pipeline, parts
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from conftest import make_image_set
+
+import inspectkit_runtime as ikr
+from inspectkit import Pipeline
+from inspectkit.anomaly import AnomalyDetector, AnomalyModel, register_detector
+from inspectkit.cli import main
+from inspectkit.export import ExportError, exact_reference, register_detector_exporter
+from inspectkit.stages import Augment, Classifier, Wrangle
+
+
+@pytest.mark.parametrize(
+    "method", ["patchcore", "padim", "autoencoder", "selfsupervised", "ensemble"]
+)
+def test_every_detector_exports_and_the_runtime_reproduces_it(method: str, tmp_path: Path) -> None:
+    pipe = detector_pipeline(method)
+    out = pipe.export(tmp_path / "line.onnx")
+    sidecar = json.loads((tmp_path / "line.json").read_text())
+    assert out == tmp_path / "line.onnx"
+    assert sidecar["task"] == "anomaly" and sidecar["method"] == method
+    assert sidecar["graph"]["outputs"] == ["score", "map", "normalized", "anomalous"]
+    assert sidecar["graph"]["dynamic_batch"] and sidecar["opset"] == 17
+    assert sidecar["threshold"] == pipe[0].threshold
+    test = parts(5, seed=7)
+    test = test.replace(images=torch.cat([test.images[:4], parts(1, seed=8, bright=60).images]))
+    model = ikr.load(out)
+    outputs = model.run_arrays(as_arrays(test))
+    assert_parity(exact_reference(pipe).run(test), outputs)
+    one_by_one = ikr.load(out, batch_size=1).run_arrays(as_arrays(test))  # dynamic batch
+    np.testing.assert_allclose(one_by_one["score"], outputs["score"], rtol=1e-5)
+    rows = model.predict_arrays(as_arrays(test), [s.id for s in test.samples])
+    assert [r["anomalous"] for r in rows] == outputs["anomalous"].astype(bool).tolist()
+    assert rows[0]["threshold"] == pipe[0].threshold and set(rows[0]) == {
+        "input",
+        "id",
+        "score",
+        "normalized",
+        "anomalous",
+        "threshold",
+    }
+
+
+def test_intensity_standardisation_runs_in_the_runtime(tmp_path: Path) -> None:
+    pipe = detector_pipeline("padim", intensity="standardize")
+    pipe.export(tmp_path / "m.onnx")
+    steps = [s["op"] for s in json.loads((tmp_path / "m.json").read_text())["preprocess"]]
+    assert steps == ["resize", "intensity", "to_float"]
+    dim = parts(4, seed=3)
+    dim = dim.replace(images=(dim.images.float() * 0.6).round().to(torch.uint8))  # darker, flatter
+    assert_parity(pipe.run(dim), ikr.load(tmp_path / "m.onnx").run_arrays(as_arrays(dim)))
+
+
+def test_classifiers_export_probabilities_views_and_review(tmp_path: Path) -> None:
+    wafers = make_image_set(n=48, classes=("a", "b", "c"), size=20, kind="wafer")
+    pipe = Pipeline(
+        [Wrangle(size=16), Classifier(epochs=1, progress=False, tta="dihedral", reject_below=0.45)]
+    ).fit(wafers)
+    pipe.export(tmp_path / "wafer.onnx")
+    model = ikr.load(tmp_path / "wafer.onnx")
+    ragged = [
+        np.random.default_rng(i).integers(0, 3, (18 + i, 25 - i), dtype=np.uint8) for i in range(6)
+    ]
+    from inspectkit.records import ImageSet, SampleMeta
+
+    data = ImageSet.build(
+        images=[torch.from_numpy(a)[None] for a in ragged],
+        samples=[SampleMeta(id=str(i)) for i in range(6)],
+        kind="wafer",
+    )
+    expected = pipe.run(data)
+    outputs = model.run_arrays(ragged)
+    assert_parity(expected, outputs)
+    rows = model.predict_arrays(ragged)
+    assert [r["predicted"] for r in rows] == expected.predicted  # None where sent to review
+    assert model.classes == ["a", "b", "c"] and model.kind == "wafer"
+
+    photos = make_image_set(n=30, classes=("ok", "scratch"), size=24, channels=3)
+    pipe = Pipeline(
+        [
+            Wrangle(size=20, channels=1, normalize="standard", keep_aspect=True, pad_value=9),
+            Classifier(epochs=1, progress=False, tta="flip"),
+        ]
+    ).fit(photos)
+    pipe.export(tmp_path / "photo.onnx", kind="image")
+    ops = [s["op"] for s in json.loads((tmp_path / "photo.json").read_text())["preprocess"]]
+    assert ops[:4] == ["letterbox", "channels", "to_float", "standardize"]
+    test = make_image_set(n=5, classes=("ok", "scratch"), size=30, channels=3, seed=4)
+    assert_parity(pipe.run(test), ikr.load(tmp_path / "photo.onnx").run_arrays(as_arrays(test)))
+
+
+def test_approximate_scoring_exports_the_exact_float32_computation(tmp_path: Path) -> None:
+    pipe = detector_pipeline("patchcore", n=20)
+    pipe[0].detector.settings = pipe[0].detector.settings.replace(feature_dtype="bfloat16")
+    pipe.export(tmp_path / "m.onnx")
+    sidecar = json.loads((tmp_path / "m.json").read_text())
+    assert sidecar["exact_float32"] is False and "bfloat16" in sidecar["notes"][0]
+    reference = exact_reference(pipe)
+    assert reference is not pipe and pipe[0].detector.feature_dtype == "bfloat16"
+    test = parts(3, seed=5)
+    assert_parity(reference.run(test), ikr.load(tmp_path / "m.onnx").run_arrays(as_arrays(test)))
+
+
+def test_external_data_is_checked_like_the_graph(tmp_path: Path) -> None:
+    pipe = detector_pipeline("padim", n=12)
+    out = pipe.export(tmp_path / "big.onnx", external_data_bytes=0)
+    data = tmp_path / "big.onnx.data"
+    assert data.is_file() and data.stat().st_size > out.stat().st_size
+    test = parts(2, seed=9)
+    assert_parity(pipe.run(test), ikr.load(out).run_arrays(as_arrays(test)))
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(ikr.RuntimeModelError, match=r"big\.onnx\.data: SHA-256 differs"):
+        ikr.load(out)
+    (tmp_path / "big.json").unlink()
+    with pytest.raises(ikr.RuntimeModelError, match="sidecar not found"):
+        ikr.load(out)
+
+
+def test_what_cannot_be_exported_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match=r"stage Augment \('augment'\) has no ONNX exporter"):
+        Pipeline([Wrangle(size=32), Augment()]).export(tmp_path / "a.onnx")
+    with pytest.raises(ExportError, match="dedupe='always'"):
+        Pipeline([Wrangle(size=32, dedupe="always")]).export(tmp_path / "a.onnx")
+    with pytest.raises(ExportError, match="no classifier or detector"):
+        Pipeline([Wrangle(size=32)]).export(tmp_path / "a.onnx")
+    with pytest.raises(ExportError, match="not fitted"):
+        Pipeline([AnomalyDetector(method="padim", size=32, progress=False)]).export(
+            tmp_path / "a.onnx"
+        )
+    with pytest.raises(ExportError, match="unknown export format 'tflite'"):
+        detector_pipeline("padim", n=8).export(tmp_path / "a.onnx", format="tflite")
+    assert list(tmp_path.iterdir()) == []
+
+
+@register_detector
+class _MeanShift(AnomalyModel):
+    """A detector of the test suite: distance of each pixel from the good images' mean."""
+
+    name = "export_test_mean_shift"
+
+    def __init__(self, **settings):
+        super().__init__(**settings)
+        self.register_buffer("mean", torch.zeros(0))
+
+    def _fit(self, images):
+        self.mean = torch.cat(list(self.batches(images))).mean(0)
+
+    def _score_batch(self, x):
+        maps = (x - self.mean).abs().amax(1)
+        return maps.flatten(1).amax(1), maps
+
+
+def test_a_plugin_detector_needs_its_own_exporter_and_a_wrong_one_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    pipe = detector_pipeline("export_test_mean_shift", n=10)
+    with pytest.raises(
+        ExportError, match=r"detector _MeanShift \('export_test_mean_shift'\) has no ONNX exporter"
+    ):
+        pipe.export(tmp_path / "m.onnx")
+
+    class Doubled(torch.nn.Module):  # scores twice what the detector says
+        def __init__(self, det):
+            super().__init__()
+            self.det = det
+
+        def forward(self, x):
+            s, m = self.det._score_batch(x)
+            return 2 * s, 2 * m
+
+    register_detector_exporter("export_test_mean_shift")(Doubled)
+    with pytest.raises(ExportError, match="does not reproduce the model.*nothing was written"):
+        pipe.export(tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_writes_the_model_and_refuses_in_one_line(tmp_path: Path, capsys) -> None:
+    pipe = detector_pipeline("padim", n=10)
+    pipe.save(tmp_path / "model")
+    code = main(
+        ["export", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "x.onnx"), "--json"]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["schema"] == "inspectkit.export/1" and report["task"] == "anomaly"
+    assert report["verified"]["probe"]["ok"] and Path(report["sidecar"]).is_file()
+    code = main(["export", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "y.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "no such model folder" in err
