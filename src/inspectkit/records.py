@@ -603,6 +603,8 @@ class AnomalyScores(ImageSet):
         normalized: Scores mapped to [0, 1] with 0.5 at the threshold, or ``None``.
         threshold: Raw-score threshold, ``None`` when not calibrated.
         is_anomalous: Bool verdict per sample, ``None`` without a threshold.
+        review: Bool per sample: in the detector's review band (or not scored), for a
+            person to decide; ``None`` when the detector has no review band.
     """
 
     per_sample_fields: ClassVar[tuple[str, ...]] = (
@@ -611,6 +613,7 @@ class AnomalyScores(ImageSet):
         "maps",
         "normalized",
         "is_anomalous",
+        "review",
     )
 
     scores: torch.Tensor
@@ -618,6 +621,7 @@ class AnomalyScores(ImageSet):
     normalized: torch.Tensor | None = None
     threshold: float | None = None
     is_anomalous: torch.Tensor | None = None
+    review: torch.Tensor | None = None
 
     @model_validator(mode="after")
     def _validate_scores(self) -> Self:
@@ -638,6 +642,10 @@ class AnomalyScores(ImageSet):
             self.is_anomalous.dtype != torch.bool or tuple(self.is_anomalous.shape) != (n,)
         ):
             raise ValueError("is_anomalous must be a bool tensor with one value per sample")
+        if self.review is not None and (
+            self.review.dtype != torch.bool or tuple(self.review.shape) != (n,)
+        ):
+            raise ValueError("review must be a bool tensor with one value per sample")
         if self.threshold is not None and not math.isfinite(self.threshold):
             raise ValueError("threshold must be finite")
         return self

@@ -100,6 +100,7 @@ class AutoEncoder(AnomalyModel):
     """
 
     name = "autoencoder"
+    uses_pretrained = False  # trains its own features from the good images
     default_settings = DetectorSettings(batch_size=16)
 
     def __init__(

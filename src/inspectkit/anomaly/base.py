@@ -252,12 +252,17 @@ class AnomalyModel(nn.Module):
     Attributes:
         name: The registry name (``"patchcore"``); empty for unregistered subclasses.
         default_settings: The settings a detector built without them starts from.
+        uses_pretrained: ``False`` for detectors that train their own features
+            (autoencoder, self-supervised): ``backbone="auto"`` keeps resnet18 for them.
         settings: This detector's :class:`DetectorSettings`; ``seed``, ``batch_size``,
             ``sigma``, ``feature_dtype``, ``show_progress`` and ``device`` read it.
     """
 
     name: ClassVar[str] = ""
     default_settings: ClassVar[DetectorSettings] = DetectorSettings()
+    #: Whether the detector reads frozen features that ImageNet weights improve (the
+    #: stage's ``backbone="auto"`` picks a pretrained backbone only for these).
+    uses_pretrained: ClassVar[bool] = True
 
     seed = _Setting("seed")
     batch_size = _Setting("batch_size")

@@ -114,7 +114,9 @@ def build_detector(
     """A detector of ``method`` built through its :meth:`~AnomalyModel.from_settings`.
 
     Shared settings among ``options`` (e.g. ``{"batch_size": 8}``) replace those of
-    ``settings``; the other options are the detector's own.
+    ``settings``; the other options are the detector's own. Without ``layers``, a backbone
+    listed in :data:`~inspectkit.models.backbones.DEFAULT_LAYERS` (EfficientNet-Lite0)
+    gets its layers for ``method`` from there, any other the detector's own default.
 
     Example:
         >>> det = build_detector("padim", DetectorSettings(device="cpu"),
@@ -135,6 +137,12 @@ def build_detector(
     for key in context:  # an option of the same name wins over the stage's value
         if key in own:
             context[key] = own.pop(key)
+    if context["layers"] is None and isinstance(context["backbone"], str):
+        # backbones whose layer names differ from ResNet's bring their own defaults
+        from inspectkit.models.backbones import DEFAULT_LAYERS
+
+        found = DEFAULT_LAYERS.get(context["backbone"], {}).get(method)
+        context["layers"] = list(found) if found else None
     try:
         return cls.from_settings(settings, **context, **own)
     except TypeError as exc:

@@ -121,6 +121,7 @@ class SelfSupervised(AnomalyModel):
     """
 
     name = "selfsupervised"
+    uses_pretrained = False  # trains its own features from the good images
 
     def __init__(
         self,

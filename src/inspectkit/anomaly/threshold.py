@@ -7,6 +7,22 @@ Normalised scores map the raw score range to [0, 1] piecewise linearly with 0.5 
 at the threshold, so "above 0.5" means "anomalous" whatever the detector. The one rule
 for a verdict is :func:`verdict`: ``score > threshold``.
 
+How a threshold at a false-alarm rate is estimated from ``n`` held-out goods
+(:meth:`Calibration.estimate`):
+
+* ``n × rate ≥ 1``: the order statistic (:func:`threshold_at_false_alarm_rate`), with a
+  95 % interval from the binomial distribution of the order statistics;
+* ``n × rate < 1`` (the empirical quantile would be the single highest good score, so
+  one odd good part sets the threshold): the upper tail is fitted instead
+  (:func:`tail_threshold`: peaks over the 80th percentile, exponential excesses — the
+  tail of a maximum of many roughly Gaussian patch scores — mean excess as the scale),
+  with the interval of the scale estimate;
+* below ``MIN_EXPECTED_ALARMS`` expected false alarms among the goods a warning says how
+  many goods it would take to measure the rate.
+
+A ``review`` band is a second, lower threshold: scores in ``(review_threshold,
+threshold]`` go to a person, those above are defects (:meth:`Calibration.verdicts`).
+
 Example:
     >>> import torch
     >>> good = torch.arange(1000, dtype=torch.float32)
@@ -17,8 +33,9 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +43,16 @@ import torch
 from sklearn.metrics import precision_recall_curve
 
 from inspectkit.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+#: Expected false alarms among the calibration goods (``n × rate``) below which the
+#: measured rate is too uncertain to trust (±30 % at 10); a warning says so.
+MIN_EXPECTED_ALARMS = 10
+#: Share of the calibration goods whose excesses form the fitted tail (at least 10).
+TAIL_SHARE = 0.2
+#: The three verdicts of a detector with a review band.
+VERDICTS = ("good", "review", "defect")
 
 
 def check_rate(rate: float) -> float:
@@ -54,6 +81,59 @@ def threshold_at_false_alarm_rate(good_scores: torch.Tensor, rate: float) -> flo
     ordered = s.sort(descending=True).values
     k = int(np.floor(rate * s.numel() + 1e-9))
     return float(ordered[min(k, s.numel() - 1)])
+
+
+def tail_threshold(good_scores: torch.Tensor, rate: float) -> tuple[float, float, float]:
+    """Threshold exceeded by a share ``rate`` of goods, from a fit of the upper tail.
+
+    Peaks over threshold: ``u`` is the score below the top ``k = max(10, ⌈TAIL_SHARE·n⌉)``
+    goods; their excesses over ``u`` are taken as exponential with scale ``β`` = their
+    mean (maximum likelihood), so ``P(score > t) = (k/n)·exp(−(t−u)/β)`` and
+    ``t = u + β·ln(k / (n·rate))``. One odd good part moves ``β`` by its excess / k
+    instead of becoming the threshold. Returns ``(t, low, high)``, the 95 % interval
+    from the scale's standard error ``β/√k``.
+
+    Example:
+        >>> g = torch.randn(190, generator=torch.Generator().manual_seed(0))
+        >>> t, lo, hi = tail_threshold(torch.cat([g, torch.tensor([9.0])]), 0.005)
+        >>> lo < t < hi < 9.0  # the odd score at 9 is not the threshold
+        True
+    """
+    rate = check_rate(rate)
+    s = torch.as_tensor(good_scores, dtype=torch.float64).flatten()
+    n = s.numel()
+    if n < 10:
+        raise DataError(f"a tail fit needs at least 10 good scores, got {n}")
+    ordered = s.sort(descending=True).values
+    k = min(n - 1, max(10, math.ceil(TAIL_SHARE * n)))
+    u = float(ordered[k])
+    excess = ordered[:k] - u
+    beta = max(float(excess.mean()), 1e-12 * max(abs(u), 1.0))
+    reach = math.log(k / (n * rate))
+    if reach <= 0:  # the rate lies inside the body: nothing to extrapolate
+        t = threshold_at_false_alarm_rate(s, rate)
+        return t, t, t
+    spread = 1.96 / math.sqrt(k)
+    t = u + beta * reach
+    return t, u + beta * max(0.0, 1 - spread) * reach, u + beta * (1 + spread) * reach
+
+
+def order_statistic_interval(good_scores: torch.Tensor, rate: float) -> tuple[float, float]:
+    """95 % interval of the score exceeded by a share ``rate`` of goods: the order
+    statistics at the 2.5 % and 97.5 % quantiles of Binomial(n, rate) exceedances."""
+    from scipy.stats import binom
+
+    s = torch.as_tensor(good_scores, dtype=torch.float64).flatten()
+    n = s.numel()
+    ordered = s.sort(descending=True).values
+    lo_k = int(binom.ppf(0.975, n, rate))  # more exceedances: a lower threshold
+    hi_k = int(binom.ppf(0.025, n, rate))
+    return float(ordered[min(lo_k, n - 1)]), float(ordered[min(max(hi_k - 1, 0), n - 1)])
+
+
+def goods_needed(rate: float) -> int:
+    """Calibration goods for :data:`MIN_EXPECTED_ALARMS` expected false alarms at ``rate``."""
+    return math.ceil(MIN_EXPECTED_ALARMS / check_rate(rate) - 1e-9)
 
 
 def f1_optimal_threshold(scores: torch.Tensor, is_defective: torch.Tensor) -> float:
@@ -110,8 +190,10 @@ def normalize(scores: torch.Tensor, threshold: float, low: float, high: float) -
 
 
 #: How a :class:`Calibration` was set: at a false-alarm rate on good images, F1-optimal on
-#: labelled ones, or unknown (states saved by inspectkit 0.1.0).
-RULES = ("false_alarm_rate", "f1", "unrecorded")
+#: labelled ones, a threshold the line gave, or unknown (states saved by inspectkit 0.1.0).
+RULES = ("false_alarm_rate", "f1", "fixed", "unrecorded")
+#: How a threshold at a rate was estimated (see the module notes).
+ESTIMATORS = ("order_statistic", "tail", None)
 
 
 @dataclass(frozen=True)
@@ -131,6 +213,10 @@ class Calibration:
         false_alarm_rate: The rate the threshold was set at (rule ``"false_alarm_rate"``;
             ``None`` otherwise).
         n_good: Good images the calibration rests on (``None`` when unrecorded).
+        estimator: ``"order_statistic"`` or ``"tail"`` for the rate rule (module notes).
+        interval: 95 % interval ``(low, high)`` of the threshold estimate, or ``None``.
+        review_threshold: Scores above it and at most ``threshold`` get the verdict
+            ``"review"`` (``None``: no review band).
 
     Example:
         >>> cal = Calibration.at_false_alarm_rate(torch.arange(100.0), 0.05)
@@ -146,6 +232,9 @@ class Calibration:
     rule: str = "false_alarm_rate"
     false_alarm_rate: float | None = None
     n_good: int | None = None
+    estimator: str | None = None
+    interval: tuple[float, float] | None = None
+    review_threshold: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("threshold", "low", "high"):
@@ -164,6 +253,25 @@ class Calibration:
                 raise DataError(f"calibration n_good must be a count, got {self.n_good!r}")
             if self.n_good < 0:
                 raise DataError(f"calibration n_good must not be negative, got {self.n_good}")
+        if self.estimator not in ESTIMATORS:
+            raise DataError(f"calibration estimator must be one of {ESTIMATORS[:-1]}")
+        if self.interval is not None:
+            lo, hi = (float(v) for v in self.interval)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise DataError(
+                    f"calibration interval must be finite (low, high), got {self.interval}"
+                )
+            object.__setattr__(self, "interval", (lo, hi))
+        r = self.review_threshold
+        if r is not None:
+            if isinstance(r, bool) or not isinstance(r, int | float) or not math.isfinite(r):
+                raise DataError(f"review threshold must be a finite number, got {r!r}")
+            if r > self.threshold:
+                raise DataError(
+                    f"review threshold {r} lies above the defect threshold {self.threshold}; "
+                    "the review band sits below it"
+                )
+            object.__setattr__(self, "review_threshold", float(r))
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -175,6 +283,82 @@ class Calibration:
         low, high = _span(good_scores, threshold)
         n = int(torch.as_tensor(good_scores).numel())
         return cls(threshold, low, high, "false_alarm_rate", rate, n)
+
+    @classmethod
+    def estimate(cls, good_scores: torch.Tensor, rate: float, *, warn: bool = True) -> Calibration:
+        """A threshold at ``rate`` estimated as the module notes say: the order statistic
+        when ``n × rate ≥ 1``, a tail fit below (:func:`tail_threshold`; the order
+        statistic when fewer than 10 goods), each with its 95 % interval; with ``warn``, a
+        warning when ``n × rate`` < :data:`MIN_EXPECTED_ALARMS`.
+
+        Example:
+            >>> cal = Calibration.estimate(torch.arange(1000.0), 0.05)
+            >>> cal.estimator, cal.threshold, cal.interval[0] < 950 < cal.interval[1]
+            ('order_statistic', 949.0, True)
+        """
+        rate = check_rate(rate)
+        s = torch.as_tensor(good_scores, dtype=torch.float64).flatten()
+        n = s.numel()
+        if n == 0:
+            raise DataError("no good scores to calibrate on; hold out some good images")
+        if not bool(torch.isfinite(s).all()):
+            raise DataError("calibration scores contain NaN/inf")
+        expected = n * rate
+        if warn and expected < MIN_EXPECTED_ALARMS:
+            log.warning(
+                "%d calibration goods × false-alarm rate %g = %.2g expected false alarms: too "
+                "few to measure the rate (the threshold %s); about %d good images would be "
+                "needed",
+                n,
+                rate,
+                expected,
+                "extrapolates a fit of the score tail"
+                if expected < 1 and n >= 10
+                else "is uncertain",
+                goods_needed(rate),
+            )
+        if expected < 1 and n >= 10:
+            t, lo, hi = tail_threshold(s, rate)
+            low, high = _span(s, t)
+            return cls(t, low, high, "false_alarm_rate", rate, n, "tail", (lo, hi))
+        cal = cls.at_false_alarm_rate(s, rate)
+        return replace(cal, estimator="order_statistic", interval=order_statistic_interval(s, rate))
+
+    @classmethod
+    def fixed(cls, threshold: float, good_scores: torch.Tensor | None = None) -> Calibration:
+        """The threshold a line chose; normalisation from ``good_scores`` when given."""
+        if good_scores is None or torch.as_tensor(good_scores).numel() == 0:
+            spread = max(abs(float(threshold)), 1.0)
+            return cls(threshold, threshold - spread, threshold + spread, "fixed")
+        s = torch.as_tensor(good_scores, dtype=torch.float64).flatten()
+        low, high = _span(s, float(threshold))
+        return cls(threshold, low, high, "fixed", None, int(s.numel()))
+
+    def with_review(
+        self,
+        *,
+        threshold: float | None = None,
+        rate: float | None = None,
+        good_scores: torch.Tensor | None = None,
+    ) -> Calibration:
+        """This calibration with a review band below its threshold: at ``threshold``, or
+        at the score that flags ``rate`` of ``good_scores`` for review (estimated like
+        :meth:`estimate`; ``rate`` must exceed the defect rate)."""
+        if threshold is None and rate is None:
+            return replace(self, review_threshold=None)
+        if threshold is None:
+            assert rate is not None
+            if good_scores is None:
+                raise DataError("a review band at a rate needs the calibration goods' scores")
+            if self.false_alarm_rate is not None and rate <= self.false_alarm_rate:
+                raise ConfigError(
+                    f"the review rate ({rate}) must exceed the false-alarm rate of the "
+                    f"defect threshold ({self.false_alarm_rate})"
+                )
+            threshold = min(
+                Calibration.estimate(good_scores, rate, warn=False).threshold, self.threshold
+            )
+        return replace(self, review_threshold=float(threshold))
 
     @classmethod
     def f1_optimal(cls, scores: torch.Tensor, is_defective: torch.Tensor) -> Calibration:
@@ -198,10 +382,24 @@ class Calibration:
         """Scores mapped to [0, 1] with the threshold at 0.5 (:func:`normalize`)."""
         return normalize(scores, self.threshold, self.low, self.high)
 
+    def in_review(self, scores: torch.Tensor) -> torch.Tensor:
+        """``review_threshold < score <= threshold`` (all ``False`` without a band)."""
+        s = torch.as_tensor(scores).double()
+        if self.review_threshold is None:
+            return torch.zeros(s.shape, dtype=torch.bool)
+        return (s > self.review_threshold) & ~verdict(s, self.threshold)
+
+    def verdicts(self, scores: torch.Tensor) -> list[str]:
+        """``"good"``, ``"review"`` or ``"defect"`` per score (:data:`VERDICTS`)."""
+        bad, review = self.verdict(scores).tolist(), self.in_review(scores).tolist()
+        return ["defect" if b else "review" if r else "good" for b, r in zip(bad, review)]
+
     # ------------------------------------------------------------------ state
     def to_state(self) -> dict[str, Any]:
         """Plain values for a saved state (``torch.load(weights_only=True)`` safe)."""
-        return asdict(self)
+        state = asdict(self)
+        state["interval"] = None if self.interval is None else list(self.interval)
+        return state
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Calibration:
@@ -212,7 +410,13 @@ class Calibration:
         missing = sorted(fields - set(state))
         if missing:
             raise DataError(f"the saved calibration lacks {', '.join(missing)}")
-        return cls(**{k: state[k] for k in fields})
+        optional = {k: state[k] for k in ("estimator", "review_threshold") if k in state}
+        if state.get("interval") is not None:
+            interval = state["interval"]
+            if not isinstance(interval, list | tuple) or len(interval) != 2:
+                raise DataError(f"the saved calibration interval is not a pair: {interval!r}")
+            optional["interval"] = tuple(interval)
+        return cls(**{k: state[k] for k in fields}, **optional)
 
     @classmethod
     def from_legacy(cls, values: torch.Tensor) -> Calibration:
@@ -233,11 +437,17 @@ def _span(good_scores: torch.Tensor, threshold: float) -> tuple[float, float]:
 
 
 __all__ = [
+    "ESTIMATORS",
+    "MIN_EXPECTED_ALARMS",
     "RULES",
+    "VERDICTS",
     "Calibration",
     "check_rate",
     "f1_optimal_threshold",
+    "goods_needed",
     "normalize",
+    "order_statistic_interval",
+    "tail_threshold",
     "threshold_at_false_alarm_rate",
     "verdict",
 ]

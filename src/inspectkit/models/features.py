@@ -6,9 +6,12 @@ of named submodules (``"layer2"``, ``"layer3"``): through
 ``torchvision.models.feature_extraction.create_feature_extractor`` (which drops the
 layers that are not needed) and, where a model cannot be traced, through forward hooks.
 
-No weights are downloaded: a backbone starts from a seeded random initialisation or from
-a local weights file (a ``state_dict`` saved with ``torch.save``), loaded strictly so a
-file for another architecture is refused with a :class:`~inspectkit.errors.ConfigError`.
+A backbone starts from a seeded random initialisation, from a local weights file (a
+``state_dict`` saved with ``torch.save``), loaded strictly so a file for another
+architecture is refused with a :class:`~inspectkit.errors.ConfigError`, or from its
+ImageNet weights (``weights="imagenet"``, see :mod:`inspectkit.models.backbones`:
+EfficientNet-Lite0 from the ``inspectkit[weights]`` extra, torchvision models through
+torch's hub cache).
 
 Example:
     >>> import torch
@@ -62,14 +65,21 @@ def register_backbone(name: str, factory: Callable[[], nn.Module]) -> None:
 
 
 def available_backbones() -> list[str]:
-    """Registered names plus torchvision's classification models."""
-    return sorted(set(_BACKBONES) | set(torchvision.models.list_models(torchvision.models)))
+    """Registered and built-in names plus torchvision's classification models."""
+    from inspectkit.models.backbones import BUILTIN_BACKBONES
+
+    names = set(_BACKBONES) | set(BUILTIN_BACKBONES)
+    return sorted(names | set(torchvision.models.list_models(torchvision.models)))
 
 
 def load_weights(
-    module: nn.Module, weights: str | os.PathLike[str], *, what: str = "backbone"
+    module: nn.Module,
+    weights: str | os.PathLike[str] | dict[str, torch.Tensor],
+    *,
+    what: str = "backbone",
 ) -> None:
-    """Load a local ``state_dict`` file into ``module`` strictly (names and shapes must agree).
+    """Load a local ``state_dict`` file (or a state dict) into ``module`` strictly (names
+    and shapes must agree).
 
     The file may hold the state dict itself or a dict with a ``"state_dict"`` or
     ``"model"`` entry. It is read with ``torch.load(weights_only=True)``.
@@ -77,12 +87,16 @@ def load_weights(
     Raises:
         ConfigError: The file is missing, unreadable, or made for another architecture.
     """
-    path = Path(weights)
-    state = read_state_dict(path, error=ConfigError, what=f"{what} weights file")
+    if isinstance(weights, dict):
+        state, label = weights, "weights"
+    else:
+        path = Path(weights)
+        state = read_state_dict(path, error=ConfigError, what=f"{what} weights file")
+        label = f"weights file {str(path)!r}"
     problems = state_dict_mismatch(module.state_dict(), state)
     if problems:
         raise ConfigError(
-            f"{what} weights file {str(path)!r} does not match the architecture: "
+            f"{what} {label} does not match the architecture: "
             + "; ".join(problems)
             + ". Use weights saved from the same backbone (model.state_dict())."
         )
@@ -95,8 +109,12 @@ def build_backbone(
     """A backbone module: registered name, torchvision name, or a module passed through.
 
     Random initialisation is seeded (same ``seed`` ⇒ same weights) and leaves the global
-    random state untouched. ``weights`` is a local state-dict file, never a download.
+    random state untouched. ``weights`` is a local state-dict file or ``"imagenet"``
+    (:func:`~inspectkit.models.backbones.imagenet_state_dict`: the installed extra or
+    torch's hub cache; a download only where the machine is online).
     """
+    from inspectkit.models.backbones import BUILTIN_BACKBONES, IMAGENET, imagenet_state_dict
+
     if isinstance(backbone, nn.Module):
         model = backbone
     elif isinstance(backbone, str):
@@ -104,6 +122,8 @@ def build_backbone(
             torch.manual_seed(seed)
             if backbone in _BACKBONES:
                 model = _BACKBONES[backbone]()
+            elif backbone in BUILTIN_BACKBONES:
+                model = BUILTIN_BACKBONES[backbone]()
             else:
                 try:
                     model = torchvision.models.get_model(backbone, weights=None)
@@ -114,7 +134,11 @@ def build_backbone(
                     ) from None
     else:
         raise ConfigError(f"backbone must be a name or an nn.Module, got {type(backbone).__name__}")
-    if weights is not None:
+    if isinstance(weights, str) and weights == IMAGENET:
+        if not isinstance(backbone, str):
+            raise ConfigError("weights='imagenet' needs a backbone given by name")
+        load_weights(model, imagenet_state_dict(backbone), what=f"{backbone} ImageNet")
+    elif weights is not None:
         load_weights(model, weights)
     return model
 
