@@ -186,7 +186,7 @@ def test_a_plugin_detector_needs_its_own_exporter_and_a_wrong_one_writes_nothing
             return 2 * s, 2 * m
 
     register_detector_exporter("export_test_mean_shift")(Doubled)
-    with pytest.raises(ExportError, match="does not reproduce the model.*nothing was written"):
+    with pytest.raises(ExportError, match=r"does not reproduce the model.*nothing was written"):
         pipe.export(tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
 
@@ -203,3 +203,80 @@ def test_cli_export_writes_the_model_and_refuses_in_one_line(tmp_path: Path, cap
     code = main(["export", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "y.onnx")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "no such model folder" in err
+
+
+def _stage_has(setting: str) -> bool:
+    return setting in AnomalyDetector.Config.model_fields
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        pytest.param({"method": "default", "size": 64}, id="default-recipe"),
+        pytest.param(
+            {
+                "method": "padim",
+                "size": 96,
+                "tile": 48,
+                "tile_overlap": 0.25,
+                "options": {"n_features": 16},
+            },
+            id="tiles",
+        ),
+        pytest.param(
+            {
+                "method": "padim",
+                "size": 64,
+                "review_false_alarm_rate": 0.2,
+                "options": {"n_features": 16},
+            },
+            id="review-band",
+        ),
+        pytest.param(
+            {"method": "padim", "size": 64, "maps": "source", "options": {"n_features": 16}},
+            id="source-maps",
+        ),
+    ],
+)
+def test_detector_stage_features_are_exported(settings: dict, tmp_path: Path) -> None:
+    missing = [k for k in settings if not _stage_has(k)]
+    if missing or (
+        settings["method"] == "default"
+        and "default"
+        not in AnomalyDetector.Config.model_json_schema()["properties"]["method"].get("enum", [])
+    ):
+        pytest.skip(f"this AnomalyDetector has no {missing or 'default recipe'}")
+    pipe = Pipeline([AnomalyDetector(progress=False, **settings)]).fit(parts(30, 96))
+    pipe.export(tmp_path / "m.onnx")
+    sidecar = json.loads((tmp_path / "m.json").read_text())
+    test = parts(4, 96, seed=3)
+    expected = exact_reference(pipe).run(test)
+    outputs = ikr.load(tmp_path / "m.onnx").run_arrays(as_arrays(test))
+    assert_parity(expected, outputs)
+    assert outputs["map"].shape == tuple(expected.maps.shape)
+    if "review_false_alarm_rate" in settings:
+        assert sidecar["graph"]["outputs"][-1] == "review"
+        assert outputs["review"].tolist() == expected.review.tolist()
+    if "tile" in settings:
+        assert sidecar["tile"] == 48
+
+
+def test_per_product_routing_is_refused_by_name(tmp_path: Path) -> None:
+    if not _stage_has("group_by"):
+        pytest.skip("this AnomalyDetector has no per-product routing")
+    from inspectkit.records import SampleMeta
+
+    good = parts(20)
+    good = good.replace(
+        samples=[SampleMeta(id=s.id, group="ab"[i % 2]) for i, s in enumerate(good.samples)]
+    )
+    pipe = Pipeline(
+        [
+            AnomalyDetector(
+                method="padim", size=64, group_by="group", progress=False, options={"n_features": 8}
+            )
+        ]
+    ).fit(good)
+    with pytest.raises(ExportError, match=r"group_by='group'.*export one model per product"):
+        pipe.export(tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []

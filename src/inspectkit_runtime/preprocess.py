@@ -9,7 +9,8 @@ reproduces its torch counterpart's arithmetic:
 * ``resize`` ``antialias`` on uint8: the separable antialiased bilinear filter of
   ``torch.nn.functional.interpolate(antialias=True)`` / Pillow with torch's 16-bit
   integer weights (horizontal pass, rounded to uint8, then vertical): bit-identical;
-  on float images the same filter in float (differences of one float32 rounding);
+  on float images the same filter in float (differences of float32 rounding; torch's
+  float kernel mishandles images one pixel wide, which no working size is);
 * ``resize`` ``nearest``: ``nearest-exact`` source indices computed in float32 as torch;
 * ``letterbox``, ``channels`` (luminance in torchvision's float32 arithmetic, truncated),
   ``to_float`` (``uint8 / scale`` in float32), ``standardize`` (per-channel mean/std),
