@@ -385,6 +385,7 @@ def train_epochs(
     transform: Callable[[torch.Tensor, torch.Tensor], Batch] | None = None,
     extra_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     | None = None,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     validate: Callable[[nn.Module], float] | None = None,
     patience: int | None = None,
     restore_best: bool = True,
@@ -413,6 +414,10 @@ def train_epochs(
             (normalisation, augmentation).
         extra_loss: ``f(model, x, y, logits) -> scalar`` added to the loss (e.g. a
             feature-space regulariser computed with ``model.embed``).
+        criterion: ``f(logits, y) -> scalar`` replacing the cross-entropy (then
+            ``class_weights`` and ``label_smoothing`` are the criterion's business, and
+            ``y`` may carry more than the class, e.g. continual replay's new/replayed
+            mark).
         validate: ``f(model) -> score`` (higher is better) called after every epoch
             with the model in eval mode; enables early stopping and best restore.
         patience: Epochs without a better validation score before stopping (``None``:
@@ -484,9 +489,12 @@ def train_epochs(
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast("cuda", enabled=use_amp):
                     logits = train_model(x)
-                    loss = F.cross_entropy(
-                        logits.float(), y, weight=weights, label_smoothing=label_smoothing
-                    )
+                    if criterion is None:
+                        loss = F.cross_entropy(
+                            logits.float(), y, weight=weights, label_smoothing=label_smoothing
+                        )
+                    else:
+                        loss = criterion(logits.float(), y)
                     if extra_loss is not None:
                         loss = loss + extra_loss(net, x, y, logits)
                 opt.zero_grad(set_to_none=True)
