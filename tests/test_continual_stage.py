@@ -432,3 +432,40 @@ def test_photos_are_standardised_with_the_first_experience_statistics() -> None:
     assert spec is not None and spec.kind == "image" and spec.mean is not None
     x = spec.encode(_exp(0).images)
     assert abs(float(x.mean())) < 0.05 and abs(float(x.std()) - 1) < 0.05
+
+
+def test_asymmetric_cross_entropy_masks_absent_classes_for_new_samples_only() -> None:
+    from inspectkit.continual.trainer import ReplayBatches, asymmetric_cross_entropy
+
+    logits = torch.randn(6, 5)
+    labels = torch.tensor([3, 4, 3, 0, 1, 2])
+    new = torch.tensor([1, 1, 1, 0, 0, 0])
+    loss = asymmetric_cross_entropy(logits, torch.stack([labels, new], 1))
+    ce = torch.nn.functional.cross_entropy
+    new_part = ce(logits[:3, 3:], labels[:3] - 3, reduction="sum")  # classes 3, 4 only
+    old_part = ce(logits[3:], labels[3:], reduction="sum")
+    assert torch.isclose(loss, (new_part + old_part) / 6)
+    # all samples replayed: plain cross-entropy
+    assert torch.isclose(
+        asymmetric_cross_entropy(logits, torch.stack([labels, torch.zeros(6).long()], 1)),
+        ce(logits, labels),
+    )
+    memory = ReservoirBuffer(4, seed=0)
+    memory.update(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.zeros(4).long())
+    batches = ReplayBatches(
+        torch.ones(6, 1, 2, 2, dtype=torch.uint8),
+        torch.tensor([1, 2] * 3),
+        batch_size=3,
+        buffer=memory,
+        replay_ratio=0.5,
+        mark_new=True,
+    )
+    for _, marked in batches:
+        assert marked.shape == (6, 2) and marked[:3, 1].tolist() == [1, 1, 1]
+        assert marked[3:].tolist() == [[0, 0]] * 3
+    with pytest.raises(ConfigError, match="ace"):
+        ReplayTrainer(TinyNet(2), loss="ace", label_smoothing=0.1, progress=False)
+    with pytest.raises(InspectkitError, match="loss"):
+        ContinualClassifier(loss="focal")
+    clf = _clf(loss="ace", epochs=4).fit(_exp(0)).update(_exp(1))
+    assert clf.classes == ["a", "b", "c"] and not clf.history[-1]["one_class"]
