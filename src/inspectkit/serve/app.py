@@ -10,6 +10,11 @@ reference assignment swaps it in. Every request takes that reference once, at it
 and uses only it, so no request is ever answered by a mix of two models; the old model
 is freed when its last request ends. A model that fails to load leaves the old one
 serving (the reload answers 422 with the reason).
+
+Building a backbone's feature extractor traces it with ``torch.fx``, which patches module
+calls process-wide while it runs; so a model is loaded while no inference runs
+(:class:`SharedExclusive`): requests wait for a load to finish, never for each other,
+and none sees a half-patched torch.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +46,45 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 #: Schema tag of ``POST /predict`` answers (the one of ``inspectkit predict --json``).
 PREDICT_SCHEMA = "inspectkit.predict/1"
+
+
+class SharedExclusive:
+    """A readers-writer lock: many inferences at once, or one model load (which waits for
+    running inferences and holds new ones back until it is done)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._waiting_writers = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting_writers += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
 
 
 @dataclass
@@ -71,11 +116,13 @@ class ModelHolder:
         self.reference_paths = list(reference or [])
         self.options = options
         self._swap = threading.Lock()
+        self.torch = SharedExclusive()
         self.generation = 0
         self.current: Loaded = self._load()
 
     def _load(self) -> Loaded:
-        predictor = load_predictor(self.path, **self.options)
+        with self.torch.exclusive():
+            predictor = load_predictor(self.path, **self.options)
         self.generation += 1
         return Loaded(
             predictor, self.generation, datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -86,7 +133,7 @@ class ModelHolder:
         if not self.reference_paths or loaded.predictor.task != "anomaly":
             return None
         items = read_paths(self.reference_paths, loaded.predictor.kind, loaded.predictor.channels)
-        _, scores = loaded.predictor.predict(items)
+        _, scores = self.predict(loaded, items)
         return None if scores is None else [float(s) for s in scores]
 
     def reload(self) -> Loaded:
@@ -95,6 +142,11 @@ class ModelHolder:
             new = self._load()
             self.current = new  # one reference assignment: atomic for readers
             return new
+
+    def predict(self, loaded: Loaded, items: Sequence[Any]) -> tuple[list[dict[str, Any]], Any]:
+        """``loaded``'s predictions, while no model is being loaded."""
+        with self.torch.shared():
+            return loaded.predictor.predict(items)
 
     @property
     def in_flight(self) -> int:
@@ -194,7 +246,7 @@ def create_app(
             except InputError as exc:
                 raise HTTPException(422, str(exc)) from None
             try:
-                rows, scores = await run_in_threadpool(p.predict, items)
+                rows, scores = await run_in_threadpool(holder.predict, loaded, items)
             except (InspectkitError, InputError) as exc:
                 raise HTTPException(422, " ".join(str(exc).split())) from None
             if scores is not None:
@@ -284,4 +336,4 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["DEFAULT_MAX_BODY", "Loaded", "ModelHolder", "create_app"]
+__all__ = ["DEFAULT_MAX_BODY", "Loaded", "ModelHolder", "SharedExclusive", "create_app"]
