@@ -344,7 +344,7 @@ def _routes(app: FastAPI, studio: Studio) -> None:
             raise StudioError(f"method must be 'augment' or 'vae' (use AI), got {method!r}")
         params = {"class": cls, "method": method, "count": count}
         job = studio.runner(p).start(
-            "generate", params, lambda ctx: work.generate(p, cls, count, method, ctx)
+            "generate", params, lambda ctx: _locked(work.generate, p, cls, count, method, ctx)
         )
         return job.public()
 
@@ -353,13 +353,15 @@ def _routes(app: FastAPI, studio: Studio) -> None:
         p = studio.project(name)
         body = await _json_body(request)
         settings = work.TrainSettings.parse(body, p.task)
-        job = studio.runner(p).start("train", body, lambda ctx: work.train(p, settings, ctx))
+        job = studio.runner(p).start(
+            "train", body, lambda ctx: _locked(work.train, p, settings, ctx)
+        )
         return job.public()
 
     @app.post("/api/projects/{name}/evaluate")
     def evaluate(name: str) -> dict[str, Any]:
         p = studio.project(name)
-        job = studio.runner(p).start("evaluate", {}, lambda ctx: work.evaluate(p, ctx))
+        job = studio.runner(p).start("evaluate", {}, lambda ctx: _locked(work.evaluate, p, ctx))
         return job.public()
 
     @app.get("/api/projects/{name}/jobs")
@@ -406,14 +408,14 @@ def _routes(app: FastAPI, studio: Studio) -> None:
     @app.get("/api/projects/{name}/threshold")
     async def threshold(name: str) -> dict[str, Any]:
         p = studio.project(name)
-        return await asyncio.to_thread(work.threshold_view, p)
+        return await asyncio.to_thread(_turn, work.threshold_view, p)
 
     @app.post("/api/projects/{name}/threshold")
     async def set_threshold(name: str, request: Request) -> dict[str, Any]:
         p = studio.project(name)
         _no_job(studio, p)
         body = await _json_body(request)
-        return await asyncio.to_thread(work.save_threshold, p, body.get("threshold"))
+        return await asyncio.to_thread(_turn, work.save_threshold, p, body.get("threshold"))
 
     @app.get("/api/projects/{name}/report")
     def report(name: str) -> FileResponse:
@@ -432,9 +434,10 @@ def _routes(app: FastAPI, studio: Studio) -> None:
 
     @app.get("/api/projects/{name}/model/onnx")
     async def download_onnx(name: str) -> FileResponse:
+        _no_job(studio, studio.project(name))
         p = studio.project(name)
-        path = await asyncio.to_thread(work.export_onnx, p)
-        return FileResponse(path, filename=f"{p.name}.onnx", media_type="application/octet-stream")
+        path = await asyncio.to_thread(_turn, work.export_onnx, p)
+        return _zip_response(path, f"{p.name}-onnx.zip")
 
 
 #: Backbones offered on the Train screen (the library may know many more).
@@ -465,10 +468,22 @@ def _predict(
             except InspectkitError as exc:
                 rows.append({"input": str(raw_name), "error": str(exc)})
         if good:
-            rows = work.predict(p, good, names, explain) + rows
+            rows = _turn(work.predict, p, good, names, explain) + rows
         return {"results": rows}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _locked(func: Any, *args: Any) -> Any:
+    """A job's work, holding the model lock for its whole run."""
+    with work.model_turn(wait=None):
+        return func(*args)
+
+
+def _turn(func: Any, *args: Any) -> Any:
+    """A request's model work, refused as busy when a job holds the model too long."""
+    with work.model_turn():
+        return func(*args)
 
 
 def _no_job(studio: Studio, p: StudioProject) -> None:

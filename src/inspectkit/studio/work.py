@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import base64
 import math
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -19,7 +22,7 @@ from typing import Any
 
 from inspectkit.errors import ConfigError, DataError
 from inspectkit.studio.jobs import JobContext
-from inspectkit.studio.safety import StudioError
+from inspectkit.studio.safety import Busy, StudioError
 from inspectkit.studio.workspace import StudioProject
 
 #: Share of each class held out from training, for the test screens and the report.
@@ -30,6 +33,25 @@ SPLIT_SEED = 0
 MIN_VALIDATION = 20
 #: Most images one "Generate" asks for.
 MAX_GENERATE = 1000
+
+#: Held while the library builds or runs a model: building a feature extractor traces the
+#: network with torch.fx, which is not thread-safe, so two at once in one process fail.
+MODEL_LOCK = threading.Lock()
+#: Seconds a test-screen request waits for the model before it is refused as busy.
+MODEL_WAIT = 30.0
+
+
+@contextmanager
+def model_turn(wait: float | None = MODEL_WAIT) -> Iterator[None]:
+    """Hold :data:`MODEL_LOCK` (a job waits for it; a request waits ``wait`` seconds,
+    then gets :class:`Busy`)."""
+    if not MODEL_LOCK.acquire(timeout=-1 if wait is None else wait):
+        raise Busy("the model is busy with a running job; try again when it has finished")
+    try:
+        yield
+    finally:
+        MODEL_LOCK.release()
+
 
 #: One line per training setting, shown beside it on the Train screen.
 TIPS = {
@@ -427,29 +449,29 @@ def _json(obj: Any) -> str:
 
 # ---------------------------------------------------------------------- export
 def onnx_available() -> bool:
-    """Whether the library can export a pipeline to ONNX here."""
-    from inspectkit.pipeline import Pipeline
-
-    if not callable(getattr(Pipeline, "export", None)):
-        return False
+    """Whether the library can export a pipeline to ONNX here (``Pipeline.export`` and
+    the packages it needs)."""
     import importlib.util
 
-    return importlib.util.find_spec("onnx") is not None
+    from inspectkit.pipeline import Pipeline
+
+    return callable(getattr(Pipeline, "export", None)) and all(
+        importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime")
+    )
 
 
 def export_onnx(project: StudioProject) -> Path:
-    """The project's model as ``models/model.onnx`` (``Pipeline.export``)."""
+    """The project's model exported by ``Pipeline.export`` into ``models/model-onnx/``
+    (``model.onnx`` and its sidecar ``model.json``), as a zip in the scratch folder."""
     from inspectkit.cli.project import load_model
 
     if not onnx_available():
         raise StudioError("ONNX export is not available in this installation")
     pipe, _ = _load_model(project, load_model)
-    out = project.model_dir.with_suffix(".onnx")
-    try:
-        pipe.export(out, format="onnx")
-    except (ConfigError, DataError) as exc:
-        raise StudioError(str(exc)) from None
-    return out
+    out = project.model_dir.with_name(project.model_dir.name + "-onnx")
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.export(out / "model.onnx", format="onnx")
+    return project.zip_folders([out], out.parent)
 
 
 __all__ = [

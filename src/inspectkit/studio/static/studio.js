@@ -3,7 +3,7 @@
 // text nodes (h() below), never as HTML.
 "use strict";
 
-const S = { info: null, project: null, job: null, source: null, screen: null, pics: {} };
+const S = { info: null, project: null, job: null, source: null, screen: null, trainValues: {} };
 const STEPS = [
   ["classes", "Classes"], ["generate", "Generate"], ["train", "Train"],
   ["test", "Test"], ["export", "Evaluate & export"],
@@ -45,8 +45,10 @@ async function api(method, url, body) {
 
 function toast(text, kind) {
   const t = h("div", { class: "toast" + (kind ? " " + kind : ""), role: "status", text });
-  $("#toasts").append(t);
-  setTimeout(() => t.remove(), kind === "error" ? 9000 : 4000);
+  const box = $("#toasts");
+  box.append(t);
+  while (box.children.length > 3) box.firstChild.remove();
+  setTimeout(() => t.remove(), kind === "error" ? 8000 : 3500);
 }
 async function attempt(fn) {
   try { return await fn(); } catch (e) { toast(e.message, "error"); return null; }
@@ -181,8 +183,9 @@ function closeEvents() { if (S.source) { S.source.close(); S.source = null; } }
 function watchJob(job) {
   closeEvents();
   S.job = job;
+  document.body.dataset.jobs = "busy";
   renderJobBar(); refreshJobViews();
-  if (["done", "failed", "cancelled", "interrupted"].includes(job.state)) return;
+  if (["done", "failed", "cancelled", "interrupted"].includes(job.state)) { document.body.dataset.jobs = "idle"; return; }
   const src = new EventSource(`${P()}/jobs/${enc(job.id)}/events`);
   S.source = src;
   src.onmessage = (e) => {
@@ -213,6 +216,9 @@ async function jobFinished(j) {
   await attempt(() => loadProject(S.project.name));
   const screens = { classes: showClasses, generate: showGenerate, train: showTrain, test: showTest, export: showExport };
   if (S.screen) screens[S.screen]();
+  // the screen shows the finished job: count it (tests and scripts wait on this)
+  document.body.dataset.jobs = "idle";
+  document.body.dataset.finished = String(Number(document.body.dataset.finished || 0) + 1);
 }
 
 function jobLabel(j) {
@@ -232,7 +238,10 @@ function renderJobBar() {
     j.epochs ? h("span", { class: "bar" }, h("span", { style: `width:${share}%` })) : null,
     h("span", { class: "spacer" }),
     h("button", { id: "cancel-job", disabled: j.state === "cancelling", text: j.state === "cancelling" ? "Cancelling…" : "Cancel",
-      onclick: () => attempt(async () => { S.job = await api("POST", `${P()}/jobs/${enc(j.id)}/cancel`); renderJobBar(); }) }));
+      onclick: () => attempt(async () => {
+        const r = await api("POST", `${P()}/jobs/${enc(j.id)}/cancel`);
+        if (S.job && S.job.id === r.id && r.version > S.job.version) { S.job = r; renderJobBar(); }
+      }) }));
 }
 
 function refreshJobViews() {
@@ -387,7 +396,8 @@ function showGenerate() {
 function showTrain() {
   const p = S.project;
   const tips = S.info.tips;
-  const d = S.info.defaults[p.task];
+  // the last settings used in this project win over the defaults (kept across re-renders)
+  const d = { ...S.info.defaults[p.task], ...(S.trainValues[p.name] || {}) };
   const busy = S.job && ["queued", "running", "cancelling"].includes(S.job.state);
   const fields = [];
   const field = (label, input, tip) => h("label", { class: "field" }, h("span", { text: label }), input, h("span", { class: "tip", text: tip }));
@@ -395,7 +405,7 @@ function showTrain() {
   if (p.task === "classify") {
     inputs.epochs = h("input", { type: "number", name: "epochs", min: "1", max: "500", value: d.epochs });
     inputs.batch_size = h("input", { name: "batch_size", value: d.batch_size, size: "6" });
-    inputs.lr = h("input", { type: "number", name: "lr", step: "0.0001", min: "0.000001", max: "1", value: d.lr });
+    inputs.lr = h("input", { type: "number", name: "lr", step: "any", min: "0.000001", max: "1", value: d.lr });
     inputs.size = h("input", { type: "number", name: "size", min: "16", max: "1024", value: d.size });
     fields.push(field("Epochs", inputs.epochs, tips.epochs), field("Batch size", inputs.batch_size, tips.batch_size),
       field("Learning rate", inputs.lr, tips.lr), field("Image size", inputs.size, tips.size));
@@ -416,6 +426,7 @@ function showTrain() {
     e.preventDefault();
     const body = {};
     for (const [k, el] of Object.entries(inputs)) body[k] = el.value;
+    S.trainValues[p.name] = body;
     startJob(`${P()}/train`, body);
   });
   const model = p.model.exists
@@ -615,7 +626,7 @@ function showExport() {
       h("button", { class: "primary", id: "run-evaluation", disabled: !p.model.exists, text: "Run evaluation",
         onclick: () => startJob(`${P()}/evaluate`, {}) }),
       p.model.exists ? h("a", { class: "button", id: "download-model", href: `${P()}/model/download`, download: `${p.name}-model.zip`, text: "Download model (.zip)" }) : null,
-      p.model.exists && S.info.onnx ? h("a", { class: "button", id: "download-onnx", href: `${P()}/model/onnx`, download: `${p.name}.onnx`, text: "Download ONNX" }) : null,
+      p.model.exists && S.info.onnx ? h("a", { class: "button", id: "download-onnx", href: `${P()}/model/onnx`, download: `${p.name}-onnx.zip`, text: "Download ONNX (.zip)" }) : null,
       h("span", { class: "spacer" }),
       h("a", { class: "button", id: "download-project", href: `${P()}/download`, download: `${p.name}.zip`, text: "Download project (.zip)" })),
     metrics, metrics ? h("div", { style: "height:12px" }) : null, report);
