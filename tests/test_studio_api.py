@@ -537,4 +537,22 @@ def test_anomaly_flow_on_magnetic_tiles(client: TestClient, magnetic_tile_dir: P
     assert answers["predict"].status_code == 200, answers["predict"].text  # type: ignore[attr-defined]
     view = answers["view"].json()  # type: ignore[attr-defined]
     assert len(view["good"]) == 2 and len(view["defect"]) == 3
-    assert view["threshold"] is not None
+    assert view["threshold"] is not None and view["can_save"]
+    # a threshold moved on screen is saved through the stage as a new model version
+    chosen = min(view["defect"]) - 1e-6
+    bad = client.post("/api/projects/tiles/threshold", json={"threshold": "high"})
+    assert bad.status_code == 400
+    saved = client.post("/api/projects/tiles/threshold", json={"threshold": chosen})
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["threshold"] == pytest.approx(chosen)
+    home = client.app.state.studio.workspace.home
+    assert (home / "tiles/models/model.prev/pipeline.json").is_file()
+    from inspectkit.pipeline import Pipeline
+
+    stage = Pipeline.load(home / "tiles/models/model").stages[-1]
+    assert stage.threshold == pytest.approx(chosen) and stage.config.threshold == pytest.approx(
+        chosen
+    )
+    after = client.get("/api/projects/tiles/threshold").json()
+    assert after["threshold"] == pytest.approx(chosen)
+    assert all(score > chosen for score in after["defect"])  # no crack missed any more

@@ -54,13 +54,18 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def studio_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("studio-home")
+
+
+@pytest.fixture(scope="module")
+def server(studio_home: Path) -> Iterator[str]:
     import uvicorn
 
     from inspectkit.cli.studio import allowed_hosts
     from inspectkit.studio import create_app
 
-    home = tmp_path_factory.mktemp("studio-home")
+    home = studio_home
     port = free_port()
     app = create_app(home, allowed_hosts=allowed_hosts("127.0.0.1", port))
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
@@ -244,7 +249,7 @@ def test_classify_from_empty_project_to_exported_model(
 
 
 def test_anomaly_project_on_magnetic_tiles(
-    server: str, page: object, shots: Path, magnetic_tile_dir: Path
+    server: str, page: object, shots: Path, magnetic_tile_dir: Path, studio_home: Path
 ) -> None:
     create_project(page, server, "tiles", "anomaly")
     assert page.locator(".class-card").count() == 1  # 'good' is there from the start
@@ -274,3 +279,8 @@ def test_anomaly_project_on_magnetic_tiles(
     assert page.locator("#false-alarm-rate").inner_text() == "0.0 %"
     assert page.locator("#miss-rate").inner_text() == "100.0 %"
     shoot(page, shots / "6-anomaly-test.png")
+    # saving the threshold writes a new model version
+    page.eval_on_selector("#threshold-slider", move, "min")
+    page.click("#save-threshold")
+    page.wait_for_selector(".toast:text('saved')")
+    assert (studio_home / "tiles/models/model.prev/pipeline.json").is_file()

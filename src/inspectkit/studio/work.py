@@ -394,51 +394,64 @@ def threshold_view(project: StudioProject) -> dict[str, Any]:
     """The anomaly scores of the held-out images (good and defective) and the model's
     threshold, for the threshold screen (which computes rates as the slider moves)."""
     from inspectkit.cli.project import load_model
-    from inspectkit.metrics.anomaly import is_defective
 
     pipe, card = _load_model(project, load_model)
     if card["task"] != "anomaly":
         raise StudioError("the threshold belongs to good-only (anomaly) projects")
+    good, defect = _held_out_scores(project, pipe, card)
+    return {
+        "threshold": pipe.stages[-1].threshold,
+        "good": good,
+        "defect": defect,
+        "can_save": can_set_threshold(pipe.stages[-1]),
+    }
+
+
+def _held_out_scores(project: StudioProject, pipe: Any, card: dict[str, Any]) -> tuple[list, list]:
+    from inspectkit.metrics.anomaly import is_defective
+
     data = load_project_data(project, channels=card.get("channels"))
     _, held = split(project, data)
     if len(held) == 0:
         raise StudioError("no held-out images: add more images per class")
-    result = pipe.run(held)
-    scores = [float(s) for s in result.scores]
+    scores = [float(s) for s in pipe.run(held).scores]
     bad = [is_defective(s) for s in held.samples]
-    return {
-        "threshold": result.threshold,
-        "good": [s for s, b in zip(scores, bad) if not b],
-        "defect": [s for s, b in zip(scores, bad) if b],
-        "can_save": threshold_setter(pipe) is not None,
-    }
+    return [s for s, b in zip(scores, bad) if not b], [s for s, b in zip(scores, bad) if b]
 
 
-def threshold_setter(pipe: Any) -> Any:
-    """The detector stage's threshold setter when the library has one, else ``None``."""
-    stage = pipe.stages[-1]
-    setter = getattr(stage, "set_threshold", None)
-    return setter if callable(setter) else None
+def can_set_threshold(stage: Any) -> bool:
+    """Whether the detector stage takes a fixed ``threshold`` setting (the line's choice)."""
+    return "threshold" in getattr(type(getattr(stage, "config", None)), "model_fields", {})
 
 
-def save_threshold(project: StudioProject, value: float) -> dict[str, Any]:
-    """Set the threshold through the detector stage's API and save a new model version."""
+def save_threshold(project: StudioProject, value: Any) -> dict[str, Any]:
+    """Fix the detector's threshold at ``value`` through the stage's API (its
+    ``threshold`` setting and a ``Calibration.fixed`` normalised on the held-out good
+    scores) and save it as a new model version (the previous one kept)."""
+    from inspectkit.anomaly.threshold import Calibration
     from inspectkit.cli.project import CARD_FILE, load_model
 
-    if not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise StudioError(f"threshold must be a finite number, got {value!r}")
     pipe, card = _load_model(project, load_model)
-    setter = threshold_setter(pipe) if card["task"] == "anomaly" else None
-    if setter is None:
+    stage = pipe.stages[-1]
+    if card["task"] != "anomaly" or not can_set_threshold(stage):
         raise StudioError("this model's threshold cannot be set here")
+    good, _ = _held_out_scores(project, pipe, card)
     try:
-        setter(float(value))
+        stage.set_params(threshold=float(value))
+        stage.calibration = Calibration.fixed(float(value), _tensor(good) if good else None)
     except (ConfigError, DataError) as exc:
         raise StudioError(str(exc)) from None
     card = {**card, "threshold_set_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    attachments = {**pipe.attachments, CARD_FILE: _json(card)}
-    pipe.save(project.model_dir, attachments=attachments, keep=1)
-    return {"threshold": pipe.stages[-1].threshold}
+    pipe.save(project.model_dir, attachments={**pipe.attachments, CARD_FILE: _json(card)}, keep=1)
+    return {"threshold": stage.threshold}
+
+
+def _tensor(values: list[float]) -> Any:
+    import torch
+
+    return torch.tensor(values, dtype=torch.float64)
 
 
 def _json(obj: Any) -> str:
@@ -478,6 +491,7 @@ __all__ = [
     "HELD_OUT",
     "TIPS",
     "TrainSettings",
+    "can_set_threshold",
     "evaluate",
     "export_onnx",
     "generate",
