@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
+pytest.importorskip("httpx")  # the test client
 
 from fastapi.testclient import TestClient
 

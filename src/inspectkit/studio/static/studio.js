@@ -523,8 +523,9 @@ function showTest() {
     h("div", { class: "screen-head" }, h("div", {}, h("h1", { text: "Test" }),
       h("p", { class: "muted", text: p.task === "anomaly" ? "Drop images of parts: each gets a score, a verdict and a map of where it looks unusual." : "Drop images: each gets a bar per class showing how sure the model is." })),
       explain ? h("label", { class: "row" }, "Show ", explain) : null),
-    zone, h("div", { style: "height:12px" }), results];
-  if (p.task === "anomaly") parts.push(h("div", { style: "height:12px" }), thresholdCard());
+    zone, h("div", { style: "height:12px" })];
+  if (p.task === "anomaly") parts.push(h("div", { class: "test-split" }, results, thresholdCard()));
+  else parts.push(results);
   $("#main").replaceChildren(...parts);
 }
 
@@ -544,7 +545,7 @@ function resultCard(row, url) {
   let body;
   if (row.probs) {
     const entries = Object.entries(row.probs).sort((a, b) => b[1] - a[1]);
-    body = h("div", { class: "probs" }, entries.map(([c, v], i) => h("div", { class: "prob" + (i === 0 ? " top" : "") },
+    body = h("div", { class: "probs" }, entries.map(([c, v], i) => h("div", { class: "prob" + (i === 0 ? " best" : "") },
       h("span", { class: "lab", title: c, text: c }), h("span", { class: "track" }, h("span", { style: `width:${(100 * v).toFixed(1)}%` })),
       h("span", { class: "pct", text: `${(100 * v).toFixed(0)}%` }))));
     body = h("div", {}, h("div", { class: "verdict", text: row.predicted ?? "needs review" }), body);
@@ -552,7 +553,7 @@ function resultCard(row, url) {
     const bad = row.anomalous;
     body = h("div", { class: "stack" },
       h("div", { class: "verdict " + (bad ? "bad" : "good"), text: bad === null ? "no threshold" : bad ? "DEFECT" : "GOOD" }),
-      h("div", { class: "prob top" }, h("span", { class: "lab", text: "score" }),
+      h("div", { class: "prob best" }, h("span", { class: "lab", text: "score" }),
         h("span", { class: "track" }, h("span", { style: `width:${Math.min(100, 100 * (row.normalized ?? 0)).toFixed(1)}%;background:${bad ? "#c0392b" : "#1b8a4b"}` })),
         h("span", { class: "pct", text: fmt(row.score, 3) })),
       h("div", { class: "small muted", text: `threshold ${fmt(row.threshold, 3)} · the map shows where it looks unusual` }));
