@@ -28,6 +28,7 @@ import os
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+from inspectkit._text import printable
 from inspectkit.errors import InspectkitError
 from inspectkit.registry import Registry
 
@@ -102,6 +103,21 @@ def positive_int(text: str) -> int:
     return v
 
 
+#: The largest seed (``stage.Seed``: 0 .. 2**63 - 1), checked when arguments are parsed.
+SEED_MAX = 2**63 - 1
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed, a whole number in 0 .. 2**63 - 1 (what every stage takes)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be in 0 .. 2**63 - 1 ({SEED_MAX}), got {v}")
+    return v
+
+
 def check_choice(value: str, names: list[str], where: str) -> str:
     """``value`` if it is one of ``names``; a ``UsageError`` listing them otherwise. For
     choices that come from a registry behind torch, checked when the command runs rather
@@ -109,6 +125,24 @@ def check_choice(value: str, names: list[str], where: str) -> str:
     if value not in names:
         raise UsageError(f"{where}: unknown value {value!r}; choose one of {', '.join(names)}")
     return value
+
+
+def add_on_error(parser: argparse.ArgumentParser) -> None:
+    """The ``--on-error raise|skip`` option of commands that read many files."""
+    parser.add_argument(
+        "--on-error",
+        choices=["raise", "skip"],
+        default="raise",
+        help="raise: stop at the first unreadable file (default); skip: leave it out and "
+        "list it in the output (exit 0 only when something was scored)",
+    )
+
+
+def shown(value: object) -> str:
+    """``value`` as text to print: a path or name from the file system on one line with
+    every character visible (:func:`inspectkit.records.printable`), so a file name with a
+    tab, a newline or undecodable bytes can neither forge output rows nor fail to print."""
+    return printable(str(value))
 
 
 def wrap(where: object, exc: InspectkitError) -> UsageError:
@@ -123,10 +157,14 @@ __all__ = [
     "EXIT_INTERNAL",
     "EXIT_OK",
     "EXIT_USAGE",
+    "SEED_MAX",
     "Command",
     "UsageError",
+    "add_on_error",
     "check_choice",
     "positive_int",
     "register_command",
+    "seed_int",
+    "shown",
     "wrap",
 ]

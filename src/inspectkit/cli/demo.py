@@ -14,7 +14,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from inspectkit.cli.command import EXIT_OK, Command, positive_int, register_command
+from inspectkit.cli.command import (
+    EXIT_OK,
+    Command,
+    positive_int,
+    register_command,
+    seed_int,
+    shown,
+)
 from inspectkit.cli.project import save_model
 
 #: Mistakes explained with Grad-CAM in the demo report.
@@ -59,7 +66,7 @@ class Demo(Command):
         parser.add_argument(
             "--size", type=positive_int, default=None, help="maps are resized to SIZE×SIZE (48)"
         )
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--seed", type=seed_int, default=0)
 
     def run(self, args: argparse.Namespace) -> int:
         from inspectkit.metrics import classification_report
@@ -114,5 +121,5 @@ class Demo(Command):
         )
         for cls, fig in report.per_class.items():
             self.say(args, f"  {cls:<10} recall {fig.get('recall', float('nan')):.2f}")
-        self.say(args, f"model saved to {out / 'model'}; report at {html}")
+        self.say(args, f"model saved to {shown(out / 'model')}; report at {shown(html)}")
         return EXIT_OK

@@ -1,4 +1,11 @@
-"""``inspectkit evaluate``: metrics of a saved model on labelled data, optionally a report."""
+"""``inspectkit evaluate``: metrics of a saved model on labelled data, optionally a report.
+
+``--project`` without ``--data`` scores only the project's samples the model was not
+trained on (its held-out split, :meth:`~inspectkit.cli.project.Project.held_out`); any
+evaluation that includes training samples says so in its notes. ``--on-error skip``
+leaves unreadable files out: each is a note (``skipped <file>: <reason>``) and
+``counts["skipped"]`` says how many.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +15,33 @@ import math
 from pathlib import Path
 from typing import Any
 
-from inspectkit.cli.command import EXIT_OK, Command, register_command
-from inspectkit.cli.project import Project, load_model, pick
+from inspectkit.cli.command import (
+    EXIT_OK,
+    Command,
+    add_on_error,
+    register_command,
+    shown,
+)
+from inspectkit.cli.project import (
+    SPLIT_FILE,
+    Project,
+    load_model,
+    pick,
+    seen_in_training,
+    training_note,
+)
 
 #: Schema tag of ``inspectkit evaluate --json``.
 EVALUATE_SCHEMA = "inspectkit.evaluate/1"
 
 
 def evaluation_json(
-    report: Any, *, task: str, model: str, data: str, html: str | None
+    report: Any,
+    *,
+    task: str,
+    model: str,
+    data: str,
+    html: str | None,
 ) -> dict[str, Any]:
     """The stable ``inspectkit evaluate --json`` object (schema ``inspectkit.evaluate/1``)."""
     return {
@@ -37,7 +62,7 @@ def evaluation_json(
 
 def print_report(report: Any) -> None:
     """Metrics, the per-class table and notes as text."""
-    print(report.title)
+    print(shown(report.title))
     for k, v in report.metrics.items():
         print(f"  {k:<20} {v:.4f}")
     if report.per_class:
@@ -51,9 +76,9 @@ def print_report(report: Any) -> None:
             cells = "".join(
                 (f"{figs[k]:.0f}" if k == "support" else f"{figs[k]:.3f}").rjust(11) for k in keys
             )
-            print("  " + str(cls)[:15].ljust(16) + cells)
+            print("  " + shown(cls)[:15].ljust(16) + cells)
     for note in report.notes:
-        print(f"  note: {note}")
+        print(f"  note: {shown(note)}")
 
 
 @register_command
@@ -68,6 +93,7 @@ class Evaluate(Command):
         parser.add_argument(
             "--report", metavar="DIR", help="also write report.html and report.json here"
         )
+        add_on_error(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from inspectkit.metrics import anomaly_report, classification_report
@@ -81,7 +107,21 @@ class Evaluate(Command):
         )
         pipe, card = load_model(model_dir)
         task = card["task"]
-        data = load(data_path, purpose="evaluate", task=task, channels=card.get("channels"))
+        data = load(
+            data_path,
+            purpose="evaluate",
+            task=task,
+            channels=card.get("channels"),
+            on_error=args.on_error,
+        )
+        notes: list[str] = []
+        if project is not None and args.data is None:
+            data, note = held_out_part(project, pipe, data)
+            notes += [note] if note else []
+        seen = training_note(pipe, card, data, data_path)
+        if seen:
+            notes.append(seen)
+        notes += [f"skipped {entry}" for entry in data.skipped]  # one note per file
         result = pipe.run(data)
         title = f"{model_dir.name} on {data_path.name}"
         if task == "classify":
@@ -90,6 +130,8 @@ class Evaluate(Command):
         else:
             report = anomaly_report(result, title=title)
             extra = {"scores": result}
+        counts = {**report.counts, "skipped": len(data.skipped)} if data.skipped else report.counts
+        report = report.model_copy(update={"notes": [*report.notes, *notes], "counts": counts})
         html = None
         if report_dir is not None:
             from inspectkit.report import write_html
@@ -98,11 +140,37 @@ class Evaluate(Command):
             html = str(write_html(report, report_dir, **extra))
         if args.json:
             summary = evaluation_json(
-                report, task=task, model=str(model_dir), data=str(data_path), html=html
+                report,
+                task=task,
+                model=shown(model_dir),
+                data=shown(data_path),
+                html=None if html is None else shown(html),
             )
             print(json.dumps(summary))
             return EXIT_OK
         print_report(report)
         if html:
-            print(f"report: {html}")
+            print(f"report: {shown(html)}")
         return EXIT_OK
+
+
+def held_out_part(project: Project, pipe: Any, data: Any) -> tuple[Any, str | None]:
+    """The part of the project's data held out from the model's training, and a note
+    saying what was scored: once the project has a split, every sample but the model's
+    training samples (a model that does not record them: the split's test samples).
+    Without a split (a small project) everything is scored, and :func:`training_note`
+    says that it includes training samples."""
+    if not project.split_file.is_file():
+        return data, None
+    seen = seen_in_training(pipe, data)
+    if seen is not None:
+        drop = set(seen)
+        keep = [i for i in range(len(data)) if i not in drop]
+        what = "the project samples this model was not trained on"
+    else:
+        test = project.held_out(data, seed=0)
+        keep = [i for i, s in enumerate(data.samples) if s.id in test]
+        what = f"the project's test split ({SPLIT_FILE})"
+    if not keep:
+        return data, "no project sample was held out from this model's training"
+    return data.subset(keep), f"scored on {what}: {len(keep)} of {len(data)} samples"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from inspectkit.cli.command import EXIT_OK, Command, check_choice, register_command
+from inspectkit.cli.command import EXIT_OK, Command, check_choice, register_command, shown
 from inspectkit.cli.predict import load_inputs_for
 from inspectkit.cli.project import Project, load_model, out_folder, pick
 
@@ -56,5 +56,5 @@ class Explain(Command):
             paths = write_overlays(Pipeline([*pipe.stages, stage]).run(data), out)
         else:
             paths = write_anomaly_overlays(pipe.run(data), out)
-        self.say(args, f"{len(paths)} overlays written to {out}", always=True)
+        self.say(args, f"{len(paths)} overlays written to {shown(out)}", always=True)
         return EXIT_OK

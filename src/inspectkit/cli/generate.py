@@ -14,7 +14,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from inspectkit.cli.command import EXIT_OK, Command, positive_int, register_command, wrap
+from inspectkit.cli.command import (
+    EXIT_OK,
+    Command,
+    positive_int,
+    register_command,
+    seed_int,
+    shown,
+    wrap,
+)
 from inspectkit.cli.project import Project, out_folder, pick
 from inspectkit.errors import DataError
 
@@ -73,7 +81,7 @@ class Generate(Command):
         parser.add_argument("--n", type=positive_int, required=True)
         parser.add_argument("--method", choices=["augment", "vae"], default="augment")
         parser.add_argument("--out", metavar="DIR")
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--seed", type=seed_int, default=0)
         parser.add_argument("--steps", type=positive_int, default=None, help="VAE training steps")
         parser.add_argument("--size", type=positive_int, default=None)
         parser.add_argument("--channels", type=int, choices=[1, 3], default=None)
@@ -108,5 +116,9 @@ class Generate(Command):
         except DataError as exc:
             raise wrap(data_path, exc) from None
         written = save_generated(synth, out, args.cls)
-        self.say(args, f"{len(synth)} samples written to {out} ({len(written)} files)", always=True)
+        self.say(
+            args,
+            f"{len(synth)} samples written to {shown(out)} ({len(written)} files)",
+            always=True,
+        )
         return EXIT_OK

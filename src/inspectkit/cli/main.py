@@ -13,6 +13,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
+from inspectkit._text import printable
 from inspectkit._version import __version__
 from inspectkit.cli.command import (
     COMMANDS,
@@ -33,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _shared_options(command: Command) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     if command.takes_quiet:
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or chatter")
     p.add_argument("--verbose", "-v", dest="verbose_sub", action="store_true", help="log details")
@@ -65,12 +66,22 @@ def commands() -> list[Command]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``inspectkit`` parser: one sub-parser per registered command."""
-    parser = _Parser(prog="inspectkit", description="AI visual inspection for production lines.")
+    # allow_abbrev=False everywhere: `train --dat x` must not quietly mean --data
+    parser = _Parser(
+        prog="inspectkit",
+        description="AI visual inspection for production lines.",
+        allow_abbrev=False,
+    )
     parser.add_argument("--version", action="version", version=f"inspectkit {__version__}")
     parser.add_argument("--verbose", "-v", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     for command in commands():
-        p = sub.add_parser(command.name, parents=[_shared_options(command)], help=command.help)
+        p = sub.add_parser(
+            command.name,
+            parents=[_shared_options(command)],
+            help=command.help,
+            allow_abbrev=False,
+        )
         command.add_arguments(p)
         p.set_defaults(func=command.run)
     return parser
@@ -120,8 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def one_line(exc: BaseException, limit: int = 600) -> str:
-    """The message on one line, cut after ``limit`` characters (full text with ``-v``)."""
-    text = " ".join(str(exc).split())
+    """The message on one line, every character visible (file names may hold control
+    characters or undecodable bytes), cut after ``limit`` characters (full text with
+    ``-v``)."""
+    text = printable(" ".join(str(exc).split()))
     if len(text) > limit and not logging.getLogger().isEnabledFor(logging.INFO):
         text = text[:limit].rstrip() + " … (run with -v for the full message)"
     return text

@@ -2,7 +2,10 @@
 
 Inputs are read lazily (:func:`inspectkit.sources.load_inputs`) and run through
 ``Pipeline.iter_run`` :data:`PREDICT_BATCH` at a time, printing text rows per batch, so
-memory stays flat on large folders and the first rows appear at once.
+memory stays flat on large folders and the first rows appear at once. With
+``--on-error skip`` an unreadable input is left out and listed (``skipped``), and the
+command exits 0 only when something was scored. Names are printed escaped
+(:func:`~inspectkit.cli.command.shown`): a file name cannot forge a row.
 """
 
 from __future__ import annotations
@@ -10,9 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any
 
-from inspectkit.cli.command import EXIT_OK, Command, UsageError, register_command
+from inspectkit.cli.command import (
+    EXIT_OK,
+    Command,
+    UsageError,
+    add_on_error,
+    register_command,
+    shown,
+)
 from inspectkit.cli.project import Project, load_model, pick
 
 #: Schema tag of ``inspectkit predict --json``.
@@ -21,13 +32,59 @@ PREDICT_SCHEMA = "inspectkit.predict/1"
 PREDICT_BATCH = 256
 
 
-def load_inputs_for(paths: list[str], card: dict[str, Any], command: str) -> Any:
+def load_inputs_for(
+    paths: list[str], card: dict[str, Any], command: str, on_error: str = "raise"
+) -> Any:
     """The inputs of ``predict``/``explain``, decoded the way the model was trained."""
     from inspectkit.sources import load_inputs
 
     if not paths:
         raise UsageError(f"inspectkit {command}: give at least one image, folder or wafer file")
-    return load_inputs(paths, channels=card.get("channels"), kind=card.get("kind"))
+    return load_inputs(
+        paths, channels=card.get("channels"), kind=card.get("kind"), on_error=on_error
+    )
+
+
+def scored_batches(
+    pipe: Any, data: Any, batch_size: int, on_error: str
+) -> Iterator[tuple[Any | None, list[str]]]:
+    """``(result, skipped)`` per batch of ``data``: ``Pipeline.iter_run``, or with
+    ``on_error="skip"`` each lazily decoded input on its own, an unreadable one left out
+    and listed as ``"<file>: <reason>"`` (``result`` is ``None`` when none of a batch
+    could be read)."""
+    from inspectkit.errors import DataError
+    from inspectkit.records import LazyImages
+
+    if on_error == "raise" or not isinstance(data.images, LazyImages):
+        for result in pipe.iter_run(data, batch_size=batch_size):
+            yield result, []
+        return
+    import torch
+
+    for start in range(0, len(data), batch_size):
+        part = data.subset(range(start, min(start + batch_size, len(data))))
+        images, keep, skipped = [], [], []
+        for j in range(len(part)):
+            try:
+                images.append(part.images[j])
+            except DataError as exc:  # its message starts with the file
+                skipped.append(shown(exc))
+                continue
+            keep.append(j)
+        if not keep:
+            yield None, skipped
+            continue
+        same = len({tuple(t.shape) for t in images}) == 1
+        batch = part.subset(keep).replace(images=torch.stack(images) if same else images)
+        yield pipe.run(batch), skipped
+
+
+def skipped_rows(skipped: list[str]) -> None:
+    """Text rows of skipped inputs: name, ``SKIPPED``, reason (tab-separated)."""
+    for entry in skipped:
+        name, _, reason = entry.partition(": ")
+        print(f"{shown(name)}\tSKIPPED\t{shown(reason)}")
+    sys.stdout.flush()
 
 
 def prediction_rows(result: Any, task: str) -> list[dict[str, Any]]:
@@ -52,12 +109,12 @@ def prediction_rows(result: Any, task: str) -> list[dict[str, Any]]:
 def print_rows(rows: list[dict[str, Any]], task: str) -> None:
     """Tab-separated text: input, verdict, probability or score."""
     for r in rows:
-        name = r["id"] if r["input"] != r["id"] and r["id"].count(":") else r["input"]
+        name = shown(r["id"] if r["input"] != r["id"] and r["id"].count(":") else r["input"])
         if task == "classify":
             top = sorted(r["probs"].items(), key=lambda kv: -kv[1])[:3]
-            shown = r["predicted"] if r["predicted"] is not None else "REVIEW"
-            alts = ", ".join(f"{c} {p:.2f}" for c, p in top)
-            print(f"{name}\t{shown}\t{r['probability']:.3f}\t[{alts}]")
+            verdict = shown(r["predicted"]) if r["predicted"] is not None else "REVIEW"
+            alts = ", ".join(f"{shown(c)} {p:.2f}" for c, p in top)
+            print(f"{name}\t{verdict}\t{r['probability']:.3f}\t[{alts}]")
         else:
             verdict = {True: "ANOMALOUS", False: "good", None: "?"}[r["anomalous"]]
             thr = "" if r["threshold"] is None else f" (threshold {r['threshold']:.4g})"
@@ -73,6 +130,7 @@ class Predict(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--model", metavar="MODEL_DIR")
+        add_on_error(parser)
         parser.add_argument(
             "inputs", nargs="*", metavar="PATH", help="image files, folders, wafer .npz"
         )
@@ -84,18 +142,28 @@ class Predict(Command):
         model_dir = pick(args.model, project, lambda p: p.model(args.name), "--model", "predict")
         pipe, card = load_model(model_dir)
         task = card["task"]
-        data = load_inputs_for(args.inputs, card, "predict")
+        data = load_inputs_for(args.inputs, card, "predict", args.on_error)
+        skipped = list(data.skipped)
+        if skipped and not args.json:
+            skipped_rows(skipped)
         rows: list[dict[str, Any]] = []
         bar = progress_bar(
             enabled=self.progress(args) and len(data) > PREDICT_BATCH, total=len(data)
         )
         with bar:
-            for result in pipe.iter_run(data, batch_size=PREDICT_BATCH):
-                batch_rows = prediction_rows(result, task)
-                bar.update(len(batch_rows))
+            for result, lost in scored_batches(pipe, data, PREDICT_BATCH, args.on_error):
+                batch_rows = prediction_rows(result, task) if result is not None else []
+                bar.update(len(batch_rows) + len(lost))
                 if not args.json:
+                    skipped_rows(lost)
                     print_rows(batch_rows, task)
                 rows.extend(batch_rows)
+                skipped.extend(lost)
         if args.json:
-            print(json.dumps({"schema": PREDICT_SCHEMA, "task": task, "predictions": rows}))
+            out = {"schema": PREDICT_SCHEMA, "task": task, "predictions": rows, "skipped": skipped}
+            print(json.dumps(out))
+        if not rows:
+            raise UsageError(
+                f"inspectkit predict: nothing could be scored ({len(skipped)} skipped)"
+            )
         return EXIT_OK

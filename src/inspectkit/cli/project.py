@@ -8,23 +8,35 @@ A project keeps one line's work in one place::
     PROJECT/reports/<name>/       report.html / report.json
 
 A model folder is a saved :class:`~inspectkit.Pipeline` with the model card
-``inspectkit-model.json`` (task, kind of input, channels, classes, training counts) as
-an attachment saved in the same atomic unit, by :func:`save_model` only; the previous
-model is kept as ``MODEL_DIR.prev`` (:data:`KEEP_PREVIOUS`). The card is optional on
-load: any saved pipeline works with ``predict``/``evaluate``.
+``inspectkit-model.json`` (task, kind of input, channels, classes, training counts, data,
+seed, library version) and the fingerprints of the samples it was trained on
+(:data:`SAMPLES_FILE`) as attachments saved in the same atomic unit, by
+:func:`save_model` only; the previous model is kept as ``MODEL_DIR.prev``
+(:data:`KEEP_PREVIOUS`). The card is optional on load (any saved pipeline works with
+``predict``/``evaluate``), but a card that contradicts its pipeline is refused.
+
+A project keeps a held-out test split in ``PROJECT/split.json`` (:meth:`Project.held_out`:
+made once by the first ``train --project``, seeded, stratified by class and lot); the
+training set leaves it out, and ``evaluate --project`` scores only what the model was not
+trained on. Every evaluation counts the samples it shares with the training set
+(:func:`seen_in_training`) and says so in its notes.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from inspectkit._text import printable
 from inspectkit._version import __version__
 from inspectkit.cli.command import UsageError, wrap
 from inspectkit.errors import InspectkitError
@@ -34,6 +46,18 @@ CARD_FILE = "inspectkit-model.json"
 CARD_FORMAT = "inspectkit.model-card"
 #: Previous versions of a model the command line keeps (``MODEL_DIR.prev``).
 KEEP_PREVIOUS = 1
+#: Attachment with an 8-byte fingerprint per training sample (sorted), see :func:`fingerprints`.
+SAMPLES_FILE = "inspectkit-training-samples.bin"
+#: Training sets larger than this are not fingerprinted (the attachment stays under 8 MB).
+MAX_FINGERPRINTS = 1_000_000
+#: The project's held-out split: ``PROJECT/split.json``.
+SPLIT_FILE = "split.json"
+SPLIT_FORMAT = "inspectkit.project-split"
+#: Share of each class (of each lot, where samples have one) held out for testing.
+TEST_FRACTION = 0.2
+#: Samples a class needs before it gives some to the test split (then at least two).
+MIN_SPLIT_CLASS = 10
+TASKS = ("classify", "anomaly")
 
 
 @dataclass(frozen=True)
@@ -71,6 +95,49 @@ class Project:
 
     def report(self, name: str) -> Path:
         return self.root / "reports" / name
+
+    @property
+    def split_file(self) -> Path:
+        return self.root / SPLIT_FILE
+
+    def held_out(self, data: Any, seed: int) -> set[str]:
+        """Ids of the project's test samples: read from ``split.json``, or, the first time,
+        drawn from ``data`` (stratified by label, lots kept together, ``seed``) and stored.
+
+        Only classes with at least :data:`MIN_SPLIT_CLASS` samples give test samples (a
+        class of six cannot spare one); while no class has that many no split is stored,
+        and evaluations note that they include training samples. Samples added to
+        ``data/`` after the split was made are not in it: they train."""
+        if self.split_file.is_file():
+            split = read_json(self.split_file, "project split")
+            test = split.get("test") if isinstance(split, dict) else None
+            if not isinstance(test, list) or split.get("format") != SPLIT_FORMAT:
+                raise UsageError(
+                    f"{self.split_file}: not a project split (format {SPLIT_FORMAT!r} with a "
+                    '"test" list of sample ids); move it away to draw a new one'
+                )
+            return {str(t) for t in test}
+        from inspectkit.atomic import atomic_write
+        from inspectkit.stages.wrangle import assign_splits
+
+        counts = Counter(s.label for s in data.samples)
+        big = [s for s in data.samples if counts[s.label] >= MIN_SPLIT_CLASS]
+        if not big:
+            return set()
+        splits = assign_splits(
+            big, (1 - TEST_FRACTION, 0.0, TEST_FRACTION), seed=seed, group_by="group"
+        )
+        test = sorted(s.id for s, split in zip(big, splits) if split == "test")
+        record = {
+            "format": SPLIT_FORMAT,
+            "seed": seed,
+            "test_fraction": TEST_FRACTION,
+            "made_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "samples": len(data),
+            "test": test,
+        }
+        atomic_write(self.split_file, json.dumps(record, indent=1))
+        return set(test)
 
     def load_generated(self, data: Any, channels: int | None = None) -> Any:
         """Samples under ``generated/<class>/`` flagged ``synthetic`` (``None`` if none),
@@ -149,6 +216,65 @@ def parse_json(raw: bytes, path: Path, what: str) -> Any:
         ) from None
 
 
+def sample_key(sample: Any) -> str:
+    """What identifies a sample across runs: its file (absolute) and its id in the file."""
+    source = os.path.abspath(sample.source) if sample.source else ""
+    return f"{source}\0{sample.id}"
+
+
+def fingerprints(samples: Any) -> bytes:
+    """Sorted 8-byte BLAKE2 digests of :func:`sample_key` (the :data:`SAMPLES_FILE` format)."""
+    digests = {
+        hashlib.blake2b(sample_key(s).encode(), digest_size=8).digest()
+        for s in samples
+        if not s.synthetic
+    }
+    return b"".join(sorted(digests))
+
+
+def seen_in_training(pipe: Any, data: Any) -> list[int] | None:
+    """Positions of the real samples of ``data`` that trained the model, or ``None`` when
+    the model does not record its training samples (saved by inspectkit 0.1.0, or a
+    training set over :data:`MAX_FINGERPRINTS`)."""
+    raw = getattr(pipe, "attachments", {}).get(SAMPLES_FILE)
+    if raw is None or len(raw) % 8:
+        return None
+    seen = {raw[i : i + 8] for i in range(0, len(raw), 8)}
+    return [
+        i
+        for i, s in enumerate(data.samples)
+        if not s.synthetic
+        and hashlib.blake2b(sample_key(s).encode(), digest_size=8).digest() in seen
+    ]
+
+
+def training_note(pipe: Any, card: dict[str, Any], data: Any, data_path: Path) -> str | None:
+    """The note an evaluation carries when it includes samples the model was trained on."""
+    seen = seen_in_training(pipe, data)
+    if seen is None:
+        trained_on = card.get("data")
+        if isinstance(trained_on, str) and _same_path(trained_on, data_path):
+            return (
+                f"this model was trained on data from {printable(str(data_path))} and does not "
+                "record which samples: this evaluation may include its training samples"
+            )
+        return None
+    if not seen:
+        return None
+    n = sum(1 for s in data.samples if not s.synthetic)
+    return (
+        f"{len(seen)} of the {n} evaluated samples were used to train this model: these "
+        "figures overstate how it does on new parts"
+    )
+
+
+def _same_path(a: str, b: Path) -> bool:
+    try:
+        return Path(a).resolve() == b.resolve()
+    except OSError:
+        return False
+
+
 def save_model(
     model_dir: Path,
     pipe: Any,
@@ -160,9 +286,11 @@ def save_model(
     layout: str | None = None,
     started: float | None = None,
     keep: int = KEEP_PREVIOUS,
+    held_out: int | None = None,
 ) -> dict[str, Any]:
-    """Save a pipeline trained on ``data`` with its model card, in one atomic unit (the
-    card is an attachment of :meth:`Pipeline.save`), and return the card.
+    """Save a pipeline trained on ``data`` with its model card and the fingerprints of its
+    training samples, in one atomic unit (attachments of :meth:`Pipeline.save`), and
+    return the card.
 
     Args:
         model_dir: The model folder.
@@ -174,6 +302,7 @@ def save_model(
         layout: The data layout name (``inspectkit.sources.detect``).
         started: ``time.perf_counter()`` when training began, for ``seconds``.
         keep: Previous versions kept beside the model (``MODEL_DIR.prev`` ...).
+        held_out: Test samples of the project split left out of ``data`` (projects only).
     """
     card: dict[str, Any] = {
         "format": CARD_FORMAT,
@@ -189,9 +318,20 @@ def save_model(
         "seed": seed,
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if held_out is not None:
+        card["held_out"] = {"split": SPLIT_FILE, "test_samples": held_out}
+    attachments = {}
+    real = sum(1 for s in data.samples if not s.synthetic)
+    card["training_samples_recorded"] = real <= MAX_FINGERPRINTS
+    if real <= MAX_FINGERPRINTS:
+        attachments[SAMPLES_FILE] = fingerprints(data.samples)
     if started is not None:
         card["seconds"] = round(time.perf_counter() - started, 1)
-    pipe.save(model_dir, attachments={CARD_FILE: json.dumps(card, indent=2)}, keep=keep)
+    attachments[CARD_FILE] = json.dumps(card, indent=2)
+    try:
+        pipe.save(model_dir, attachments=attachments, keep=keep)
+    except InspectkitError as exc:  # e.g. a full disk: name the model folder
+        raise wrap(model_dir, exc) from None
     return card
 
 
@@ -213,10 +353,41 @@ def load_model(model_dir: Path) -> tuple[Any, dict[str, Any]]:
     card = parse_json(raw, card_path, "model card") if raw is not None else {}
     if not isinstance(card, dict):
         raise UsageError(f"{card_path}: the model card must be a JSON object")
+    check_card(card, pipe, card_path)
     card.setdefault("task", task_of(pipe))
     card.setdefault("kind", getattr(pipe.stages[-1], "kind", None))
     card.setdefault("channels", None)
     return pipe, card
+
+
+def check_card(card: dict[str, Any], pipe: Any, card_path: Path) -> None:
+    """Refuse a card that contradicts its pipeline or cannot be used: a task other than
+    what the pipeline does, an unknown kind of input, a channel count other than 1 or 3."""
+    task = card.get("task")
+    if task is not None:
+        if task not in TASKS:
+            raise UsageError(f"{card_path}: the model card names an unknown task {task!r}")
+        actual = task_of(pipe)
+        if task != actual:
+            raise UsageError(
+                f"{card_path}: the model card says task {task!r} but its pipeline does "
+                f"{actual!r}; the card does not belong to this model (train it again)"
+            )
+    if card.get("kind") not in (None, "wafer", "image"):
+        raise UsageError(f"{card_path}: the model card names an unknown kind {card['kind']!r}")
+    if card.get("channels") not in (None, 1, 3) or isinstance(card.get("channels"), bool):
+        raise UsageError(
+            f"{card_path}: the model card gives channels {card['channels']!r}; expected 1 or 3"
+        )
+
+
+def model_task(model_dir: Path) -> str | None:
+    """The task of the model saved at ``model_dir`` (``None``: no model there); a
+    ``UsageError`` when it holds a model that cannot be read."""
+    if not (model_dir / "pipeline.json").is_file():
+        return None
+    _, card = load_model(model_dir)
+    return str(card["task"])
 
 
 def task_of(pipe: Any) -> str:
@@ -236,12 +407,21 @@ def task_of(pipe: Any) -> str:
 __all__ = [
     "CARD_FILE",
     "KEEP_PREVIOUS",
+    "MAX_FINGERPRINTS",
+    "SAMPLES_FILE",
+    "SPLIT_FILE",
     "Project",
+    "check_card",
+    "fingerprints",
     "load_model",
+    "model_task",
     "out_folder",
     "parse_json",
     "pick",
     "read_json",
+    "sample_key",
     "save_model",
+    "seen_in_training",
     "task_of",
+    "training_note",
 ]

@@ -21,11 +21,15 @@ from inspectkit.cli.command import (
     check_choice,
     positive_int,
     register_command,
+    seed_int,
+    shown,
     wrap,
 )
 from inspectkit.cli.project import (
     KEEP_PREVIOUS,
+    SPLIT_FILE,
     Project,
+    model_task,
     out_folder,
     pick,
     read_json,
@@ -61,6 +65,30 @@ def spec_pipeline(path: Path, *, epochs: int | None, seed: int | None, progress:
         raise wrap(path, exc) from None
 
 
+def check_out(out: Path, task: str, *, replace: bool) -> None:
+    """Refuse, before anything is trained, an ``--out`` that a save would refuse (a folder
+    holding anything but a saved model: a project, a data folder) and, unless ``replace``,
+    one holding a model of the other task or a model that cannot be read."""
+    from inspectkit.atomic import resolve_target
+    from inspectkit.modelfolder import _check_replaceable
+
+    try:
+        _check_replaceable(resolve_target(out))
+    except InspectkitError as exc:
+        raise wrap(out, exc) from None
+    try:
+        existing = model_task(out)
+    except UsageError as exc:
+        if replace:
+            return
+        raise UsageError(f"{exc}; pass --replace to replace it, or choose another --out") from None
+    if existing is not None and existing != task and not replace:
+        raise UsageError(
+            f"{shown(out)}: holds a {existing} model; training a {task} model would replace it: "
+            "pass --replace to do so, or choose another --out"
+        )
+
+
 def _seed_of(pipe: Any, given: int | None) -> int:
     if given is not None:
         return given
@@ -87,7 +115,10 @@ class Train(Command):
         )
         parser.add_argument("--epochs", type=positive_int, default=None)
         parser.add_argument(
-            "--seed", type=int, default=None, help="seed of every stage (default 0, or the spec's)"
+            "--seed",
+            type=seed_int,
+            default=None,
+            help="seed of every stage, 0 .. 2**63-1 (default 0, or the spec's)",
         )
         parser.add_argument(
             "--size", type=positive_int, default=None, help="images are resized to SIZE×SIZE"
@@ -101,6 +132,11 @@ class Train(Command):
             default=KEEP_PREVIOUS,
             metavar="N",
             help=f"previous models kept as MODEL_DIR.prev ... (default {KEEP_PREVIOUS}, 0: none)",
+        )
+        parser.add_argument(
+            "--replace",
+            action="store_true",
+            help="replace a model of the other task (or one that cannot be read) at --out",
         )
         parser.add_argument(
             "--method",
@@ -117,8 +153,7 @@ class Train(Command):
         project = Project.from_args(args)
         data_path = pick(args.data, project, lambda p: p.data, "--data", "train")
         out = out_folder(pick(args.out, project, lambda p: p.model(args.name), "--out", "train"))
-        if out.is_dir() and any(out.iterdir()) and not (out / "pipeline.json").is_file():
-            raise UsageError(f"{out}: a non-empty folder that holds no model; choose another --out")
+        check_out(out, args.task, replace=args.replace)
         if args.keep < 0:
             raise UsageError(f"inspectkit train: --keep must be 0 or more, got {args.keep}")
         method = check_method(args.method) if args.method is not None else None
@@ -135,15 +170,25 @@ class Train(Command):
         started = time.perf_counter()
         layout = detect(data_path)
         data = load(data_path, purpose="train", task=args.task, channels=args.channels)
+        held_out = None
+        if project is not None and args.data is None:  # the project's own data: hold out
+            test = project.held_out(data, _seed_of(spec, args.seed) if spec else args.seed or 0)
+            keep = [i for i, s in enumerate(data.samples) if s.id not in test]
+            if len(keep) < len(data):
+                if not keep:
+                    raise UsageError(f"{shown(project.split_file)}: holds out every sample")
+                held_out = len(data) - len(keep)
+                data = data.subset(keep)
+                self.say(args, f"{held_out} samples held out for evaluate ({SPLIT_FILE})")
         if project is not None and args.task == "classify":
             gen = project.load_generated(data, args.channels)
             if gen is not None:
                 data = ImageSet.concat([data, gen])
-                self.say(args, f"+ {len(gen)} generated samples from {project.generated}")
+                self.say(args, f"+ {len(gen)} generated samples from {shown(project.generated)}")
         counts = data.class_counts(include_synthetic=False)
         self.say(
             args,
-            f"training a {args.task} model on {len(data)} samples from {data_path} "
+            f"training a {args.task} model on {len(data)} samples from {shown(data_path)} "
             f"({data.kind}; " + ", ".join(f"{c} {n}" for c, n in counts.items() if n) + ")",
         )
         pipe = spec or default_pipeline(
@@ -167,9 +212,10 @@ class Train(Command):
             layout=layout,
             started=started,
             keep=args.keep,
+            held_out=held_out,
         )
         if args.json:
-            print(json.dumps({"model": str(out), **card}))
+            print(json.dumps({"model": shown(out), **card}))
         else:
-            self.say(args, f"model saved to {out} ({card['seconds']:.0f} s)", always=True)
+            self.say(args, f"model saved to {shown(out)} ({card['seconds']:.0f} s)", always=True)
         return EXIT_OK
