@@ -229,6 +229,13 @@ def test_classify_from_empty_project_to_exported_model(
     page.locator(".drop input[type=file]").set_input_files([str(test_image)])
     page.wait_for_selector(".result .prob")
     assert page.locator(".result .prob").count() == 3
+    # each bar is as long as its probability (the page's CSP allows no inline style
+    # attributes: widths are set through the CSSOM)
+    best = page.locator(".result .prob.best")
+    track = best.locator(".track").bounding_box()["width"]
+    fill = best.locator(".track > span").bounding_box()["width"]
+    shown = int(best.locator(".pct").inner_text().rstrip("%")) / 100
+    assert abs(fill / track - shown) < 0.02
     assert page.locator(".result .name").inner_text() == test_image.name
     assert page.locator(".result img").get_attribute("src").startswith("data:image/png")
     shoot(page, shots / "4-test.png")

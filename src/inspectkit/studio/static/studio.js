@@ -17,6 +17,7 @@ function h(tag, attrs, ...kids) {
     if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
     else if (k === "class") el.className = v;
     else if (k === "text") el.textContent = v;
+    else if (k === "style") el.style.cssText = v;  // CSSOM: allowed by the page's CSP
     else el.setAttribute(k, v === true ? "" : v);
   }
   for (const kid of kids.flat()) {
