@@ -34,11 +34,26 @@ def test_default_detector() -> None:
     pipe = default_pipeline("anomaly", kind="image", n_train=20)
     params = pipe.get_params()
     assert [type(s).__name__ for s in pipe.stages] == ["AnomalyDetector"]
-    assert params["anomaly_detector__method"] == "patchcore"
-    assert params["anomaly_detector__size"] == (128, 128) == (default_size("anomaly", "wafer"),) * 2
+    # issue #17: the validated recipe (was PatchCore on random features at 128 px)
+    assert params["anomaly_detector__method"] == "default"
+    assert params["anomaly_detector__size"] == "auto" == default_size("anomaly", "wafer")
+    assert params["anomaly_detector__backbone"] == params["anomaly_detector__weights"] == "auto"
     assert params["anomaly_detector__on_defective"] == "drop"
     padim = default_pipeline("anomaly", kind="image", n_train=20, method="padim", size=64)
     assert padim.get_params()["anomaly_detector__method"] == "padim"
+    assert padim.get_params()["anomaly_detector__size"] == (64, 64)
+    line = default_pipeline(
+        "anomaly", kind="image", n_train=20, backbone="resnet18", weights=None,
+        false_alarm_rate=0.01, review_rate=0.05, tile=128, group_by="group",
+    ).get_params()  # fmt: skip
+    assert line["anomaly_detector__backbone"] == "resnet18"
+    assert line["anomaly_detector__target_false_alarm_rate"] == 0.01
+    assert line["anomaly_detector__review_false_alarm_rate"] == 0.05
+    assert line["anomaly_detector__tile"] == 128 and line["anomaly_detector__group_by"] == "group"
+    fixed = default_pipeline("anomaly", kind="image", n_train=20, threshold=2.5).get_params()
+    assert fixed["anomaly_detector__threshold"] == 2.5
+    net = default_pipeline("classify", kind="image", n_train=20, backbone="resnet18")
+    assert net.get_params()["classifier__arch"] == "resnet18"
     with pytest.raises(ConfigError, match="task must be"):
         default_size("segment", "image")
 

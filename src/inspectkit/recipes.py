@@ -22,20 +22,23 @@ if TYPE_CHECKING:
 
 #: Side (px) a classifier's inputs are resized to, by kind of input.
 CLASSIFY_SIZE = {"wafer": 48, "image": 64}
-#: Side (px) an anomaly detector works at.
-ANOMALY_SIZE = 128
+#: Working size of an anomaly detector: ``"auto"``, taken from the training images (the
+#: median longer side rounded up to 32 px, at most 384; see ``AnomalyDetector``).
+ANOMALY_SIZE = "auto"
 #: Side (px) ``generate_samples`` resizes to when the set is wafer maps or ragged.
 GENERATE_SIZE = 64
 #: Classifier training epochs.
 EPOCHS = 30
-#: Anomaly detector of ``task="anomaly"``.
-ANOMALY_METHOD = "patchcore"
+#: Anomaly detector of ``task="anomaly"``: the validated recipe (PaDiM on EfficientNet-Lite0
+#: ImageNet features, standardised intensities; the self-supervised detector without
+#: weights), see :mod:`inspectkit.anomaly.recipe`.
+ANOMALY_METHOD = "default"
 #: Training sets smaller than this get no validation split (too few to measure on).
 MIN_VALIDATION_SET = 50
 
 
-def default_size(task: str, kind: str) -> int:
-    """The working side in pixels of :func:`default_pipeline`."""
+def default_size(task: str, kind: str) -> int | str:
+    """The working side in pixels of :func:`default_pipeline` (``"auto"`` for a detector)."""
     _check_task(task)
     return ANOMALY_SIZE if task == "anomaly" else CLASSIFY_SIZE.get(kind, CLASSIFY_SIZE["image"])
 
@@ -50,13 +53,21 @@ def default_pipeline(
     seed: int = 0,
     method: str | None = None,
     progress: bool = True,
+    backbone: str | None = None,
+    weights: str | None = None,
+    false_alarm_rate: float | None = None,
+    threshold: float | None = None,
+    review_rate: float | None = None,
+    tile: int | None = None,
+    group_by: str | None = None,
 ) -> Pipeline:
     """The pipeline ``inspectkit train`` builds without ``--spec``.
 
     * ``task="classify"``: ``Wrangle(size) → Classifier(arch="compact")``, a 10 %
       validation split from :data:`MIN_VALIDATION_SET` training samples on;
     * ``task="anomaly"``: one ``AnomalyDetector(method)`` (it resizes by itself), which
-      drops defective samples from its training set with a warning.
+      drops defective samples from its training set with a warning (``method="auto"``
+      validates on them instead).
 
     Args:
         task: ``"classify"`` or ``"anomaly"``.
@@ -67,6 +78,15 @@ def default_pipeline(
         seed: Seed of every stage.
         method: Detector name (default :data:`ANOMALY_METHOD`).
         progress: Progress bars.
+        backbone: Classifier ``arch`` / detector ``backbone`` (default: each stage's).
+        weights: ``"imagenet"`` or a local weights file for that backbone (a detector's
+            default ``"auto"`` takes ImageNet weights where they are installed).
+        false_alarm_rate: Detector: the threshold's target false-alarm rate.
+        threshold: Detector: a fixed threshold instead.
+        review_rate: Detector: a review band whose lower threshold flags this share of
+            goods.
+        tile: Detector: tile side for tiled inspection at native resolution.
+        group_by: Detector: ``SampleMeta`` field or ``meta`` key naming the product.
     """
     from inspectkit.pipeline import Pipeline
     from inspectkit.stages import Wrangle
@@ -75,20 +95,34 @@ def default_pipeline(
     if task == "classify":
         from inspectkit.stages import Classifier
 
+        extra: dict[str, Any] = {}
+        if backbone is not None:
+            extra["arch"] = backbone
+        if weights is not None:
+            extra["weights"] = weights
         return Pipeline(
             [
                 Wrangle(size=side),
                 Classifier(
-                    arch="compact",
                     epochs=epochs or EPOCHS,
                     seed=seed,
                     progress=progress,
                     val_fraction=0.1 if n_train >= MIN_VALIDATION_SET else 0.0,
+                    **{"arch": "compact", **extra},
                 ),
             ]
         )
     from inspectkit.stages import AnomalyDetector
 
+    settings: dict[str, Any] = {
+        "backbone": backbone,
+        "weights": weights,
+        "target_false_alarm_rate": false_alarm_rate,
+        "threshold": threshold,
+        "review_false_alarm_rate": review_rate,
+        "tile": tile,
+        "group_by": group_by,
+    }
     return Pipeline(
         [
             AnomalyDetector(
@@ -97,6 +131,7 @@ def default_pipeline(
                 seed=seed,
                 progress=progress,
                 on_defective="drop",
+                **{k: v for k, v in settings.items() if v is not None},
             )
         ]
     )

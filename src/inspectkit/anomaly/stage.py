@@ -16,9 +16,10 @@ Fit on good parts only, run to get :class:`~inspectkit.records.AnomalyScores`.
   with one warning saying what to install. What was resolved is saved with the model and
   told by :meth:`AnomalyDetector.recipe`.
 * Sizes: every image is resized (antialiased, aspect not kept) to ``size`` (``"auto"``:
-  the training images' median side, rounded to 32 px, between :data:`AUTO_SIZE_RANGE`)
-  before the detector sees it, so ragged sets are accepted. With ``tile=T`` the working
-  size is the images' own (``size="auto"``) and the detector sees overlapping ``T×T``
+  the training images' median longer side rounded up to 32 px, within
+  :data:`AUTO_SIZE_RANGE`) before the detector sees it, so ragged sets are accepted. With
+  ``tile=T`` the working size is the images' own (``size="auto"``) and the detector sees
+  overlapping ``T×T``
   tiles, stitched back (:mod:`inspectkit.anomaly.tiling`). Maps come back at the source
   images' size when they share one (``maps="source"``), else at the working size.
 * Lighting: ``intensity="standardize"`` gives every image the training set's typical
@@ -50,6 +51,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import warnings
 from collections.abc import Iterator
@@ -466,8 +468,9 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         return keys
 
     def _auto_size(self, data: ImageSet) -> tuple[int, int]:
-        """``size="auto"``: with tiles the images' own (median) size; else the median side
-        rounded to 32 px within :data:`AUTO_SIZE_RANGE`, square."""
+        """``size="auto"``: with tiles the images' own (median) size; else the median
+        longer side rounded up to 32 px within :data:`AUTO_SIZE_RANGE`, square (magnetic
+        tiles: 356 → 384, the side chosen on their validation split)."""
         heights, widths = [], []
         for batch in data.iter_batches(256):
             imgs = batch.images
@@ -486,9 +489,9 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
                     f"{self.config.tile}; use a smaller tile"
                 )
             return size
-        side = statistics.median([(h * w) ** 0.5 for h, w in zip(heights, widths)])
+        side = statistics.median([max(h, w) for h, w in zip(heights, widths)])
         lo, hi = AUTO_SIZE_RANGE
-        side = int(min(hi, max(lo, 32 * round(side / 32))))
+        side = int(min(hi, max(lo, 32 * math.ceil(side / 32))))
         return side, side
 
     def _working_size(self) -> tuple[int, int]:
