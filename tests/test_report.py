@@ -295,3 +295,28 @@ def test_anomaly_overlays_index_their_files_and_refuse_records_without_maps(
     (tmp_path / "file").write_text("x")
     with pytest.raises(DataError, match="not a folder"):
         write_anomaly_overlays(sc, tmp_path / "file")
+
+
+def test_a_score_at_the_threshold_is_counted_by_the_detectors_rule_everywhere() -> None:
+    # issue #16 item 11: the page counted score >= threshold ("1 false alarm") next to a
+    # false-alarm rate of 0.000 from the detector's score > threshold
+    from inspectkit.anomaly.threshold import verdict
+
+    g = torch.Generator().manual_seed(3)
+    s = torch.tensor([0.1, 0.2, 0.5, 0.9, 1.2], dtype=torch.float32)  # 0.5: a good part at it
+    data = ImageSet(
+        images=torch.randint(0, 256, (5, 1, 8, 8), generator=g, dtype=torch.uint8),
+        samples=[SampleMeta(id=f"p{i}", label="good" if i < 3 else "crack") for i in range(5)],
+        classes=["good", "crack"],
+    )
+    for verdicts in (verdict(s, 0.5), None):  # the detector's verdicts, or only its threshold
+        sc = AnomalyScores.build(
+            **data.base_fields(), scores=s, threshold=0.5, is_anomalous=verdicts
+        )
+        report = anomaly_report(sc)
+        page = render_html(report, scores=sc)
+        if verdicts is not None:
+            assert report.metrics["false_alarm_rate"] == 0.0 and report.counts["flagged"] == 2
+        assert (
+            "0 missed defects and 0 false alarms" in page or "No mistake at the threshold" in page
+        )

@@ -46,7 +46,7 @@ from scipy import ndimage
 from inspectkit._version import __version__
 from inspectkit.atomic import atomic_write
 from inspectkit.errors import DataError
-from inspectkit.metrics.anomaly import anomaly_truth
+from inspectkit.metrics.anomaly import anomaly_truth, flagged
 from inspectkit.ops import to_float
 from inspectkit.records import AnomalyScores, Box, Explained, Predictions, Report
 
@@ -289,7 +289,7 @@ def _scores_figures(scores: AnomalyScores) -> str:
         ax = fig.add_subplot(1, 1, 1)
         ax.plot(fpr, tpr, lw=1.6, label=f"AUROC {roc_auc_score(truth, s):.3f}")
         if scores.threshold is not None:
-            pred = s >= scores.threshold
+            pred = flagged(sub)  # the detector's rule, as the metrics count it
             op_fpr = float((pred & ~truth).sum() / (~truth).sum())
             op_tpr = float((pred & truth).sum() / truth.sum())
             ax.plot([op_fpr], [op_tpr], "ko", label="at the threshold")
@@ -396,9 +396,9 @@ def _mistakes_scores(scores: AnomalyScores, limit: int) -> str:
     if scores.threshold is None:
         return ""
     s = scores.scores.double().numpy()
-    flagged = s >= scores.threshold
-    fn = [i for i in real if truth_all[i] and not flagged[i]]
-    fp = [i for i in real if not truth_all[i] and flagged[i]]
+    flags = flagged(scores)  # the detector's rule, as the metrics count it
+    fn = [i for i in real if truth_all[i] and not flags[i]]
+    fp = [i for i in real if not truth_all[i] and flags[i]]
     fn.sort(key=lambda i: s[i])  # defects with the lowest scores: the worst misses
     fp.sort(key=lambda i: -s[i])  # good parts with the highest scores
     picked = (fn[: (limit + 1) // 2] + fp[: limit // 2])[:limit]

@@ -167,15 +167,32 @@ def aupro(
     return float(auc(x, y) / max_fpr)
 
 
+def flagged(result: AnomalyScores) -> np.ndarray:
+    """Per sample, whether the detector flags it: its own verdicts (``is_anomalous``), else
+    the one verdict rule (:func:`inspectkit.anomaly.threshold.verdict`, ``score >
+    threshold``) on the scores. Metrics and reports count flags through this only.
+
+    Raises:
+        DataError: the scores carry no threshold.
+    """
+    if result.is_anomalous is not None:
+        return result.is_anomalous.numpy().astype(bool)
+    if result.threshold is None:
+        raise DataError("these scores have no threshold; calibrate the detector first")
+    from inspectkit.anomaly.threshold import verdict  # the package imports this module
+
+    return verdict(result.scores, result.threshold).numpy()
+
+
 def threshold_metrics(
     result: AnomalyScores, *, good_labels: Sequence[str] = DEFAULT_GOOD_LABELS
 ) -> dict[str, float]:
     """F1 (defect = positive), false-alarm rate (good flagged) and miss rate at the threshold."""
     real = result.real()
-    if real.is_anomalous is None:
+    if real.is_anomalous is None and real.threshold is None:
         raise DataError("these scores have no threshold; calibrate the detector first")
     y = anomaly_truth(real, good_labels)
-    pred = real.is_anomalous.numpy().astype(bool)
+    pred = flagged(real)
     out = {
         "f1": float(f1_score(y, pred, zero_division=0)) if y.any() else float("nan"),
         "false_alarm_rate": float(pred[~y].mean()) if (~y).any() else float("nan"),
@@ -213,7 +230,7 @@ def anomaly_report(
         notes.append("no threshold: F1 and false-alarm rate not computed")
     counts = {"good": int((~y).sum()), "defective": int(y.sum())}
     if real.is_anomalous is not None:
-        counts["flagged"] = int(real.is_anomalous.sum())
+        counts["flagged"] = int(flagged(real).sum())
     return Report(
         title=title,
         metrics={k: (v if math.isfinite(v) else float("nan")) for k, v in metrics.items()},
@@ -227,6 +244,7 @@ __all__ = [
     "anomaly_report",
     "anomaly_truth",
     "aupro",
+    "flagged",
     "image_auroc",
     "is_defective",
     "pixel_auroc",
