@@ -5,8 +5,9 @@ explain::
 
     inspectkit demo
     inspectkit train    --data PATH --task classify|anomaly --out MODEL_DIR [--spec pipeline.json]
-    inspectkit predict  --model MODEL_DIR PATH... [--json]
-    inspectkit evaluate --model MODEL_DIR --data PATH [--json] [--report DIR]
+    inspectkit predict  --model MODEL_DIR PATH... [--json] [--on-error skip]
+    inspectkit evaluate --model MODEL_DIR --data PATH [--json] [--report DIR] [--on-error skip]
+    inspectkit rollback --model MODEL_DIR
     inspectkit explain  --model MODEL_DIR PATH... --out DIR
     inspectkit generate --data PATH --class NAME --n N --method augment|vae --out DIR
     inspectkit spec-schema
