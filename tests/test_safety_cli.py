@@ -142,6 +142,15 @@ def test_a_card_that_contradicts_its_pipeline_is_refused(work: Path, err) -> Non
     assert "channels 7" in err("predict", "--model", str(work / "bad-ch"), maps)
 
 
+def test_train_on_a_pickle_that_would_run_code_is_one_line_and_no_model(work: Path, err) -> None:  # type: ignore[no-untyped-def]
+    # before: f2py's main() ran and called sys.exit: `inspectkit train` exited 0, no model
+    evil = work / "LSWMD.pkl"
+    evil.write_bytes(b"cnumpy.f2py.__main__\nmain\n)R.")
+    text = err("train", "--data", str(evil), "--out", str(work / "models" / "evil"))
+    assert "LSWMD.pkl" in text and "numpy.f2py.__main__.main" in text and "refused" in text
+    assert not (work / "models" / "evil").exists()
+
+
 @pytest.mark.parametrize("command", ["train", "demo", "generate"])
 def test_a_seed_out_of_range_is_refused_when_arguments_are_parsed(command: str, err) -> None:  # type: ignore[no-untyped-def]
     # before: --seed 2**70 reached numpy and torch (exit 1)
