@@ -163,12 +163,12 @@ def test_synthetic_defects_change_every_image():
         AutoSelect(candidates=["padim"], progress=False).fit(good[:3].float() / 255)
 
 
-def test_auto_size_is_the_median_side_rounded_within_range():
+def test_auto_size_is_the_median_longer_side_rounded_up_within_range():
     sizes = [(100, 300), (200, 200), (300, 330)]
     imgs = [torch.zeros(1, h, w, dtype=torch.uint8) for h, w in sizes]
     data = ImageSet(images=imgs, samples=[SampleMeta(id=str(i)) for i in range(3)])
     det = AnomalyDetector(method="padim", options=FAST, progress=False)
-    assert det._auto_size(data) == (192, 192)  # median √(H·W) = 200 → 192
+    assert det._auto_size(data) == (320, 320)  # median longer side 300 → 320
     big = ImageSet(
         images=torch.zeros(2, 1, 900, 900), samples=[SampleMeta(id="a"), SampleMeta(id="b")]
     )

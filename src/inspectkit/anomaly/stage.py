@@ -390,6 +390,50 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
             out["selection"] = selections
         return out
 
+    def recipe_notes(self) -> list[str]:
+        """:meth:`recipe` as report lines: features, detector, size, and what each
+        threshold and ``auto`` choice rests on (synthetic defects are said so)."""
+        r = self.recipe()
+        size = "×".join(map(str, r["size"])) if isinstance(r["size"], list) else r["size"]
+        tiles = f", {r['tile']} px tiles" if r["tile"] else ""
+        products = f", one per product of {r['group_by']}" if r["group_by"] else ""
+        notes = [
+            f"detector: {', '.join(r['detector'] or [r['method']])} ({r['method']}) on "
+            f"{r['backbone']} features, {r['features']}; {size} px{tiles}, intensity "
+            f"{r['intensity']}{products}"
+        ]
+        for key, cal in (r["calibration"] or {}).items():
+            where = "" if key == "*" else f" [{key}]"
+            if cal["rule"] == "false_alarm_rate":
+                lo, hi = cal["interval"] or (cal["threshold"], cal["threshold"])
+                how = (
+                    f"at a false-alarm rate of {cal['false_alarm_rate']:g} on {cal['n_good']} "
+                    f"held-out goods ({cal['estimator'] or 'order statistic'}; 95 % interval "
+                    f"{lo:.4g}–{hi:.4g})"
+                )
+            else:
+                how = {"f1": "F1-optimal on labelled data", "fixed": "fixed by the line"}.get(
+                    cal["rule"], "as saved by an older version"
+                )
+            review = (
+                f"; review band above {cal['review_threshold']:.4g}"
+                if cal.get("review_threshold") is not None
+                else ""
+            )
+            notes.append(f"threshold{where} {cal['threshold']:.4g}, set {how}{review}")
+        for key, sel in (r.get("selection") or {}).items():
+            where = "" if key == "*" else f" [{key}]"
+            notes.append(
+                f"method auto{where} chose {sel['chosen']} on {sel['evidence']} "
+                f"(validation image AUROC {sel['validation_auroc']})"
+                + (
+                    "; the choice rests on synthetic defects, not real ones"
+                    if sel["evidence"] == "synthetic defects"
+                    else ""
+                )
+            )
+        return notes
+
     # ------------------------------------------------------------------ building
     def detector_settings(self) -> DetectorSettings:
         """The shared detector settings this stage's config sets."""

@@ -130,6 +130,8 @@ class Evaluate(Command):
         else:
             report = anomaly_report(result, title=title)
             extra = {"scores": result}
+            describe = getattr(pipe.stages[-1], "recipe_notes", None)  # features and recipe
+            notes += describe() if callable(describe) else []
         counts = {**report.counts, "skipped": len(data.skipped)} if data.skipped else report.counts
         report = report.model_copy(update={"notes": [*report.notes, *notes], "counts": counts})
         html = None
@@ -146,6 +148,9 @@ class Evaluate(Command):
                 data=shown(data_path),
                 html=None if html is None else shown(html),
             )
+            recipe = getattr(pipe.stages[-1], "recipe", None)
+            if callable(recipe):  # a detector: which features, recipe and threshold
+                summary["recipe"] = recipe()
             print(json.dumps(summary))
             return EXIT_OK
         print_report(report)

