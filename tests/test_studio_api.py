@@ -24,6 +24,7 @@ pytest.importorskip("httpx")  # the test client
 
 from fastapi.testclient import TestClient
 
+from inspectkit.cli import main as cli_main
 from inspectkit.studio import create_app
 from inspectkit.studio.jobs import JobRunner
 from inspectkit.studio.safety import (
@@ -400,7 +401,9 @@ def test_one_job_at_a_time_cancel_and_records_that_outlive_the_server(tmp_path: 
 
 
 @pytest.mark.realdata
-def test_classify_flow_on_neu_images(client: TestClient, neu_det_dir: Path) -> None:
+def test_classify_flow_on_neu_images(
+    client: TestClient, neu_det_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     make_project(client)
     for cls in ("crazing", "inclusion", "scratches"):
         client.post("/api/projects/line3/classes", json={"name": cls})
@@ -459,7 +462,14 @@ def test_classify_flow_on_neu_images(client: TestClient, neu_det_dir: Path) -> N
     assert rows[2]["error"].startswith("bad.png: ") and "Traceback" not in rows[2]["error"]
     # the report of `inspectkit evaluate` on the held-out images
     ev = wait_job(client, "line3", client.post("/api/projects/line3/evaluate").json()["id"])
-    assert ev["state"] == "done" and ev["result"]["held_out"] == 6
+    assert ev["state"] == "done" and ev["result"]["scored"] == 6
+    assert (home / "line3/split.json").is_file()  # the command line's stored split
+    # ... the same figures as `inspectkit evaluate --project` on the same folder
+    capsys.readouterr()
+    assert cli_main(["evaluate", "--project", str(home / "line3"), "--json", "--quiet"]) == 0
+    from_cli = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert from_cli["metrics"] == pytest.approx(ev["result"]["metrics"])
+    assert from_cli["counts"]["total"] == 6
     report = client.get("/api/projects/line3/report")
     assert report.status_code == 200 and "<html" in report.text.lower()
     assert "script-src" not in report.headers["content-security-policy"]
@@ -497,9 +507,7 @@ def test_anomaly_flow_on_magnetic_tiles(client: TestClient, magnetic_tile_dir: P
         files=files(*[(p.name, p.read_bytes()) for p in crack]),
     )
     assert client.post("/api/projects/tiles/train", json={"epochs": 2}).status_code == 400
-    job = client.post(
-        "/api/projects/tiles/train", json={"size": 64, "weights": "none", "backbone": "resnet18"}
-    ).json()
+    job = client.post("/api/projects/tiles/train", json={"size": 64}).json()
     done = wait_job(client, "tiles", job["id"], timeout=300)
     assert done["state"] == "done", done
     assert done["result"]["trained_on"] == 8  # the good images less the held-out fifth

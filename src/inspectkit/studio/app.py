@@ -210,11 +210,15 @@ def _routes(app: FastAPI, studio: Studio) -> None:
 
     @app.get("/api/info")
     def info() -> dict[str, Any]:
+        from inspectkit.anomaly import available_detectors
         from inspectkit.anomaly.stage import AnomalyDetector
         from inspectkit.models.features import available_backbones
+        from inspectkit.recipes import CLASSIFY_SIZE, EPOCHS
         from inspectkit.xai import available_methods
 
         cfg = AnomalyDetector.Config.model_fields
+        default = {k: cfg[k].default for k in ("method", "backbone", "weights", "size")}
+        shown = [b for b in available_backbones() if b in _SHOWN_BACKBONES]
         return {
             "version": __version__,
             "home": str(studio.workspace.home),
@@ -227,16 +231,25 @@ def _routes(app: FastAPI, studio: Studio) -> None:
                 "max_files": limits.max_files,
             },
             "tips": work.TIPS,
+            # the library's own defaults, so the screen follows them
             "defaults": {
-                "classify": {"epochs": 10, "batch_size": "auto", "lr": 3e-3, "size": 64},
+                "classify": {
+                    "epochs": min(EPOCHS, work.DEFAULT_EPOCHS),
+                    "batch_size": "auto",
+                    "lr": 3e-3,
+                    "size": CLASSIFY_SIZE["image"],
+                },
                 "anomaly": {
-                    "size": 128,
-                    "method": "patchcore",
-                    "backbone": cfg["backbone"].default,
-                    "weights": cfg["weights"].default or "none",
+                    **default,
+                    "size": "" if default["size"] == "auto" else default["size"],
                 },
             },
-            "backbones": [b for b in available_backbones() if b in _SHOWN_BACKBONES],
+            "methods": available_detectors(),
+            "backbones": [default["backbone"], *(b for b in shown if b != default["backbone"])],
+            "weights": [
+                default["weights"],
+                *(w for w in ("imagenet", "none") if w != default["weights"]),
+            ],
             "explain_methods": available_methods(),
             "onnx": work.onnx_available(),
         }

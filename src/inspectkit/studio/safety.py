@@ -66,13 +66,14 @@ class UploadLimits:
         max_file_bytes: Largest single image file.
         max_request_bytes: Largest request body (all files of one drop together).
         max_files: Most files in one request.
-        max_pixels: Most pixels of one image (read from the header before decoding).
+
+    How large an image may be once decoded is the library's limit
+    (:class:`inspectkit.sources.Limits`, ``max_image_pixels``), checked from the header.
     """
 
     max_file_bytes: int = 25 * 2**20
     max_request_bytes: int = 200 * 2**20
     max_files: int = 500
-    max_pixels: int = 50_000_000
 
     def check_file(self, name: str, size: int) -> None:
         if size > self.max_file_bytes:

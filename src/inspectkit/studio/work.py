@@ -23,14 +23,12 @@ from typing import Any
 from inspectkit.errors import ConfigError, DataError
 from inspectkit.studio.jobs import JobContext
 from inspectkit.studio.safety import Busy, StudioError
-from inspectkit.studio.workspace import StudioProject
+from inspectkit.studio.workspace import MODEL_NAME, StudioProject
 
-#: Share of each class held out from training, for the test screens and the report.
-HELD_OUT = 0.2
-#: Seed of the held-out split.
-SPLIT_SEED = 0
 #: Training sets of at least this size get a validation split (the live score curve).
 MIN_VALIDATION = 20
+#: Epochs the Train screen offers first (the command line trains longer by default).
+DEFAULT_EPOCHS = 10
 #: Most images one "Generate" asks for.
 MAX_GENERATE = 1000
 
@@ -63,12 +61,12 @@ TIPS = {
     "too low and it barely falls.",
     "size": "Images are resized to this many pixels per side. Larger sees finer "
     "defects but is slower.",
-    "backbone": "The network that looks at the image. The default is chosen for "
-    "good-only inspection.",
-    "weights": "Start from ImageNet weights (learned from millions of photos) or from "
-    "random weights.",
-    "method": "How normal images are remembered: patchcore keeps a memory of good "
-    "patches; padim models their statistics.",
+    "backbone": "The network that looks at the image. 'auto' picks the one the library "
+    "validated for good-only inspection.",
+    "weights": "Start from ImageNet weights (learned from millions of photos; 'auto' uses "
+    "them when installed) or from random weights (slower to learn).",
+    "method": "How normal images are remembered. 'default' is the library's validated "
+    "recipe; patchcore keeps a memory of good patches, padim their statistics.",
 }
 
 
@@ -134,40 +132,42 @@ class TrainSettings:
 
 
 # ---------------------------------------------------------------------- data
-def load_project_data(project: StudioProject, *, channels: int | None = None) -> Any:
-    """Every real, labelled image of ``data/<class>/`` (an ``ImageSet``)."""
+def load_project_data(
+    project: StudioProject, *, purpose: str = "evaluate", channels: int | None = None
+) -> Any:
+    """The real images of ``data/<class>/``: every labelled one (``purpose="evaluate"``),
+    or what ``inspectkit train --project`` trains on (``"train"``: good ones only for a
+    good-only project)."""
     from inspectkit.sources import load
 
-    names = [c["name"] for c in project.classes() if c["images"] > 0]
-    if not names:
+    if not any(c["images"] for c in project.classes()):
         raise StudioError("add images to at least one class first")
     try:
-        return load(project.paths.data, purpose="evaluate", channels=channels)
+        return load(project.paths.data, purpose=purpose, task=project.task, channels=channels)
     except DataError as exc:
         raise StudioError(_relative(project, str(exc))) from None
 
 
-def split(project: StudioProject, data: Any) -> tuple[Any, Any]:
-    """``(train, held_out)``: a seeded, stratified :data:`HELD_OUT` share of each class
-    (``stages.wrangle.assign_splits``) is never trained on. For a good-only project the
-    training part keeps the good images only, and every defect image is held out."""
-    from inspectkit.metrics.anomaly import is_defective
-    from inspectkit.stages.wrangle import assign_splits
+def training_part(project: StudioProject, data: Any, seed: int) -> Any:
+    """``data`` less the project's held-out test split (``Project.held_out``: made once,
+    seeded, stored in ``split.json``, shared with ``inspectkit train/evaluate --project``;
+    a project whose classes are all smaller than ``MIN_SPLIT_CLASS`` has none yet)."""
+    test = project.paths.held_out(data, seed)
+    keep = [i for i, s in enumerate(data.samples) if s.id not in test]
+    if not keep:
+        raise StudioError("the project's test split holds every image: add more images")
+    train = data.subset(keep)
+    if project.task == "classify" and len({s.label for s in train.samples}) < 2:
+        raise StudioError("a classifier needs images in at least two classes")
+    return train
 
-    splits = assign_splits(data.samples, (1 - HELD_OUT, 0.0, HELD_OUT), seed=SPLIT_SEED)
-    if project.task == "anomaly":
-        bad = [is_defective(s) for s in data.samples]
-        train_idx = [i for i, sp in enumerate(splits) if sp == "train" and not bad[i]]
-        held_idx = [i for i, sp in enumerate(splits) if sp != "train" or bad[i]]
-        if not train_idx:
-            raise StudioError("a good-only project trains on the class 'good': add good images")
-    else:
-        train_idx = [i for i, sp in enumerate(splits) if sp == "train"]
-        held_idx = [i for i, sp in enumerate(splits) if sp != "train"]
-        trained = {data.samples[i].label for i in train_idx}
-        if len(trained) < 2:
-            raise StudioError("a classifier needs images in at least two classes")
-    return data.subset(train_idx), data.subset(held_idx)
+
+def held_out_part(project: StudioProject, pipe: Any, data: Any) -> tuple[Any, str | None]:
+    """The images of ``data`` the model did not train on, and the note
+    ``inspectkit evaluate --project`` gives with them (``cli.evaluate.held_out_part``)."""
+    from inspectkit.cli.evaluate import held_out_part as cli_held_out
+
+    return cli_held_out(project.paths, pipe, data)
 
 
 def _relative(project: StudioProject, text: str) -> str:
@@ -186,8 +186,9 @@ def train(project: StudioProject, settings: TrainSettings, ctx: JobContext) -> d
     started = time.perf_counter()
     task = project.task
     ctx.phase("reading images")
-    data = load_project_data(project)
-    train_set, held = split(project, data)
+    data = load_project_data(project, purpose="train")
+    train_set = training_part(project, data, settings.seed)
+    trained_ids = {s.id for s in train_set.samples}
     if task == "classify":
         generated = project.paths.load_generated(train_set, None)
         if generated is not None:
@@ -201,33 +202,25 @@ def train(project: StudioProject, settings: TrainSettings, ctx: JobContext) -> d
             epochs=settings.epochs,
             seed=settings.seed,
             method=settings.method,
+            backbone=settings.backbone,
+            weights=None if settings.weights == "none" else settings.weights,
             progress=False,
         )
-        changes: dict[str, Any] = {}
+        if settings.weights == "none":  # random features: the stage's 'no weights'
+            pipe.set_params(anomaly_detector__weights=None)
         if task == "classify":
-            changes = {
+            changes: dict[str, Any] = {
                 "classifier__batch_size": settings.batch_size,
                 "classifier__lr": settings.lr,
             }
-            real = len(train_set.real())
-            if real >= MIN_VALIDATION:
+            if len(train_set.real()) >= MIN_VALIDATION:
                 changes["classifier__val_fraction"] = 0.2
-        else:
-            if settings.backbone:
-                changes["anomaly_detector__backbone"] = settings.backbone
-            if settings.weights:
-                changes["anomaly_detector__weights"] = (
-                    None if settings.weights == "none" else settings.weights
-                )
-        if changes:
             pipe.set_params(**changes)
     except ConfigError as exc:
         raise StudioError(str(exc)) from None
     ctx.phase(f"training on {len(train_set)} images")
     with observe_epochs(ctx.epoch):
         pipe.fit(train_set)
-    ctx.phase(f"checking {len(held)} held-out images")
-    metrics = held_out_metrics(task, pipe, held)
     ctx.phase("saving the model")
     save_model(
         project.model_dir,
@@ -238,7 +231,14 @@ def train(project: StudioProject, settings: TrainSettings, ctx: JobContext) -> d
         seed=settings.seed,
         layout="class-folders",
         started=started,
+        held_out=(len(data) - len(trained_ids)) or None,
     )
+    everything = load_project_data(project)
+    held = everything.subset(
+        [i for i, s in enumerate(everything.samples) if s.id not in trained_ids]
+    )
+    ctx.phase(f"checking {len(held)} held-out images")
+    metrics = held_out_metrics(task, pipe, held)
     return {"metrics": metrics, "trained_on": len(train_set), "held_out": len(held)}
 
 
@@ -278,8 +278,7 @@ def generate(
         raise StudioError(f"count must be between 1 and {MAX_GENERATE}, got {n}")
     project.require_class(cls)
     ctx.phase("reading images")
-    data = load_project_data(project)
-    train_set, _ = split(project, data)  # held-out images never feed a generator
+    train_set = training_part(project, load_project_data(project, purpose="train"), 0)
     ctx.phase("learning the class" if method == "vae" else "augmenting")
     try:
         pipe = generation_pipeline(train_set, cls, n, method=method, seed=0, progress=False)
@@ -293,8 +292,9 @@ def generate(
 
 # ---------------------------------------------------------------------- evaluation
 def evaluate(project: StudioProject, ctx: JobContext) -> dict[str, Any]:
-    """The report of ``inspectkit evaluate`` on the held-out part, into ``reports/model/``."""
-    from inspectkit.cli.project import load_model
+    """The report ``inspectkit evaluate --project`` writes (the images the model did not
+    train on, with the same notes), into ``reports/model/``."""
+    from inspectkit.cli.project import load_model, training_note
     from inspectkit.metrics import anomaly_report, classification_report
     from inspectkit.report import write_html
 
@@ -303,24 +303,32 @@ def evaluate(project: StudioProject, ctx: JobContext) -> dict[str, Any]:
     task = card["task"]
     ctx.phase("reading images")
     data = load_project_data(project, channels=card.get("channels"))
-    _, held = split(project, data)
-    if len(held) == 0:
-        raise StudioError("no held-out images to evaluate on: add more images per class")
-    ctx.phase(f"running the model on {len(held)} held-out images")
-    result = pipe.run(held)
-    title = f"{project.name}: model on the held-out images"
+    data, note = held_out_part(project, pipe, data)
+    notes = [note] if note else []
+    seen = training_note(pipe, card, data, project.paths.data)
+    if seen:
+        notes.append(seen)
+    ctx.phase(f"running the model on {len(data)} images")
+    result = pipe.run(data)
+    title = f"{project.model_dir.name} on {project.paths.data.name}"
     if task == "classify":
         report = classification_report(result, title=title)
         extra: dict[str, Any] = {"predictions": result}
     else:
         report = anomaly_report(result, title=title)
         extra = {"scores": result}
+    report = report.model_copy(update={"notes": [*report.notes, *notes]})
     ctx.phase("writing the report")
-    out = project.paths.report("model")
+    out = project.paths.report(MODEL_NAME)
     report.save(out / "report.json")
     write_html(report, out, **extra)
     metrics = {k: (v if math.isfinite(v) else None) for k, v in report.metrics.items()}
-    return {"metrics": metrics, "held_out": len(held), "report": "reports/model/report.html"}
+    return {
+        "metrics": metrics,
+        "scored": len(data),
+        "notes": notes,
+        "report": f"reports/{MODEL_NAME}/report.html",
+    }
 
 
 def _load_model(project: StudioProject, loader: Any) -> tuple[Any, dict[str, Any]]:
@@ -411,9 +419,9 @@ def _held_out_scores(project: StudioProject, pipe: Any, card: dict[str, Any]) ->
     from inspectkit.metrics.anomaly import is_defective
 
     data = load_project_data(project, channels=card.get("channels"))
-    _, held = split(project, data)
-    if len(held) == 0:
-        raise StudioError("no held-out images: add more images per class")
+    if not project.paths.split_file.is_file():
+        raise StudioError("no held-out images yet: give 'good' at least 10 images and train again")
+    held, _ = held_out_part(project, pipe, data)
     scores = [float(s) for s in pipe.run(held).scores]
     bad = [is_defective(s) for s in held.samples]
     return [s for s, b in zip(scores, bad) if not b], [s for s, b in zip(scores, bad) if b]
@@ -488,7 +496,6 @@ def export_onnx(project: StudioProject) -> Path:
 
 
 __all__ = [
-    "HELD_OUT",
     "TIPS",
     "TrainSettings",
     "can_set_threshold",
@@ -496,11 +503,12 @@ __all__ = [
     "export_onnx",
     "generate",
     "held_out_metrics",
+    "held_out_part",
     "load_project_data",
     "onnx_available",
     "predict",
     "save_threshold",
-    "split",
     "threshold_view",
     "train",
+    "training_part",
 ]

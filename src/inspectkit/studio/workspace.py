@@ -279,9 +279,10 @@ class StudioProject:
         return results
 
     def save_upload(self, folder: Path, raw_name: str, payload: bytes, limits: UploadLimits) -> str:
-        """Check one uploaded file (name, size, pixels), decode it with the library's reader
-        in the scratch folder, and link it into ``folder`` under a free safe name."""
-        from inspectkit.sources._common import decode_array, image_size
+        """Check one uploaded file (name, size), decode it with the library's reader in the
+        scratch folder (its header first, against the library's pixel limit), and link it
+        into ``folder`` under a free safe name."""
+        from inspectkit.sources._common import decode_array
 
         name = upload_name(raw_name)
         limits.check_file(name, len(payload))
@@ -293,12 +294,7 @@ class StudioProject:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(payload)
             try:
-                h, w = image_size(tmp)
-                if h * w > limits.max_pixels:
-                    raise StudioError(
-                        f"{name}: {w}×{h} pixels is over the limit of {limits.max_pixels:,}"
-                    )
-                decode_array(tmp)
+                decode_array(tmp)  # header and pixel limit first (sources.Limits), then pixels
             except DataError as exc:
                 raise DataError(str(exc).replace(str(tmp), name)) from None
             while True:  # os.link fails when another upload took the name meanwhile

@@ -411,12 +411,11 @@ function showTrain() {
     fields.push(field("Epochs", inputs.epochs, tips.epochs), field("Batch size", inputs.batch_size, tips.batch_size),
       field("Learning rate", inputs.lr, tips.lr), field("Image size", inputs.size, tips.size));
   } else {
-    inputs.method = h("select", { name: "method" }, ["patchcore", "padim"].map((m) => h("option", { value: m, text: m, selected: m === d.method })));
-    inputs.backbone = h("select", { name: "backbone" }, S.info.backbones.map((b) => h("option", { value: b, text: b, selected: b === d.backbone })));
-    inputs.weights = h("select", { name: "weights" },
-      h("option", { value: "imagenet", text: "ImageNet", selected: d.weights === "imagenet" }),
-      h("option", { value: "none", text: "random (no pretraining)", selected: d.weights === "none" }));
-    inputs.size = h("input", { type: "number", name: "size", min: "16", max: "1024", value: d.size });
+    const options = (names, chosen, labels) => names.map((m) => h("option", { value: m, text: labels[m] || m, selected: m === chosen }));
+    inputs.method = h("select", { name: "method" }, options(S.info.methods, d.method, { default: "default (recommended)", auto: "auto (tries several on your defects)" }));
+    inputs.backbone = h("select", { name: "backbone" }, options(S.info.backbones, d.backbone, { auto: "auto (recommended)" }));
+    inputs.weights = h("select", { name: "weights" }, options(S.info.weights, d.weights, { auto: "auto (ImageNet when installed)", imagenet: "ImageNet", none: "random (no pretraining)" }));
+    inputs.size = h("input", { type: "number", name: "size", min: "16", max: "1024", value: d.size, placeholder: "auto" });
     fields.push(field("Method", inputs.method, tips.method), field("Backbone", inputs.backbone, tips.backbone),
       field("Weights", inputs.weights, tips.weights), field("Image size", inputs.size, tips.size));
   }
@@ -435,7 +434,7 @@ function showTrain() {
     : h("p", { class: "small muted", text: "No model yet." });
   $("#main").replaceChildren(
     h("div", { class: "screen-head" }, h("div", {}, h("h1", { text: "Train" }),
-      h("p", { class: "muted", text: p.task === "anomaly" ? "The model learns what good parts look like from the 'good' class. A fifth of the images are held out to test it." : "A fifth of each class is held out to test the model; the rest trains it." })), model),
+      h("p", { class: "muted", text: p.task === "anomaly" ? "The model learns what good parts look like from the 'good' class. From 10 good images on, a fifth is held out to test it, with every defect image." : "Classes of 10 images or more give a fifth of their images to a test split (made once, kept in split.json); the rest trains the model." })), model),
     h("div", { class: "grid2" }, form,
       h("div", { class: "card stack", id: "train-view" },
         h("div", { class: "row" }, h("h2", { text: "Under the hood" }), h("span", { class: "spacer" }), h("span", { id: "train-state", class: "status" })),
