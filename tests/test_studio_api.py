@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -565,3 +567,69 @@ def test_anomaly_flow_on_magnetic_tiles(client: TestClient, magnetic_tile_dir: P
     after = client.get("/api/projects/tiles/threshold").json()
     assert after["threshold"] == pytest.approx(chosen)
     assert all(score > chosen for score in after["defect"])  # no crack missed any more
+
+
+# ---------------------------------------------------------------------- command line
+STUDIO_HELP = """
+import json, sys
+from inspectkit.cli import main
+try:
+    main(["studio", "--help"])
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "heavy": sorted(m for m in ("torch", "fastapi", "uvicorn", "numpy")
+                                                if m in sys.modules)}))
+"""
+
+
+def test_studio_help_imports_neither_torch_nor_fastapi() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", STUDIO_HELP], capture_output=True, text=True, env=ENV, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"code": 0, "heavy": []}
+    assert "--project" in proc.stdout and "127.0.0.1" in proc.stdout
+
+
+def test_studio_command_refuses_bad_arguments_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inspectkit.cli.studio import allowed_hosts
+
+    (tmp_path / "file").write_text("x")
+    assert cli_main(["studio", "--project", str(tmp_path / "file")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert cli_main(["studio", "--port", "70000"]) == 2
+    assert "--port" in capsys.readouterr().err
+    assert allowed_hosts("127.0.0.1", 8765) >= {"127.0.0.1:8765", "localhost:8765"}
+    assert allowed_hosts("0.0.0.0", 8765) is None  # on a network address any Host is served
+
+
+def test_inspectkit_studio_serves_the_project_on_loopback(tmp_path: Path) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inspectkit.cli", "studio", "--project", str(tmp_path / "line3"),
+         "--port", str(port)],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        info = None
+        end = time.monotonic() + 60
+        while info is None and time.monotonic() < end and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=2) as r:
+                    info = json.loads(r.read())
+            except OSError:
+                time.sleep(0.2)
+        assert info is not None, proc.stdout.read() if proc.poll() is not None else "no answer"
+        assert info["start"] == "line3" and info["home"] == str(tmp_path.resolve())
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=20)[0]
+    assert f"http://127.0.0.1:{port}/" in out
