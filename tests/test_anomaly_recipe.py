@@ -254,3 +254,14 @@ def test_one_detector_per_product_routes_by_key(tmp_path):
     assert out.review.tolist() == [False, True, True] and not bool(out.is_anomalous[1:].any())
     with pytest.raises(DataError, match="no 'line'"):
         small(group_by="line").fit(flat_parts(4, 0))
+
+
+def test_report_shows_miss_rate_against_false_alarm_rate(tmp_path):
+    from inspectkit.metrics import anomaly_report
+    from inspectkit.report import write_html
+
+    goods, bad = flat_parts(40, 0), flat_parts(6, 1, defect=True)
+    det = small(target_false_alarm_rate=0.05, review_false_alarm_rate=0.25).fit(goods)
+    res = det.run(ImageSet.concat([flat_parts(10, 2), bad]))
+    html = write_html(anomaly_report(res), tmp_path, scores=res).read_text()
+    assert 'alt="miss rate against false-alarm rate"' in html

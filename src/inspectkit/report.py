@@ -299,7 +299,38 @@ def _scores_figures(scores: AnomalyScores) -> str:
         ax.set_title("ROC")
         ax.legend(fontsize=8, loc="lower right")
         parts.append(_img_tag(_fig_uri(fig), "ROC curve"))
+        parts.append(_miss_vs_false_alarm(sub, fpr, tpr, truth))
     return "".join(parts)
+
+
+def _miss_vs_false_alarm(sub: AnomalyScores, fpr: Any, tpr: Any, truth: Any) -> str:
+    """Miss rate against false-alarm rate (log scale), with the detector's operating point:
+    where a line reads off the threshold it can live with."""
+    fig = _figure(5.5, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    n_good = max(int((~truth).sum()), 1)
+    floor = 0.5 / n_good  # no false alarm at all, drawn half a sample below the first
+    ax.step(np.maximum(fpr, floor), 1 - tpr, where="post", lw=1.6, label="all thresholds")
+    if sub.threshold is not None:
+        pred = flagged(sub)
+        op_far = float((pred & ~truth).sum() / n_good)
+        op_miss = float((~pred & truth).sum() / max(int(truth.sum()), 1))
+        ax.plot([max(op_far, floor)], [op_miss], "ko",
+                label=f"threshold: {100 * op_miss:.1f} % missed, {100 * op_far:.1f} % false alarms")  # fmt: skip
+    if sub.review is not None:
+        review = sub.review.numpy() | flagged(sub)
+        r_far = float((review & ~truth).sum() / n_good)
+        r_miss = float((~review & truth).sum() / max(int(truth.sum()), 1))
+        ax.plot([max(r_far, floor)], [r_miss], "s", color="tab:orange",
+                label=f"with review: {100 * r_miss:.1f} % missed, {100 * r_far:.1f} % reviewed")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlim(floor / 1.5, 1.0)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("false-alarm rate (good parts flagged), log scale")
+    ax.set_ylabel("miss rate (defects passed as good)")
+    ax.set_title("Miss rate against false-alarm rate")
+    ax.legend(fontsize=7, loc="upper right")
+    return _img_tag(_fig_uri(fig), "miss rate against false-alarm rate")
 
 
 def _thumbnail(
