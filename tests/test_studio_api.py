@@ -363,6 +363,7 @@ def test_the_page_ships_every_asset_it_uses() -> None:
 # ---------------------------------------------------------------------- jobs
 def test_one_job_at_a_time_cancel_and_records_that_outlive_the_server(tmp_path: Path) -> None:
     runner = JobRunner(tmp_path)
+    elsewhere = JobRunner(tmp_path)  # another studio process on the same folder, opened first
     release = threading.Event()
 
     def slow(ctx):
@@ -380,8 +381,13 @@ def test_one_job_at_a_time_cancel_and_records_that_outlive_the_server(tmp_path: 
         time.sleep(0.01)
     saved = json.loads((tmp_path / ".studio/jobs" / f"{job.id}.json").read_text())
     assert saved["state"] in ("running", "cancelling") and len(saved["history"]) >= 1
-    # a studio started again on the same folder sees the job as interrupted
-    assert JobRunner(tmp_path).get(job.id).state == "interrupted"
+    # a second studio on the same folder sees the job running and cannot start another
+    other = JobRunner(tmp_path)
+    assert other.get(job.id).state == "running"
+    with pytest.raises(Busy, match="already running"):
+        other.start("train", {}, slow)
+    with pytest.raises(Busy, match="another studio"):  # it knew nothing of the job
+        elsewhere.start("train", {}, slow)
     runner.cancel(job.id)
     runner.join(10)
     assert runner.get(job.id).state == "cancelled"
@@ -400,6 +406,13 @@ def test_one_job_at_a_time_cancel_and_records_that_outlive_the_server(tmp_path: 
     runner.join(10)
     assert runner.get(job3.id).error == "internal error: RuntimeError: boom second line"
     release.set()
+    # a record left running by a studio that stopped (no process holds the job lock) is
+    # shown as interrupted when the folder is opened again
+    record = json.loads((tmp_path / ".studio/jobs" / f"{job3.id}.json").read_text())
+    record.update(state="running", id="20000101-000000-dead00")
+    (tmp_path / ".studio/jobs/20000101-000000-dead00.json").write_text(json.dumps(record))
+    again = JobRunner(tmp_path).get("20000101-000000-dead00")
+    assert again.state == "interrupted" and "stopped" in again.error
 
 
 @pytest.mark.realdata

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -142,16 +143,19 @@ class Studio:
         self.limits = limits
         self.start = start
         self._runners: dict[Path, JobRunner] = {}
+        self._lock = threading.Lock()  # requests run on a thread pool
 
     def project(self, name: str) -> StudioProject:
         return self.workspace.open(name)
 
     def runner(self, project: StudioProject) -> JobRunner:
-        runner = self._runners.get(project.root)
-        if runner is None:
-            runner = self._runners[project.root] = JobRunner(project.root)
-            project.clean_scratch()
-        return runner
+        """The one job runner of ``project`` in this process."""
+        with self._lock:
+            runner = self._runners.get(project.root)
+            if runner is None:
+                runner = self._runners[project.root] = JobRunner(project.root)
+                project.clean_scratch()
+            return runner
 
 
 def create_app(

@@ -7,14 +7,17 @@ project's jobs and re-attaches to the one still running, and the record of a fin
 job stays. One job runs at a time per project: a second one is refused with
 :class:`~inspectkit.studio.safety.Busy` naming the one that runs. Cancelling sets a flag
 that the job checks between epochs (:func:`inspectkit.runtime.observe_epochs`) and
-between its steps; the job then ends as ``cancelled``. A record left ``running`` by a
-studio that stopped is marked ``interrupted`` when the project is opened again.
+between its steps; the job then ends as ``cancelled``. A running job holds an exclusive
+``flock`` on ``.studio/job.lock``, so a second studio process on the same folder refuses
+to start another one, and a record left ``running`` is marked ``interrupted`` only when
+no process holds that lock (the studio that ran it stopped).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -27,6 +30,11 @@ from typing import Any
 from inspectkit.atomic import atomic_write
 from inspectkit.errors import InspectkitError
 from inspectkit.studio.safety import Busy, NotFound, is_plain_file
+
+try:
+    import fcntl
+except ImportError:  # Windows: one studio per project folder is up to the user
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +116,31 @@ class JobRunner:
         self._load()
 
     # ------------------------------------------------------------------ records
+    def _lock_file(self) -> int | None:
+        """An exclusive lock on ``.studio/job.lock`` (its descriptor), or ``None`` when
+        another process holds it."""
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder.parent / "job.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is None:
+            return fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        return fd
+
+    @staticmethod
+    def _unlock(fd: int | None) -> None:
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
+
     def _load(self) -> None:
         if not self.folder.is_dir():
             return
+        probe = self._lock_file()
+        stale = probe is not None  # no other process runs a job here
+        self._unlock(probe)
         for path in sorted(self.folder.glob("*.json")):
             if not is_plain_file(path):
                 continue
@@ -120,7 +150,7 @@ class JobRunner:
             except (OSError, ValueError, TypeError):
                 log.warning("ignoring unreadable job record %s", path)
                 continue
-            if job.state in ACTIVE:  # left running by a studio that is gone
+            if job.state in ACTIVE and stale:  # left running by a studio that is gone
                 job.state = "interrupted"
                 job.error = "the studio stopped while this job ran; start it again"
                 job.finished = job.finished or time.time()
@@ -175,6 +205,9 @@ class JobRunner:
                     f"a {running.kind} job is already running here (since {since}); "
                     "wait for it to finish or cancel it first"
                 )
+            lock = self._lock_file()
+            if lock is None:
+                raise Busy("another studio is running a job in this project folder")
             job = Job(id=_new_id(), kind=kind, params=dict(params), server=self.server)
             ctx = JobContext(self, job)
             self._jobs[job.id] = job
@@ -182,32 +215,40 @@ class JobRunner:
             self._save(job)
             self._prune()
         thread = threading.Thread(
-            target=self._run, args=(job, ctx, func), name=f"studio-{kind}-{job.id}", daemon=True
+            target=self._run,
+            args=(job, ctx, func, lock),
+            name=f"studio-{kind}-{job.id}",
+            daemon=True,
         )
         thread.start()
         return job
 
-    def _run(self, job: Job, ctx: JobContext, func: Callable[[JobContext], dict[str, Any]]) -> None:
+    def _run(
+        self,
+        job: Job,
+        ctx: JobContext,
+        func: Callable[[JobContext], dict[str, Any]],
+        lock: int | None,
+    ) -> None:
         self.update(job, state="running", started=time.time())
+        final: dict[str, Any]
         try:
-            result = func(ctx)
+            final = {"state": "done", "phase": "done", "result": func(ctx) or {}}
         except Cancelled:
-            self.update(job, state="cancelled", phase="cancelled", finished=time.time())
+            final = {"state": "cancelled", "phase": "cancelled"}
         except InspectkitError as exc:
-            self.update(job, state="failed", error=" ".join(str(exc).split()), finished=time.time())
+            final = {"state": "failed", "error": " ".join(str(exc).split())}
         except Exception as exc:  # an internal failure: a line on screen, the trace in the log
             log.error("studio job %s failed:\n%s", job.id, traceback.format_exc())
-            self.update(
-                job,
-                state="failed",
-                error=f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())}",
-                finished=time.time(),
-            )
-        else:
-            self.update(job, state="done", phase="done", result=result or {}, finished=time.time())
-        finally:
-            with self._lock:
-                self._contexts.pop(job.id, None)
+            final = {
+                "state": "failed",
+                "error": f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())}",
+            }
+        # free the project before saying so: a page that sees "done" may start the next job
+        with self._lock:
+            self._contexts.pop(job.id, None)
+        self._unlock(lock)
+        self.update(job, finished=time.time(), **final)
 
     def cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
