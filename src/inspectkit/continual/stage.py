@@ -118,9 +118,6 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
             samples alike.
         imbalance: ``"weighted_loss"``: loss weights ∝ 1/√(each class's expected share
             of a joined batch of new and replayed samples); ``"none"``.
-        loss: ``"ce"`` (cross-entropy) or ``"ace"`` (ER-ACE's asymmetric cross-entropy:
-            new samples compete only among the classes of the new part of the batch, so
-            learning new defect types does not push the old ones down).
         ema: Decay of an exponential moving average of the weights kept as the model.
         amp: Mixed precision on CUDA (ignored on CPU).
         replay_ratio: Share of each mini-batch replayed from memory.
@@ -159,7 +156,6 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
         ema: float | None = Field(None, gt=0, lt=1)
         augment: Augmentation = "none"
         imbalance: Literal["weighted_loss", "none"] = "none"
-        loss: Literal["ce", "ace"] = "ce"
         amp: bool = True
         replay_ratio: float = Field(0.5, ge=0, le=0.9)
         mode: Literal["experience", "batch"] = "experience"
@@ -269,7 +265,6 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
             amp=cfg.amp,
             augment=augmentation(cfg.augment, self.kind),
             imbalance=cfg.imbalance,
-            loss=cfg.loss,
             input_spec=self._spec(),
         )
         tr.members = members

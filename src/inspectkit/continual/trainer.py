@@ -45,7 +45,6 @@ from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from torch import nn
 
@@ -66,7 +65,6 @@ log = logging.getLogger(__name__)
 
 ReplayMode = Literal["experience", "batch"]
 Imbalance = Literal["weighted_loss", "none"]
-ReplayLoss = Literal["ce", "ace"]
 AugmentFn = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
 #: Most new samples of an experience the one-class check predicts (plus the memory).
 SPREAD_CHECK_SAMPLES = 256
@@ -192,37 +190,6 @@ def embedding_fn(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return hooked
 
 
-def asymmetric_cross_entropy(
-    logits: torch.Tensor, marked: torch.Tensor, *, weight: torch.Tensor | None = None
-) -> torch.Tensor:
-    """ER-ACE's loss (Caccia et al., ICLR 2022): new samples compete only among the classes
-    present in the new part of the batch; replayed samples against every class.
-
-    Plain cross-entropy on new samples pushes every old class's logit down, so a model
-    learning new defect types drifts towards predicting them for everything; masking the
-    absent classes' logits for the new samples removes that push, while the replayed
-    samples keep the old classes apart from the new ones.
-
-    Args:
-        logits: ``N×K`` logits.
-        marked: ``N×2`` targets: the class, and 1 for a new sample, 0 for a replayed one
-            (as :class:`ReplayBatches` yields them with ``mark_new=True``).
-        weight: Per-class loss weights.
-
-    Example:
-        >>> logits = torch.tensor([[5.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
-        >>> marked = torch.tensor([[1, 1], [2, 0]])  # a new sample of class 1, a replayed 2
-        >>> float(asymmetric_cross_entropy(logits, marked)) < float(
-        ...     torch.nn.functional.cross_entropy(logits, marked[:, 0]))
-        True
-    """
-    labels, new = marked[:, 0], marked[:, 1].bool()
-    present = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
-    present[labels[new]] = True
-    masked = logits.masked_fill(new[:, None] & ~present[None, :], float("-inf"))
-    return F.cross_entropy(masked, labels, weight=weight)
-
-
 def _inference_net(model: nn.Module) -> nn.Module:
     """A BatchNorm-folded eval copy where the network offers one (``ClassifierNet.fused``)."""
     fused = getattr(model, "fused", None)
@@ -263,8 +230,6 @@ class ReplayBatches:
         seed: Seed of the order (and, with the rank, of the replay draws).
         min_batch: Batches with fewer samples are skipped (BatchNorm needs two).
         after_batch: Called with each global batch's new samples after its step.
-        mark_new: Yield ``N×2`` targets (class, 1 = new / 0 = replayed) for
-            :func:`asymmetric_cross_entropy` instead of the classes alone.
     """
 
     def __init__(
@@ -278,9 +243,7 @@ class ReplayBatches:
         seed: int = 0,
         min_batch: int = 1,
         after_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
-        mark_new: bool = False,
     ) -> None:
-        self.mark_new = bool(mark_new)
         self.images = images
         self.labels = labels
         self.batch_size = int(batch_size)
@@ -328,14 +291,12 @@ class ReplayBatches:
             global_idx = perm[a:b]
             idx = global_idx.tensor_split(self.world_size)[self.rank]
             x, y = self.images[idx], self.labels[idx]
-            new = torch.ones_like(y)
             r = self.replay_size(len(idx))
             if r:
                 assert self.buffer is not None
                 rx, ry = self.buffer.sample(r, self.draws)
                 x, y = torch.cat([x, rx]), torch.cat([y, ry])
-                new = torch.cat([new, torch.zeros_like(ry)])
-            yield x, (torch.stack([y, new], dim=1) if self.mark_new else y)
+            yield x, y
             if self.after_batch is not None:
                 self.after_batch(self.images[global_idx], self.labels[global_idx])
 
@@ -378,8 +339,6 @@ class ReplayTrainer:
             :func:`~inspectkit.models.training.dihedral_augment` (``None``: none).
         imbalance: ``"weighted_loss"``: loss weights ∝ 1/√(each class's expected share of
             a joined batch), as the ``Classifier`` weighs its classes; ``"none"``.
-        loss: ``"ce"`` (cross-entropy) or ``"ace"`` (:func:`asymmetric_cross_entropy`:
-            new samples only compete among the classes of the new part of the batch).
         input_spec: The model-input contract (``None``: built from ``kind`` and the first
             experience, refusing other sizes).
 
@@ -417,7 +376,6 @@ class ReplayTrainer:
         label_smoothing: float = 0.0,
         augment: AugmentFn | None = None,
         imbalance: Imbalance = "none",
-        loss: ReplayLoss = "ce",
         input_spec: InputSpec | None = None,
     ) -> None:
         if epochs < 1:
@@ -438,10 +396,6 @@ class ReplayTrainer:
             raise ConfigError(f"kind must be 'wafer' or 'image', got {kind!r}")
         if imbalance not in ("weighted_loss", "none"):
             raise ConfigError(f"imbalance must be 'weighted_loss' or 'none', got {imbalance!r}")
-        if loss not in ("ce", "ace"):
-            raise ConfigError(f"loss must be 'ce' or 'ace', got {loss!r}")
-        if loss == "ace" and label_smoothing:
-            raise ConfigError("loss='ace' masks absent classes and cannot smooth labels")
         self.device = resolve_device(device)
         self.channels_last = bool(channels_last)
         self.model = model.to(self.device)
@@ -467,7 +421,6 @@ class ReplayTrainer:
         self.label_smoothing = float(label_smoothing)
         self.augment = augment
         self.imbalance: Imbalance = imbalance
-        self.loss: ReplayLoss = loss
         self.input_spec = input_spec
         self._augment_gen = torch.Generator().manual_seed(self.seed)
         self.members: list[nn.Module] = []
@@ -625,14 +578,8 @@ class ReplayTrainer:
             after_batch=self._batch_update
             if self.mode == "batch" and self.buffer is not None
             else None,
-            mark_new=self.loss == "ace",
         )
         weights = self._class_weights(batches, k)
-        criterion = None
-        if self.loss == "ace":
-
-            def criterion(logits: torch.Tensor, marked: torch.Tensor) -> torch.Tensor:
-                return asymmetric_cross_entropy(logits, marked, weight=weights)
 
         rank, _ = _world()
         self._augment_gen.manual_seed(self.seed * 104729 + exp * 7919 + rank)
@@ -647,7 +594,6 @@ class ReplayTrainer:
             label_smoothing=self.label_smoothing,
             device=self.device,
             transform=self._encode,
-            criterion=criterion,
             validate=self._validator(*self._validation_set(val_images, val_labels)),
             patience=self.patience,
             amp=self.amp,
@@ -799,7 +745,6 @@ def predict_with(
 __all__ = [
     "ReplayBatches",
     "ReplayTrainer",
-    "asymmetric_cross_entropy",
     "embedding_fn",
     "expand_head",
     "find_head",
