@@ -148,9 +148,6 @@ class Evaluate(Command):
                 data=shown(data_path),
                 html=None if html is None else shown(html),
             )
-            recipe = getattr(pipe.stages[-1], "recipe", None)
-            if callable(recipe):  # a detector: which features, recipe and threshold
-                summary["recipe"] = recipe()
             print(json.dumps(summary))
             return EXIT_OK
         print_report(report)
