@@ -96,7 +96,6 @@ class Evaluate(Command):
         add_on_error(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from inspectkit.metrics import anomaly_report, classification_report
         from inspectkit.sources import load
 
         project = Project.from_args(args)
@@ -122,18 +121,8 @@ class Evaluate(Command):
         if seen:
             notes.append(seen)
         notes += [f"skipped {entry}" for entry in data.skipped]  # one note per file
-        result = pipe.run(data)
         title = f"{model_dir.name} on {data_path.name}"
-        if task == "classify":
-            report = classification_report(result, title=title)
-            extra: dict[str, Any] = {"predictions": result}
-        else:
-            report = anomaly_report(result, title=title)
-            extra = {"scores": result}
-            describe = getattr(pipe.stages[-1], "recipe_notes", None)  # features and recipe
-            notes += describe() if callable(describe) else []
-        counts = {**report.counts, "skipped": len(data.skipped)} if data.skipped else report.counts
-        report = report.model_copy(update={"notes": [*report.notes, *notes], "counts": counts})
+        report, extra = scored_report(pipe, task, data, title, notes)
         html = None
         if report_dir is not None:
             from inspectkit.report import write_html
@@ -154,6 +143,29 @@ class Evaluate(Command):
         if html:
             print(f"report: {shown(html)}")
         return EXIT_OK
+
+
+def scored_report(
+    pipe: Any, task: str, data: Any, title: str, notes: list[str]
+) -> tuple[Any, dict[str, Any]]:
+    """The evaluation report of ``pipe`` on ``data`` (``notes`` added, and for a detector
+    its recipe's notes; the skipped count) and the records
+    :func:`inspectkit.report.write_html` draws from. The studio's evaluation is this one."""
+    from inspectkit.metrics import anomaly_report, classification_report
+
+    result = pipe.run(data)
+    notes = list(notes)
+    if task == "classify":
+        report = classification_report(result, title=title)
+        extra: dict[str, Any] = {"predictions": result}
+    else:
+        report = anomaly_report(result, title=title)
+        extra = {"scores": result}
+        describe = getattr(pipe.stages[-1], "recipe_notes", None)  # features and recipe
+        notes += describe() if callable(describe) else []
+    counts = {**report.counts, "skipped": len(data.skipped)} if data.skipped else report.counts
+    report = report.model_copy(update={"notes": [*report.notes, *notes], "counts": counts})
+    return report, extra
 
 
 def held_out_part(project: Project, pipe: Any, data: Any) -> tuple[Any, str | None]:

@@ -294,8 +294,8 @@ def generate(
 def evaluate(project: StudioProject, ctx: JobContext) -> dict[str, Any]:
     """The report ``inspectkit evaluate --project`` writes (the images the model did not
     train on, with the same notes), into ``reports/model/``."""
+    from inspectkit.cli.evaluate import scored_report
     from inspectkit.cli.project import load_model, training_note
-    from inspectkit.metrics import anomaly_report, classification_report
     from inspectkit.report import write_html
 
     ctx.phase("loading the model")
@@ -309,15 +309,8 @@ def evaluate(project: StudioProject, ctx: JobContext) -> dict[str, Any]:
     if seen:
         notes.append(seen)
     ctx.phase(f"running the model on {len(data)} images")
-    result = pipe.run(data)
     title = f"{project.model_dir.name} on {project.paths.data.name}"
-    if task == "classify":
-        report = classification_report(result, title=title)
-        extra: dict[str, Any] = {"predictions": result}
-    else:
-        report = anomaly_report(result, title=title)
-        extra = {"scores": result}
-    report = report.model_copy(update={"notes": [*report.notes, *notes]})
+    report, extra = scored_report(pipe, task, data, title, notes)
     ctx.phase("writing the report")
     out = project.paths.report(MODEL_NAME)
     report.save(out / "report.json")
