@@ -20,7 +20,7 @@ def _port(text: str) -> int:
 class Serve(Command):
     name = "serve"
     help = "serve a model over HTTP: /predict, /health, /model, /reload, /metrics"
-    order = 70
+    order = 77
     takes_json = False
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
