@@ -280,3 +280,30 @@ def test_per_product_routing_is_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"group_by='group'.*export one model per product"):
         pipe.export(tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_continual_classifier_exports_its_latest_model_or_its_members(
+    ensemble: bool, tmp_path: Path
+) -> None:
+    from inspectkit.continual import ContinualClassifier
+
+    clf = ContinualClassifier(
+        max_params=3000,
+        capacity=30,
+        epochs=1,
+        batch_size=16,
+        device="cpu",
+        progress=False,
+        ensemble=ensemble,
+    )
+    pipe = Pipeline([clf])
+    pipe.fit(make_image_set(n=30, classes=("a", "b"), size=16, kind="wafer"))
+    clf.update(make_image_set(n=30, classes=("a", "b", "c"), size=16, kind="wafer", seed=1))
+    pipe.export(tmp_path / "c.onnx")
+    test = make_image_set(n=9, classes=("a", "b", "c"), size=16, kind="wafer", seed=2)
+    model = ikr.load(tmp_path / "c.onnx")
+    assert_parity(pipe.run(test), model.run_arrays(as_arrays(test)))
+    assert model.classes == clf.classes
+    with pytest.raises(ikr.InputError, match="trained on 16×16 and takes no other size"):
+        model.run_arrays([np.zeros((20, 16), dtype=np.uint8)])

@@ -30,7 +30,7 @@ import numpy as np
 from inspectkit_runtime.errors import InputError, RuntimeModelError
 
 #: The step names :func:`apply_steps` knows.
-STEPS = ("resize", "letterbox", "channels", "to_float", "standardize", "intensity")
+STEPS = ("resize", "require_size", "letterbox", "channels", "to_float", "standardize", "intensity")
 
 
 def as_chw(image: np.ndarray) -> np.ndarray:
@@ -221,6 +221,14 @@ def apply_step(image: np.ndarray, step: dict[str, Any]) -> np.ndarray:
         if image.dtype.kind == "f" and step.get("fill_scale"):
             fill = fill / float(step["fill_scale"])
         return letterbox(image, step["size"], step["mode"], fill)
+    if op == "require_size":
+        h, w = (int(v) for v in step["size"])
+        if image.shape[-2:] != (h, w):
+            raise InputError(
+                f"images are {image.shape[-2]}×{image.shape[-1]} but the model was trained on "
+                f"{h}×{w} and takes no other size"
+            )
+        return image
     if op == "channels":
         return to_channels(image, int(step["channels"]))
     if op == "to_float":

@@ -39,23 +39,31 @@ class ExportViewAverage(ViewAverage):
         return turns + [t.flip(-1) for t in turns]
 
 
-class ClassifierGraph(nn.Module):
-    def __init__(self, net: nn.Module, spec: Any, tta: str, reject_below: float | None) -> None:
+class InputEncoding(nn.Module):
+    """:meth:`~inspectkit.models.inputs.InputSpec.encode` in exportable operations: wafer
+    codes (rounded, clamped) to three one-hot channels, photos standardised."""
+
+    def __init__(self, spec: Any) -> None:
         super().__init__()
-        self.net = ExportViewAverage(net, tta) if tta != "none" else net
         self.wafer = spec.kind == "wafer"
         self.standardize = spec.kind != "wafer" and spec.mean is not None
         if self.standardize:
             self.register_buffer("mean", spec.mean.detach().float().view(1, -1, 1, 1).clone())
             self.register_buffer("std", spec.std.detach().float().view(1, -1, 1, 1).clone())
-        self.reject_below = reject_below
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """``InputSpec.encode`` in exportable operations."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.wafer:
             codes = x.round().clamp(0, WAFER_CODES - 1)
             return torch.stack([(codes[:, 0] == k).float() for k in range(WAFER_CODES)], 1)
         return (x - self.mean) / self.std if self.standardize else x
+
+
+class ClassifierGraph(nn.Module):
+    def __init__(self, net: nn.Module, spec: Any, tta: str, reject_below: float | None) -> None:
+        super().__init__()
+        self.net = ExportViewAverage(net, tta) if tta != "none" else net
+        self.encode = InputEncoding(spec)
+        self.reject_below = reject_below
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.net(self.encode(x))
@@ -94,4 +102,4 @@ def export_classifier(stage: Any, ctx: ExportContext) -> StageExport:
     )
 
 
-__all__ = ["ClassifierGraph", "ExportViewAverage", "export_classifier", "rot90"]
+__all__ = ["ClassifierGraph", "ExportViewAverage", "InputEncoding", "export_classifier", "rot90"]

@@ -171,15 +171,20 @@ def _relocate(src: Path, dest: Path, external_bytes: int) -> list[str]:
 
 
 def _probe(
-    pipeline: Any, kind: str, channels: int | None, shape: tuple[int, int, int], n: int = 3
+    kind: str,
+    channels: int | None,
+    shape: tuple[int, int, int],
+    n: int = 3,
+    *,
+    resizes: bool = True,
 ) -> Any:
-    """Random parts of the model's kind: uint8 images (one of another size, so resizing
-    is checked too) or wafer maps of codes 0/1/2."""
+    """Random parts of the model's kind: uint8 images (one of another size when the model
+    resizes, so resizing is checked too) or wafer maps of codes 0/1/2."""
     from inspectkit.records import ImageSet, SampleMeta
 
     g = torch.Generator().manual_seed(0)
     c, h, w = shape
-    sizes = [(h, w)] * (n - 1) + [(h + 7, w + 5)]
+    sizes = [(h, w)] * (n - 1) + [(h + 7, w + 5) if resizes else (h, w)]
     if kind == "wafer":
         images = [torch.randint(0, 3, (1, a, b), generator=g, dtype=torch.uint8) for a, b in sizes]
     else:
@@ -360,7 +365,8 @@ def verify_export(
     finally:
         staged_side.unlink()
     reference = exact_reference(pipeline)
-    sets = {"probe": _probe(pipeline, kind, channels, final.input_shape)}
+    fixed = any(step["op"] == "require_size" for step in side["preprocess"])
+    sets = {"probe": _probe(kind, channels, final.input_shape, resizes=not fixed)}
     if verify_on is not None:
         sets["verify_on"] = verify_on
     reports = {}
