@@ -114,6 +114,9 @@ def test_approximate_scoring_exports_the_exact_float32_computation(tmp_path: Pat
     assert reference is not pipe and pipe[0].detector.feature_dtype == "bfloat16"
     test = parts(3, seed=5)
     assert_parity(reference.run(test), ikr.load(tmp_path / "m.onnx").run_arrays(as_arrays(test)))
+    with pytest.raises(ExportError, match=r"strict export.*bfloat16 features"):
+        pipe.export(tmp_path / "strict.onnx", strict=True)
+    assert not (tmp_path / "strict.onnx").exists()
 
 
 def test_external_data_is_checked_like_the_graph(tmp_path: Path) -> None:

@@ -39,6 +39,11 @@ class Export(Command):
             help="real inputs to verify the export on, besides random probes",
         )
         parser.add_argument(
+            "--strict",
+            action="store_true",
+            help="refuse models whose own run is not exact float32 (bfloat16 features, approximate search)",
+        )
+        parser.add_argument(
             "--batch-hint",
             type=positive_int,
             default=None,
@@ -60,6 +65,7 @@ class Export(Command):
             kind=card.get("kind"),
             verify_on=verify_on,
             batch_hint=args.batch_hint,
+            strict=args.strict,
         )
         sidecar = out.with_suffix(".json")
         info = json.loads(sidecar.read_text())

@@ -254,6 +254,7 @@ def export_pipeline(
     verify_on: Any = None,
     batch_hint: int | None = None,
     external_data_bytes: int = EXTERNAL_DATA_BYTES,
+    strict: bool = False,
 ) -> Path:
     """Export a fitted pipeline to ONNX (see the module notes); returns the ``.onnx`` path.
 
@@ -268,6 +269,9 @@ def export_pipeline(
         verify_on: An ``ImageSet`` of real inputs to verify on as well.
         batch_hint: Inputs per graph run the runtime uses by default.
         external_data_bytes: Weights above this size go to ``MODEL.onnx.data``.
+        strict: Refuse a model whose own run is not exact float32 (bfloat16 features,
+            approximate nearest-neighbour search) instead of exporting its exact float32
+            computation with a note.
 
     Raises:
         ExportError: an unsupported stage, detector or format, or a graph that does not
@@ -289,6 +293,12 @@ def export_pipeline(
     if out.suffix.lower() != ".onnx":
         out = out / "model.onnx"
     final, ctx, card = plan(pipeline, kind=kind)
+    if strict and ctx.notes:
+        raise ExportError(
+            "strict export: the model's own run is not exact float32, so the exported graph "
+            f"would score differently ({'; '.join(ctx.notes)}); set feature_dtype='float32' and "
+            "PatchCore search_dim=0 / search_dtype='float32', or export without strict"
+        )
     assert final.module is not None and final.input_shape is not None
     channels = _decode_channels(pipeline, card, ctx.input_kind)
     tmp = temp_folder_beside(out, "export")
