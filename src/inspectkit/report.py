@@ -285,8 +285,8 @@ def _scores_figures(scores: AnomalyScores) -> str:
     parts.append(_img_tag(_fig_uri(fig), "anomaly-score histogram"))
     if truth.any() and (~truth).any():
         fpr, tpr, _ = roc_curve(truth, s)
-        fig = _figure(5.5, 4.5)
-        ax = fig.add_subplot(1, 1, 1)
+        fig = _figure(11.0, 4.5)  # ROC beside miss rate against false-alarm rate
+        ax = fig.add_subplot(1, 2, 1)
         ax.plot(fpr, tpr, lw=1.6, label=f"AUROC {roc_auc_score(truth, s):.3f}")
         if scores.threshold is not None:
             pred = flagged(sub)  # the detector's rule, as the metrics count it
@@ -298,16 +298,15 @@ def _scores_figures(scores: AnomalyScores) -> str:
         ax.set_ylabel("true positive rate (defects caught)")
         ax.set_title("ROC")
         ax.legend(fontsize=8, loc="lower right")
-        parts.append(_img_tag(_fig_uri(fig), "ROC curve"))
-        parts.append(_miss_vs_false_alarm(sub, fpr, tpr, truth))
+        _miss_vs_false_alarm(fig.add_subplot(1, 2, 2), sub, fpr, tpr, truth)
+        parts.append(_img_tag(_fig_uri(fig), "ROC curve and miss rate against false-alarm rate"))
     return "".join(parts)
 
 
-def _miss_vs_false_alarm(sub: AnomalyScores, fpr: Any, tpr: Any, truth: Any) -> str:
-    """Miss rate against false-alarm rate (log scale), with the detector's operating point:
-    where a line reads off the threshold it can live with."""
-    fig = _figure(5.5, 4.5)
-    ax = fig.add_subplot(1, 1, 1)
+def _miss_vs_false_alarm(ax: Any, sub: AnomalyScores, fpr: Any, tpr: Any, truth: Any) -> None:
+    """Miss rate against false-alarm rate (log scale) on ``ax``, with the detector's
+    operating point (and the review band's): where a line reads off the threshold it can
+    live with."""
     n_good = max(int((~truth).sum()), 1)
     floor = 0.5 / n_good  # no false alarm at all, drawn half a sample below the first
     ax.step(np.maximum(fpr, floor), 1 - tpr, where="post", lw=1.6, label="all thresholds")
@@ -330,7 +329,6 @@ def _miss_vs_false_alarm(sub: AnomalyScores, fpr: Any, tpr: Any, truth: Any) -> 
     ax.set_ylabel("miss rate (defects passed as good)")
     ax.set_title("Miss rate against false-alarm rate")
     ax.legend(fontsize=7, loc="upper right")
-    return _img_tag(_fig_uri(fig), "miss rate against false-alarm rate")
 
 
 def _thumbnail(
