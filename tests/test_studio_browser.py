@@ -189,7 +189,9 @@ def test_classify_from_empty_project_to_exported_model(
     assert errors.first.inner_text().startswith("notes.png: ")
     assert "Traceback" not in page.content()
     assert class_card(page, "scratches").locator(".count").inner_text() == "11"
-    assert class_card(page, "crazing").locator(".thumb img").count() == 10
+    thumbs = class_card(page, "crazing").locator(".thumb img")
+    thumbs.nth(9).wait_for(state="attached")  # the lists arrive after the counts
+    assert thumbs.count() == 10
     shoot(page, shots / "1-classes.png")
 
     # generate: augmentation for one class, previewed and flagged synthetic
