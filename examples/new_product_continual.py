@@ -128,18 +128,19 @@ def main(argv: list[str] | None = None) -> int:
     for exp in stream:
         print(f"{exp.name}: {len(exp.train)} train, {len(exp.test)} test maps")
 
+    # the stage's defaults (20 epochs per experience, one-cycle schedule, augmentation,
+    # class weights); --quick trains a smaller network for fewer epochs
+    small = {"epochs": 8, "batch_size": 16, "max_params": 30_000} if quick else {}
     clf = ContinualClassifier(
         buffer=args.buffer,
         capacity=args.capacity or (60 if quick else 500),
-        epochs=8 if quick else 10,
-        batch_size=16 if quick else 64,
-        max_params=30_000 if quick else 100_000,
         seed=args.seed,
         progress=not quick,
         # every class returns with each product: keep the line's class mix in memory
         quotas="proportional" if args.stream == "domain" else "balanced",
+        **small,
     )
-    pipe = ik.Pipeline([Wrangle(size=32 if quick else 48), clf])
+    pipe = ik.Pipeline([Wrangle(size=32 if quick else 64), clf])
     out = Path(args.out)
     rows: list[list[float]] = []
     for t, exp in enumerate(stream):

@@ -313,16 +313,19 @@ def test_one_class_models_are_flagged_loudly(caplog: pytest.LogCaptureFixture) -
     assert not check_prediction_spread(torch.zeros(3, dtype=torch.long), torch.zeros(3))
 
 
-def test_auto_batch_size_gives_small_sets_enough_steps() -> None:
+def test_auto_batch_size_gives_small_sets_and_short_runs_enough_steps() -> None:
     from inspectkit.models.training import AUTO_BATCH_RANGE, AUTO_MIN_STEPS, auto_batch_size
 
     lo, hi = AUTO_BATCH_RANGE
-    assert auto_batch_size(561) == 64 and auto_batch_size(0) == lo
-    for n in (1, 100, 511, 512, 1000, 2048, 2049, 10**6):
-        b = auto_batch_size(n)
-        assert lo <= b <= hi and b & (b - 1) == 0
-        assert b == lo or n // b >= AUTO_MIN_STEPS  # an epoch takes the minimum steps ...
-        assert b == hi or n // (2 * b) < AUTO_MIN_STEPS  # ... with the largest such batch
+    assert auto_batch_size(561, 30) == 64 and auto_batch_size(561, 5) == lo
+    assert auto_batch_size(0, 30) == lo and auto_batch_size(10**6, 1) == hi
+    for n in (1, 100, 511, 1020, 2048, 5000, 10**6):
+        for epochs in (1, 5, 30, 200):
+            b = auto_batch_size(n, epochs)
+            assert lo <= b <= hi and b & (b - 1) == 0
+            # the run takes the minimum steps with the largest such batch
+            assert b == lo or (n // b) * epochs >= AUTO_MIN_STEPS
+            assert b == hi or (n // (2 * b)) * epochs < AUTO_MIN_STEPS
 
 
 @settings(max_examples=50, deadline=None)

@@ -184,27 +184,27 @@ def sqrt_inverse_weights(frequency: torch.Tensor) -> torch.Tensor:
     return (w / (w * f).sum() * f.sum()).float()
 
 
-#: ``batch_size="auto"``: the fewest optimizer steps an epoch should take ...
-AUTO_MIN_STEPS = 8
+#: ``batch_size="auto"``: the fewest optimizer steps a whole run should take ...
+AUTO_MIN_STEPS = 200
 #: ... and the range of the batch size chosen for it.
 AUTO_BATCH_RANGE = (16, 128)
 
 
-def auto_batch_size(n_train: int) -> int:
-    """The batch size ``batch_size="auto"`` picks for ``n_train`` samples (per process):
-    the largest power of two in :data:`AUTO_BATCH_RANGE` that still gives an epoch
-    :data:`AUTO_MIN_STEPS` optimizer steps. Small sets then get enough steps for early
-    stopping and warm-up, counted in epochs, to mean something (561 wafer maps at a
-    batch of 128 are 5 steps an epoch, and every map got one class); larger sets keep
-    the full batch, which trained NEU steel better than smaller ones.
+def auto_batch_size(n_train: int, epochs: int) -> int:
+    """The batch size ``batch_size="auto"`` picks for ``n_train`` samples (per process)
+    and ``epochs`` epochs: the largest power of two in :data:`AUTO_BATCH_RANGE` that still
+    gives the run :data:`AUTO_MIN_STEPS` optimizer steps. Small sets and short runs then
+    get enough steps for the warm-up and for patience, both counted in epochs, to mean
+    something (561 wafer maps at a batch of 128 are 5 steps an epoch, and every map got
+    one class); larger sets keep the full batch, which trained NEU steel better.
 
     Example:
-        >>> auto_batch_size(600), auto_batch_size(1_300), auto_batch_size(300)
-        (64, 128, 32)
+        >>> auto_batch_size(561, 30), auto_batch_size(561, 5), auto_batch_size(1_020, 30)
+        (64, 16, 128)
     """
     lo, hi = AUTO_BATCH_RANGE
     size = lo
-    while size * 2 <= hi and size * 2 * AUTO_MIN_STEPS <= n_train:
+    while size * 2 <= hi and (n_train // (size * 2)) * epochs >= AUTO_MIN_STEPS:
         size *= 2
     return size
 

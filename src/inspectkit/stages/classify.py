@@ -112,7 +112,7 @@ class Classifier(Stage[ImageSet, Predictions]):
             fit and at predict. ``None``: the training images' size (they must share one).
         epochs: Maximum training epochs.
         batch_size: Batch size per process; ``"auto"`` picks the largest power of two
-            from 16 to 128 that still gives an epoch 16 steps
+            from 16 to 128 that still gives the run 200 optimizer steps
             (:func:`~inspectkit.models.training.auto_batch_size`).
         lr: Peak learning rate (AdamW).
         weight_decay: AdamW weight decay.
@@ -392,7 +392,7 @@ class Classifier(Stage[ImageSet, Predictions]):
 
         self.model = self._build_model(k, spec, weights=True)
         batch_size = (
-            auto_batch_size(len(train_idx) // info.world_size)
+            auto_batch_size(len(train_idx) // info.world_size, c.epochs)
             if c.batch_size == "auto"
             else c.batch_size
         )
