@@ -73,7 +73,7 @@ LEGACY_ATTACHMENTS = ("inspectkit-model.json",)
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_READ_ATTEMPTS = 3
+_READ_ATTEMPTS = 5
 
 
 @dataclass
@@ -141,10 +141,10 @@ def write_model(
         safe_name(name, "attachment")
         if name == SPEC_FILE or name.startswith("stage-"):
             raise PersistenceError(f"attachment {name!r} would overwrite a model file")
-    _check_replaceable(target)
+    check_replaceable(target)
     with _save_lock(target):
         _clean_leftovers(target)
-        _check_replaceable(target)  # another process may have saved meanwhile
+        check_replaceable(target)  # another process may have saved meanwhile
         tmp = temp_folder_beside(target)
         try:
             spec = json.loads(json.dumps(spec))  # a copy that is plain JSON
@@ -253,8 +253,9 @@ def _model_files(spec: Any) -> set[str] | None:
     return names
 
 
-def _check_replaceable(target: Path) -> None:
-    """Refuse to replace a folder that holds anything but a saved model."""
+def check_replaceable(target: Path) -> None:
+    """Refuse (``PersistenceError``) a folder that a save would not replace: one holding
+    anything but a saved model. Callers check it before spending time on training."""
     if not target.is_dir():
         return
     entries = sorted(p.name for p in target.iterdir())
@@ -509,19 +510,32 @@ def _read_once(folder: Path) -> SavedModel:
 
     dfd = _open_folder(folder)
     try:
-        try:
-            with _open_in(folder, dfd, SPEC_FILE) as fh:
-                raw = _read_limited(fh, MAX_SPEC_BYTES, f"{folder / SPEC_FILE}")
-        except _Changed:
-            raise PersistenceError(f"{folder} holds no saved pipeline (no {SPEC_FILE})") from None
-        spec = parse_spec(raw, folder / SPEC_FILE)
-        states: list[dict[str, Any] | None] = []
-        for i, entry in enumerate(spec["stages"]):
-            if not entry["fitted"]:
-                states.append(None)
-                continue
-            name = entry["state"]
-            with _open_in(folder, dfd, name) as fh:
+        with contextlib.ExitStack() as files:
+            try:
+                fh = files.enter_context(_open_in(folder, dfd, SPEC_FILE))
+            except _Changed:
+                raise PersistenceError(
+                    f"{folder} holds no saved pipeline (no {SPEC_FILE})"
+                ) from None
+            spec = parse_spec(
+                _read_limited(fh, MAX_SPEC_BYTES, f"{folder / SPEC_FILE}"), folder / SPEC_FILE
+            )
+            # open every file of this save at once: an open file stays readable even when a
+            # concurrent save removes the folder it was in
+            wanted = [e["state"] for e in spec["stages"] if e["fitted"]]
+            wanted += list(spec.get("attachments", {}))
+            handles = {name: files.enter_context(_open_in(folder, dfd, name)) for name in wanted}
+            if spec["format_version"] < 2:  # older folders list no attachments
+                for name in LEGACY_ATTACHMENTS:
+                    with contextlib.suppress(_Changed):
+                        handles[name] = files.enter_context(_open_in(folder, dfd, name))
+            states: list[dict[str, Any] | None] = []
+            for i, entry in enumerate(spec["stages"]):
+                if not entry["fitted"]:
+                    states.append(None)
+                    continue
+                name = entry["state"]
+                fh = handles[name]
                 if "sha256" in entry and _sha256(fh) != entry["sha256"]:
                     raise _Mismatch(name)
                 fh.seek(0)
@@ -531,24 +545,22 @@ def _read_once(folder: Path) -> SavedModel:
                     raise PersistenceError(
                         f"{folder / name} cannot be read safely: {' '.join(str(exc).split())[:300]}"
                     ) from None
-            if not isinstance(state, dict):
-                raise PersistenceError(
-                    f"{folder / name}: stage {i} ({entry['name']}) state is a "
-                    f"{type(state).__name__}, not a dict of tensors and values"
-                )
-            states.append(state)
-        attachments: dict[str, bytes] = {}
-        for name, digest in spec.get("attachments", {}).items():
-            with _open_in(folder, dfd, name) as fh:
-                data = _read_limited(fh, MAX_ATTACHMENT_BYTES, str(folder / name))
-            if hashlib.sha256(data).hexdigest() != digest:
-                raise _Mismatch(name)
-            attachments[name] = data
-        if spec["format_version"] < 2:  # older folders list no attachments
+                if not isinstance(state, dict):
+                    raise PersistenceError(
+                        f"{folder / name}: stage {i} ({entry['name']}) state is a "
+                        f"{type(state).__name__}, not a dict of tensors and values"
+                    )
+                states.append(state)
+            attachments: dict[str, bytes] = {}
+            for name, digest in spec.get("attachments", {}).items():
+                data = _read_limited(handles[name], MAX_ATTACHMENT_BYTES, str(folder / name))
+                if hashlib.sha256(data).hexdigest() != digest:
+                    raise _Mismatch(name)
+                attachments[name] = data
             for name in LEGACY_ATTACHMENTS:
-                with contextlib.suppress(_Changed), _open_in(folder, dfd, name) as fh:
-                    attachments[name] = _read_limited(fh, MAX_ATTACHMENT_BYTES, name)
-        return SavedModel(spec, states, attachments, resolve_target(folder))
+                if name in handles and name not in attachments:
+                    attachments[name] = _read_limited(handles[name], MAX_ATTACHMENT_BYTES, name)
+            return SavedModel(spec, states, attachments, resolve_target(folder))
     finally:
         if dfd is not None:
             os.close(dfd)
@@ -627,6 +639,7 @@ def _no_constant(name: str) -> Any:
 
 __all__ = [
     "FORMAT",
+    "check_replaceable",
     "FORMAT_VERSION",
     "SPEC_FILE",
     "SavedModel",

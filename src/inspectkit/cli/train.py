@@ -70,10 +70,10 @@ def check_out(out: Path, task: str, *, replace: bool) -> None:
     holding anything but a saved model: a project, a data folder) and, unless ``replace``,
     one holding a model of the other task or a model that cannot be read."""
     from inspectkit.atomic import resolve_target
-    from inspectkit.modelfolder import _check_replaceable
+    from inspectkit.modelfolder import check_replaceable
 
     try:
-        _check_replaceable(resolve_target(out))
+        check_replaceable(resolve_target(out))
     except InspectkitError as exc:
         raise wrap(out, exc) from None
     try:
