@@ -639,10 +639,10 @@ def _no_constant(name: str) -> Any:
 
 __all__ = [
     "FORMAT",
-    "check_replaceable",
     "FORMAT_VERSION",
     "SPEC_FILE",
     "SavedModel",
+    "check_replaceable",
     "parse_spec",
     "prev_path",
     "read_model",
