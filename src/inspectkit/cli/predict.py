@@ -5,7 +5,8 @@ Inputs are read lazily (:func:`inspectkit.sources.load_inputs`) and run through
 memory stays flat on large folders and the first rows appear at once. With
 ``--on-error skip`` an unreadable input is left out and listed (``skipped``), and the
 command exits 0 only when something was scored. Names are printed escaped
-(:func:`~inspectkit.cli.command.shown`): a file name cannot forge a row.
+(:func:`~inspectkit.cli.command.shown`): a file name cannot forge a row. With ``--out DIR``
+the rows go to Parquet instead (:mod:`inspectkit.scale`; ``--engine ray`` on Ray Data).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from inspectkit.cli.command import (
     shown,
 )
 from inspectkit.cli.project import Project, load_model, pick
+from inspectkit.scale.command import add_archive_arguments, run_archive, wants_archive
 
 #: Schema tag of ``inspectkit predict --json``.
 PREDICT_SCHEMA = "inspectkit.predict/1"
@@ -134,12 +136,16 @@ class Predict(Command):
         parser.add_argument(
             "inputs", nargs="*", metavar="PATH", help="image files, folders, wafer .npz"
         )
+        add_archive_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from inspectkit.runtime import progress_bar
 
         project = Project.from_args(args)
         model_dir = pick(args.model, project, lambda p: p.model(args.name), "--model", "predict")
+        if wants_archive(args):  # --out: Parquet rows, resumable, locally or on Ray
+            run_archive(args, model_dir, self.progress(args))
+            return EXIT_OK
         pipe, card = load_model(model_dir)
         task = card["task"]
         data = load_inputs_for(args.inputs, card, "predict", args.on_error)
