@@ -207,8 +207,9 @@ def inspect_archive(
     t0 = time.perf_counter()
     if engine not in ENGINES:
         raise ScaleError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    _require("pyarrow", "pyarrow")
     if engine == "ray":
-        _require_ray()
+        _require("ray.data", "Ray Data")
     if batch_size is not None and batch_size < 1:
         raise ScaleError(f"batch_size must be at least 1, got {batch_size}")
     if threads_per_worker < 1:
@@ -220,6 +221,7 @@ def inspect_archive(
     info = ModelInfo.read(model)
     store = ResultStore(out, filesystem)
     store.prepare()
+    run = store.take_lease(info.digest)
     if retry_errors:
         store.drop_errors(info.digest)
     done = store.done(info.digest)
@@ -259,10 +261,10 @@ def inspect_archive(
     bar = progress_bar(enabled=progress and todo > 0, total=todo, unit="input", desc="inspect")
     with bar:
         if rows and engine == "local":
-            _run_local(info, store, listing, rows, threads_per_worker, record)
+            _run_local(info, store, run, listing, rows, threads_per_worker, record)
         elif rows:
             summary.workers = _run_ray(
-                info, store, listing, rows, address, num_workers, threads_per_worker, record
+                info, store, run, listing, rows, address, num_workers, threads_per_worker, record
             )
     summary.verdicts = dict(verdicts)
     summary.duplicates_dropped = store.deduplicate(info.digest) if rows else 0
@@ -274,6 +276,7 @@ def inspect_archive(
 def _run_local(
     info: ModelInfo,
     store: ResultStore,
+    run: str,
     listing: Listing,
     rows: list[dict[str, Any]],
     threads: int | None,
@@ -284,7 +287,7 @@ def _run_local(
     from inspectkit.runtime import torch_threads
 
     with torch_threads(threads):
-        scorer = ChunkScorer(info, store, None)
+        scorer = ChunkScorer(info, store, run, None)
         for row in rows:
             decoded = decode_chunks(
                 pa.Table.from_pylist([row]),
@@ -296,13 +299,15 @@ def _run_local(
                 record(ChunkDone.from_row(summary))
 
 
-def _require_ray() -> None:
+def _require(module: str, what: str) -> None:
+    """A ``ScaleError`` saying what to install when ``module`` cannot be imported."""
+    import importlib
+
     try:
-        import ray
-        import ray.data  # noqa: F401
+        importlib.import_module(module)
     except ImportError as exc:
         raise ScaleError(
-            f"engine 'ray' needs Ray Data, which is not installed ({exc.name}); "
+            f"archive runs need {what}, which is not installed ({exc.name}); "
             f"install it with: {INSTALL_HINT}"
         ) from None
 
@@ -338,6 +343,7 @@ def _ray_session(address: str | None, cpus: int) -> Iterator[Any]:
 def _run_ray(
     info: ModelInfo,
     store: ResultStore,
+    run: str,
     listing: Listing,
     rows: list[dict[str, Any]],
     address: str | None,
@@ -379,7 +385,7 @@ def _run_ray(
             batch_format="pyarrow",
             num_cpus=threads,
             compute=ActorPoolStrategy(size=workers),
-            fn_constructor_kwargs={"info": info, "out": store, "threads": threads},
+            fn_constructor_kwargs={"info": info, "out": store, "run": run, "threads": threads},
         )
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             for row in batch.to_pylist():
@@ -392,7 +398,7 @@ def _quiet_ray_data() -> Iterator[None]:
     """Ray Data's execution log lines off for the run (our bar and summary say it)."""
     logger = logging.getLogger("ray.data")
     old = logger.level
-    logger.setLevel(logging.WARNING)
+    logger.setLevel(logging.ERROR)
     try:
         yield
     finally:

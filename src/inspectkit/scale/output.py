@@ -6,9 +6,12 @@
   retried after a worker died writes the same name again, so a retry never adds rows.
 * **Resume** reads the ``path``, ``index``, ``model_digest`` and ``error`` columns of
   every part: inputs with a row of the same model digest are not scored again.
+* **One run at a time.** A run writes its id to ``_run.json`` before any part; a worker
+  checks it before each commit, so the workers of an interrupted run that are still
+  winding down stop instead of writing beside the new run.
 * **Exactly once** is checked when a run ends (:meth:`ResultStore.deduplicate`): a row
-  whose input already has a row of the same digest in an earlier part (a writer of an
-  interrupted run that finished late) is dropped from the later part.
+  whose input already has a row of the same digest in an earlier part (a late writer
+  that passed its check just before the new run started) is dropped from the later part.
 
 Names beginning with ``.`` or ``_`` are not parts (pyarrow's datasets skip them too), so
 ``pyarrow.dataset.dataset(out)`` or ``pandas.read_parquet(out)`` read the results.
@@ -17,6 +20,7 @@ Names beginning with ``.`` or ``_`` are not parts (pyarrow's datasets skip them 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import posixpath
 import uuid
@@ -42,6 +46,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("error", "why the input has no result (unreadable, refused by the model); else null"),
 )
 PART_PREFIX = "part-"
+#: The file naming the run that writes the folder now (see :meth:`ResultStore.take_lease`).
+LEASE = "_run.json"
 
 
 class ScaleError(InspectkitError):
@@ -126,6 +132,27 @@ class ResultStore:
         except OSError as exc:
             raise ScaleError(f"{self.uri}: cannot create the results folder ({exc})") from None
 
+    def take_lease(self, digest: str) -> str:
+        """Make this run the folder's writer: a new run id in ``_run.json``. Workers of an
+        earlier run (interrupted, its actors not yet gone) then stop at their next commit
+        (:meth:`check_lease`). Returns the run id."""
+        run = uuid.uuid4().hex
+        self.write_file(LEASE, json.dumps({"run": run, "model_digest": digest}).encode())
+        return run
+
+    def check_lease(self, run: str) -> None:
+        """A ``ScaleError`` unless ``run`` is still the folder's writer."""
+        try:
+            with self.fs.open_input_stream(posixpath.join(self.root, LEASE)) as fh:
+                current = json.loads(fh.read()).get("run")
+        except (OSError, ValueError, AttributeError):
+            current = None
+        if current != run:
+            raise ScaleError(
+                f"{self.uri}: another run took over this results folder; this one stops "
+                "(one run at a time per folder)"
+            )
+
     def part_files(self) -> list[str]:
         """Paths of the part files, sorted by name."""
         from pyarrow import fs as pafs
@@ -179,15 +206,24 @@ class ResultStore:
         """Write one part whole under ``name`` (the same name again replaces it whole)."""
         import pyarrow.parquet as pq
 
+        return self.write_file(name, lambda fh: pq.write_table(table, fh))
+
+    def write_file(self, name: str, data: bytes | Any) -> str:
+        """Write file ``name`` of the folder whole: ``data`` is bytes or a writer given a
+        binary file object (locally :func:`~inspectkit.atomic.atomic_write`; elsewhere a
+        hidden object moved to its name)."""
         target = posixpath.join(self.root, name)
         if self.local:
             from inspectkit.atomic import atomic_write
 
-            atomic_write(target, lambda fh: pq.write_table(table, fh))
+            atomic_write(target, data)
             return target
         tmp = posixpath.join(self.root, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
         with self.fs.open_output_stream(tmp) as fh:
-            pq.write_table(table, fh)
+            if isinstance(data, bytes):
+                fh.write(data)
+            else:
+                data(fh)
         self.fs.move(tmp, target)
         return target
 

@@ -128,10 +128,14 @@ class ChunkScorer:
     Args:
         info: The model (path, backend, digest the run started with).
         out: The results folder (a :class:`ResultStore`).
+        run: The run's id (:meth:`ResultStore.take_lease`): parts are committed only
+            while it is the folder's writer.
         threads: Torch / ONNX Runtime threads of this worker (``None``: leave as is).
     """
 
-    def __init__(self, info: ModelInfo, out: ResultStore, threads: int | None = None) -> None:
+    def __init__(
+        self, info: ModelInfo, out: ResultStore, run: str, threads: int | None = None
+    ) -> None:
         if threads is not None:  # a worker process of its own: its settings are ours
             import torch
 
@@ -139,6 +143,7 @@ class ChunkScorer:
             torch.set_num_threads(threads)
         self.info = info
         self.store = out
+        self.run = run
         self.scorer: Scorer = load_scorer(info, threads)
         self.where = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -189,6 +194,7 @@ class ChunkScorer:
                 }
             )
         t1 = time.perf_counter()
+        self.store.check_lease(self.run)
         self.store.write_part(row["part"], pa.Table.from_pylist(rows, schema=result_schema()))
         verdicts = Counter(r["verdict"] for r in rows if r["error"] is None)
         return {
