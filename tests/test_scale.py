@@ -280,6 +280,34 @@ def test_model_digest_names_the_model_exactly(tmp_path: Path) -> None:
     assert model_digest(current) == hashlib.sha256(spec).hexdigest()
 
 
+@pytest.mark.realdata
+def test_an_exported_model_scores_in_onnx_runtime(tiles: dict[str, Path], tmp_path: Path) -> None:
+    """A ``.onnx`` model runs in ONNX Runtime, its inputs decoded by the runtime's decoder:
+    rows equal ``InspectionModel.run_arrays`` on the same images; the digest is the
+    sidecar's."""
+    pytest.importorskip("onnxruntime", reason="pip install 'inspectkit[onnx]'")
+    import inspectkit as ik
+    import inspectkit_runtime as ikr
+    from inspectkit_runtime.images import decode_image
+
+    exported = tmp_path / "deploy" / "line.onnx"
+    ik.Pipeline.load(tiles["model"]).export(exported)
+    info = ModelInfo.read(exported)
+    assert (info.backend, info.task, info.channels) == ("onnx", "anomaly", 1)
+    assert info.digest == hashlib.sha256(exported.with_suffix(".json").read_bytes()).hexdigest()
+    out = tmp_path / "out"
+    summary = inspect_archive(exported, tiles["data"], out, engine="local", progress=False)
+    files = [u.path for u in Listing([tiles["data"]], "image").units()]
+    assert (summary.scored, summary.errors) == (len(files), 0)
+    model = ikr.load(exported)
+    ref = model.run_arrays([decode_image(f, 1) for f in files])
+    rows = {r["path"]: r for r in read_results(out).to_pylist()}
+    for i, f in enumerate(files):
+        assert rows[f]["score"] == float(ref["score"][i])
+        assert (rows[f]["verdict"] == "defect") == bool(ref["anomalous"][i])
+        assert rows[f]["threshold"] == model.threshold
+
+
 def test_ray_missing_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from inspectkit.cli import main
 
