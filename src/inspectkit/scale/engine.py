@@ -85,7 +85,7 @@ class ScaleSummary:
         workers: Scoring workers; ``engine`` the engine.
         seconds: Wall time of the whole call; ``startup_s`` of it before the first chunk
             was done (listing, starting Ray and the workers, loading the model);
-            ``list_s`` listing the inputs.
+            ``list_s`` listing the inputs and planning the chunks.
         worker_s: Seconds the workers spent decoding, scoring and writing, summed.
         duplicates_dropped: Rows removed by the end-of-run check (a late writer of an
             interrupted run).
@@ -161,7 +161,7 @@ def inspect_archive(
     address: str | None = None,
     num_workers: int | None = None,
     batch_size: int | None = None,
-    threads_per_worker: int = 1,
+    threads_per_worker: int | None = None,
     retry_errors: bool = False,
     progress: bool = True,
     callback: Callable[[ChunkDone], None] | None = None,
@@ -183,7 +183,8 @@ def inspect_archive(
         num_workers: Scoring actors (default: the CPUs Ray has, ``threads_per_worker``
             each).
         batch_size: Inputs per chunk (default 256 for a classifier, 16 for a detector).
-        threads_per_worker: CPU threads (and Ray CPUs) per actor.
+        threads_per_worker: CPU threads (and Ray CPUs) per actor (default 1); for the
+            local engine, torch's threads during the run (default: as they are).
         retry_errors: Score again the inputs whose row of this model is an error (their
             error rows are removed first).
         progress: Show a progress bar with inputs per second.
@@ -212,7 +213,7 @@ def inspect_archive(
         _require("ray.data", "Ray Data")
     if batch_size is not None and batch_size < 1:
         raise ScaleError(f"batch_size must be at least 1, got {batch_size}")
-    if threads_per_worker < 1:
+    if threads_per_worker is not None and threads_per_worker < 1:
         raise ScaleError(f"threads_per_worker must be at least 1, got {threads_per_worker}")
     if num_workers is not None and num_workers < 1:
         raise ScaleError(f"num_workers must be at least 1, got {num_workers}")
@@ -231,6 +232,7 @@ def inspect_archive(
         info.channels,
     )
     size = batch_size or DEFAULT_BATCH[info.task]
+    t_list = time.perf_counter()
     rows, listed = plan_chunks(listing.units(), size, info.digest, done.keys)
     todo = sum(len(r["path"]) for r in rows)
     summary = ScaleSummary(
@@ -240,7 +242,7 @@ def inspect_archive(
         workers=1,
         listed=listed,
         already_done=listed - todo,
-        list_s=time.perf_counter() - t0,
+        list_s=time.perf_counter() - t_list,
     )
     verdicts: Counter[str] = Counter()
     first: list[float] = []
@@ -263,8 +265,9 @@ def inspect_archive(
         if rows and engine == "local":
             _run_local(info, store, run, listing, rows, threads_per_worker, record)
         elif rows:
+            threads = threads_per_worker or 1
             summary.workers = _run_ray(
-                info, store, run, listing, rows, address, num_workers, threads_per_worker, record
+                info, store, run, listing, rows, address, num_workers, threads, record
             )
     summary.verdicts = dict(verdicts)
     summary.duplicates_dropped = store.deduplicate(info.digest) if rows else 0

@@ -161,25 +161,16 @@ class ChunkScorer:
         n = len(row["path"])
         errors: list[str | None] = list(row["error"])
         ok = [j for j in range(n) if errors[j] is None]
+
+        def column(name: str) -> list[Any]:
+            return [row[name][j] for j in ok]
+
         arrays = [
-            np.frombuffer(row["pixels"][j], dtype=np.dtype(row["dtype"][j]))
-            .reshape(row["shape"][j])
-            .copy()
-            for j in ok
+            np.frombuffer(b, dtype=np.dtype(d)).reshape(shape).copy()  # writable, for torch
+            for b, d, shape in zip(column("pixels"), column("dtype"), column("shape"))
         ]
-        results = dict(
-            zip(
-                ok,
-                self._score(
-                    arrays,
-                    [row["id"][j] for j in ok],
-                    [row["source"][j] for j in ok],
-                    [row["path"][j] for j in ok],
-                    errors,
-                    ok,
-                ),
-            )
-        )
+        scored = self._score(arrays, column("id"), column("source"), column("path"), errors, ok)
+        results = dict(zip(ok, scored))
         rows = []
         for j in range(n):
             res = results.get(j) or {}
