@@ -36,9 +36,11 @@ from inspectkit.scale import (
     ModelInfo,
     ResultStore,
     ScaleError,
+    Unit,
     WaferIndex,
     inspect_archive,
     model_digest,
+    plan_chunks,
     read_results,
 )
 from inspectkit.scale.inputs import WaferArchives
@@ -117,6 +119,29 @@ def test_a_map_with_bad_codes_is_an_error_row_of_its_own(tmp_path: Path) -> None
     rows = {r["index"]: r for r in read_results(tmp_path / "out").to_pylist()}
     assert "map 1 holds wafer code 7" in rows[1]["error"] and rows[1]["verdict"] is None
     assert all(rows[i]["error"] is None and rows[i]["verdict"] for i in (0, 2, 3))
+
+
+# ---------------------------------------------------------------------- chunks
+@settings(max_examples=60, deadline=None)
+@given(
+    keys=st.lists(st.tuples(st.sampled_from("abcd"), st.integers(-1, 5)), max_size=40),
+    done=st.sets(st.tuples(st.sampled_from("abcd"), st.integers(-1, 5))),
+    size=st.integers(1, 7),
+)
+def test_chunks_hold_each_input_to_score_once(keys, done, size) -> None:
+    """Every distinct input not done is in exactly one chunk, in listing order; chunks
+    hold at most ``size``; the same inputs always give the same part names."""
+    units = [Unit(p, i, f"{p}:{i}", p, 0) for p, i in keys]
+    rows, listed = plan_chunks(iter(units), size, "f" * 64, done)
+    wanted = [k for k in dict.fromkeys(keys) if k not in done]
+    got = [(p, i) for r in rows for p, i in zip(r["path"], r["index"])]
+    assert got == wanted and listed == len(set(keys))
+    assert all(1 <= len(r["path"]) <= size for r in rows)
+    again, _ = plan_chunks(iter(units), size, "f" * 64, done)
+    assert [r["part"] for r in again] == [r["part"] for r in rows]
+    assert len({r["part"] for r in rows}) == len(rows)
+    other, _ = plan_chunks(iter(units), size, "e" * 64, done)
+    assert not {r["part"] for r in other} & {r["part"] for r in rows}
 
 
 # ---------------------------------------------------------------------- listing

@@ -26,7 +26,7 @@ from scale_support import (  # noqa: E402
     tile_subset,
 )
 
-from inspectkit.scale import ChunkDone, inspect_archive, read_results  # noqa: E402
+from inspectkit.scale import ChunkDone, ScaleError, inspect_archive, read_results  # noqa: E402
 
 pytestmark = [pytest.mark.realdata, pytest.mark.distributed]
 
@@ -151,3 +151,13 @@ def test_a_killed_worker_loses_nothing(local_ray, wm811k_dir: Path, tmp_path: Pa
     rows = read_results(tmp_path / "out").to_pylist()
     assert len(rows) == len({key_of(r) for r in rows}) == 623
     assert_rows_equal(rows, reference_rows(WAFER_MODEL, [str(npz)], batch_size=32))
+
+
+def test_more_workers_than_the_cluster_has_cpus_is_refused(local_ray, tmp_path: Path) -> None:
+    import numpy as np
+
+    from inspectkit.sources import save_wafer_npz
+
+    npz = save_wafer_npz(tmp_path / "lot.npz", [np.ones((5, 5), np.uint8)] * 3, [None] * 3)
+    with pytest.raises(ScaleError, match="need 3 CPUs; the Ray cluster has 2"):
+        inspect_archive(WAFER_MODEL, npz, tmp_path / "out", num_workers=3, progress=False)
