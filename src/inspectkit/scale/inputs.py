@@ -116,7 +116,7 @@ class Listing:
             reader, found = self._plain_reader(), False
             for f in walk_images(p):
                 found = True
-                yield self._unit(f, str(f), str(f), reader)
+                yield self._unit(f, f, f, reader)
             if not found:
                 raise DataError(f"{p}: the folder holds no image files")
             return
@@ -139,7 +139,7 @@ class Listing:
         for key, sample in zip(images.keys, data.samples):
             yield self._unit(Path(key), sample.id, sample.source or key, reader)
 
-    def _unit(self, f: Path, sid: str, source: str, reader: int) -> Unit:
+    def _unit(self, f: str | Path, sid: str, source: str, reader: int) -> Unit:
         return Unit(os.path.abspath(f), WHOLE_FILE, sid, source, reader)
 
     def _plain_reader(self) -> int:
@@ -155,18 +155,30 @@ class Listing:
         return len(self.readers) - 1
 
 
-def walk_images(root: Path) -> Iterator[Path]:
+def walk_images(root: Path) -> Iterator[str]:
     """Image files below ``root`` (recursively, by name, hidden files and folders left
     out, symlinked folders not followed), as ``inspectkit predict`` lists a folder, one
-    folder in memory at a time."""
+    folder in memory at a time. Directory entries tell files from folders, so a regular
+    file costs no ``stat`` of its own (only symlinks are followed to see what they are)."""
     from inspectkit.sources._common import IMAGE_SUFFIXES
 
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            f = Path(folder, name)
-            if not name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
-                yield f
+    stack = [os.fspath(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue  # an unreadable folder holds nothing we can read (as rglob skips it)
+        subfolders = []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir(follow_symlinks=False):
+                subfolders.append(e.path)
+            elif os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file():
+                yield e.path
+        stack.extend(reversed(subfolders))
 
 
 # ---------------------------------------------------------------------- wafer archives
