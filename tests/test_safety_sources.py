@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import struct
 import subprocess
 import sys
@@ -197,6 +198,58 @@ def test_real_dataframe_pickles_of_every_protocol_still_load(tmp_path: Path, pro
     s = load_lswmd(path)
     assert s.labels == ["Center", None, "none"] and [x.group for x in s.samples][2] == "lot2"
     assert type(safe_load_pickle(path)) is pd.DataFrame
+
+
+def _arrow_frame_pickle(tmp_path: Path) -> bytes:
+    pa = pytest.importorskip("pyarrow", reason="Arrow-backed text needs pyarrow")
+    df = pd.DataFrame(
+        {
+            "waferMap": [np.ones((3, 4), np.uint8), np.zeros((2, 2), np.uint8)],
+            "failureType": pd.array(["Center", "none"], dtype=pd.StringDtype("pyarrow")),
+            "lotName": pd.array(["lot1", "lot2"], dtype=pd.StringDtype("pyarrow")),
+        }
+    )
+    assert isinstance(df["lotName"].array._pa_array, pa.ChunkedArray)
+    return pickle.dumps(df, protocol=5)
+
+
+def test_a_pandas_frame_with_arrow_backed_text_loads(tmp_path: Path) -> None:
+    """pandas 3 with pyarrow stores text columns as Arrow arrays: they load, as text."""
+    path = tmp_path / "LSWMD.pkl"
+    path.write_bytes(_arrow_frame_pickle(tmp_path))
+    s = load_lswmd(path)
+    assert s.labels == ["Center", "none"]
+    assert [x.group for x in s.samples] == ["lot1", "lot2"]
+    df = safe_load_pickle(path)
+    assert type(df) is pd.DataFrame and type(df["lotName"].array) is pd.arrays.ArrowStringArray
+
+
+def test_an_arrow_column_with_offsets_out_of_bounds_is_a_data_error(tmp_path: Path) -> None:
+    raw = _arrow_frame_pickle(tmp_path)
+    offsets = struct.pack("<4q", 0, 4, 8, 10**6)  # the last offset points far past the data
+    good = struct.pack("<3q", 0, 4, 8)  # "lot1lot2": the lotName column's offsets
+    assert raw.count(good) == 1
+    # same length bytes: replace the three offsets by three others with a bad end
+    bad = raw.replace(good, offsets[8:])
+    path = tmp_path / "LSWMD.pkl"
+    path.write_bytes(bad)
+    with pytest.raises(DataError, match=r"LSWMD\.pkl.*(corrupt|Arrow)"):
+        load_lswmd(path)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [(b"large_string", b"large_binary"), (b"_restore_array", b"_restore_table")],
+)
+def test_arrow_pieces_other_than_a_string_column_are_refused(
+    tmp_path: Path, old: bytes, new: bytes
+) -> None:
+    raw = _arrow_frame_pickle(tmp_path)
+    assert len(old) == len(new) and old in raw
+    path = tmp_path / "LSWMD.pkl"
+    path.write_bytes(raw.replace(old, new))
+    with pytest.raises(UnsafePickleError, match="refused"):
+        load_lswmd(path)
 
 
 def test_memory_errors_of_a_lying_length_are_data_errors(tmp_path: Path) -> None:

@@ -120,11 +120,23 @@ _ALLOWED = {
     ("pandas", "StringDtype"): "StringDtype",
     ("pandas.core.arrays.string_", "StringDtype"): "StringDtype",
     ("pandas.arrays", "StringArray"): "StringArray",
+    ("pandas", "NA"): "NA",
+    ("pandas._libs.missing", "NA"): "NA",
+    ("pandas.arrays", "ArrowStringArray"): "ArrowStringArray",
+    ("pandas.core.arrays.string_arrow", "ArrowStringArray"): "ArrowStringArray",
+    ("pyarrow.lib", "type_for_alias"): "type_for_alias",
+    ("pyarrow.lib", "py_buffer"): "py_buffer",
+    ("pyarrow.lib", "_restore_array"): "_restore_array",
     ("pandas.core.arrays.string_", "StringArray"): "StringArray",
     ("pandas._libs.tslibs.nattype", "_nat_unpickle"): "_nat_unpickle",
     ("pandas._libs.tslibs.timestamps", "_unpickle_timestamp"): "_unpickle_timestamp",
     ("pandas._libs.tslibs.timedeltas", "_timedelta_unpickle"): "_timedelta_unpickle",
 }
+#: Arrow types a pickled pandas string column (pandas 3 with pyarrow) may name.
+_ARROW_STRING_TYPES = frozenset(
+    {"string", "str", "utf8", "large_string", "large_str", "large_utf8"}
+)
+
 #: Text encodings ``_codecs.encode`` may name (Python 2 byte strings come as latin-1).
 _ENCODINGS = frozenset({"latin1", "latin-1", "ascii", "utf-8", "utf8"})
 
@@ -207,6 +219,7 @@ def _objects() -> dict[str, Any]:
         "unpickle_backed": libarrays.__pyx_unpickle_NDArrayBacked,
         "StringDtype": pd.StringDtype,
         "StringArray": pd.arrays.StringArray,
+        "NA": pd.NA,
         "_nat_unpickle": nattype._nat_unpickle,
         "_unpickle_timestamp": timestamps._unpickle_timestamp,
         "_timedelta_unpickle": timedeltas._timedelta_unpickle,
@@ -277,6 +290,99 @@ def _range_len(r: range) -> int:
     if (r.step > 0 and r.stop <= r.start) or (r.step < 0 and r.stop >= r.start):
         return 0
     return (abs(r.stop - r.start) + abs(r.step) - 1) // abs(r.step)
+
+
+def _arrow_objects(budget: _Budget) -> dict[str, Any]:
+    """What a pandas 3 string column backed by Arrow pickles as, rebuilt under checks.
+
+    Such a column is an ``ArrowStringArray`` whose state holds
+    ``pyarrow.lib._restore_array((type, length, null_count, offset, buffers, children,
+    dictionary))``. Only a string type named through ``type_for_alias`` is accepted, with
+    no children or dictionary; the array is assembled from the buffers the file holds and
+    validated in full (offsets in bounds, valid UTF-8) before anything reads it.
+    """
+    try:
+        import pyarrow as pa
+    except ImportError:
+        raise DataError(
+            "the pickle holds a text column stored by pandas with pyarrow; reading it needs "
+            "pyarrow (pip install pyarrow)"
+        ) from None
+    from pandas.arrays import ArrowStringArray
+
+    allowed_types = {pa.string(), pa.large_string()}
+
+    def type_for_alias(alias: Any) -> Any:
+        if not isinstance(alias, str) or alias not in _ARROW_STRING_TYPES:
+            raise UnsafePickleError(f"the pickle names the Arrow type {alias!r}; refused")
+        return pa.lib.type_for_alias(alias)
+
+    def py_buffer(data: Any) -> Any:
+        if not isinstance(data, bytes | bytearray):
+            raise UnsafePickleError(
+                f"the pickle makes an Arrow buffer from a {type(data).__name__}; refused"
+            )
+        return pa.py_buffer(bytes(data))
+
+    def restore_array(data: Any) -> Any:
+        if not isinstance(data, tuple) or len(data) != 7:
+            raise UnsafePickleError("the pickle rebuilds an Arrow array from malformed data")
+        type_, length, null_count, offset, buffers, children, dictionary = data
+        ints = (length, null_count, offset)
+        if (
+            type_ not in allowed_types
+            or not all(isinstance(v, int) and v >= -1 for v in ints)
+            or length < 0
+            or offset < 0
+            or children
+            or dictionary is not None
+            or not isinstance(buffers, list)
+            or len(buffers) != 3
+            or not all(b is None or isinstance(b, pa.Buffer) for b in buffers)
+        ):
+            raise UnsafePickleError(
+                "the pickle rebuilds an Arrow array other than a plain string column; refused"
+            )
+        budget.charge(length, f"an Arrow string array of {length:,} entries")
+        try:
+            array = pa.Array.from_buffers(type_, length, buffers, null_count, offset)
+            array.validate(full=True)
+        except (pa.ArrowException, ValueError) as exc:
+            raise DataError(f"an Arrow string column in the pickle is corrupt: {exc}") from None
+        return array
+
+    class ArrowStringArrayFromPickle(ArrowStringArray):
+        """What a pickle gets for ``ArrowStringArray``: made by NEWOBJ, filled by its
+        state only from an array :func:`restore_array` checked, then a plain
+        ``ArrowStringArray``."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            raise UnsafePickleError(
+                "the pickle calls ArrowStringArray(...) itself, which a saved array never "
+                "does; refused before it ran"
+            )
+
+        def __setstate__(self, state: Any) -> None:
+            if (
+                not isinstance(state, dict)
+                or set(state) - {"_pa_array", "_data", "_dtype", "_cache"}
+                or not isinstance(state.get("_pa_array", state.get("_data")), pa.Array)
+                or not isinstance(state.get("_dtype"), _objects()["StringDtype"])
+                or state.get("_cache", {}) != {}
+            ):
+                raise UnsafePickleError(
+                    "the pickle gives an ArrowStringArray a state other than a checked "
+                    "string array; refused"
+                )
+            super().__setstate__(dict(state))
+            self.__class__ = ArrowStringArray
+
+    return {
+        "type_for_alias": type_for_alias,
+        "py_buffer": py_buffer,
+        "_restore_array": restore_array,
+        "ArrowStringArray": ArrowStringArrayFromPickle,
+    }
 
 
 class SafeUnpickler(pickle.Unpickler):
@@ -382,6 +488,8 @@ class SafeUnpickler(pickle.Unpickler):
         key = _ALLOWED.get((module, name))
         if key is None:
             raise _refuse(module, name)
+        if key not in self._resolved:  # Arrow pieces: pyarrow is imported on first need
+            self._resolved.update(_arrow_objects(self._budget))
         return self._resolved[key]
 
 
