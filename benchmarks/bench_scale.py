@@ -86,7 +86,7 @@ def single_process(model: Path, inputs: list[str], batch: int, threads: int) -> 
     """``inspectkit predict``'s path: load, list lazily, ``Pipeline.iter_run``."""
     import torch
 
-    from inspectkit.cli.project import load_model
+    from inspectkit.cli.card import load_model
     from inspectkit.sources import load_inputs
 
     torch.set_num_threads(threads)

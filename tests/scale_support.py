@@ -44,8 +44,8 @@ def reference_rows(model: Path, inputs: list[str], batch_size: int) -> dict[tupl
     """Single-process ``Pipeline.run`` (through ``iter_run``, ``batch_size`` at a time, as
     ``inspectkit predict`` reads the inputs): per ``(absolute path, index)`` the record's
     raw values and ``inspectkit predict --json``'s row."""
+    from inspectkit.cli.card import load_model
     from inspectkit.cli.predict import prediction_rows
-    from inspectkit.cli.project import load_model
     from inspectkit.sources import load_inputs
 
     pipe, card = load_model(model)

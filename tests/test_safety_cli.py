@@ -19,8 +19,9 @@ from PIL import Image
 from test_cli import ENV, TINY_CLASSIFIER, cli, make_tree, user_error
 
 from inspectkit.cli import main
+from inspectkit.cli.card import CARD_FILE, SAMPLES_FILE
 from inspectkit.cli.command import SEED_MAX
-from inspectkit.cli.project import CARD_FILE, SAMPLES_FILE, SPLIT_FILE
+from inspectkit.cli.project import SPLIT_FILE
 from inspectkit.errors import ConfigError
 from inspectkit.pipeline import Pipeline
 

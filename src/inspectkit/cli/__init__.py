@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import warnings
 
+from inspectkit.cli.card import CARD_FILE, load_model
 from inspectkit.cli.command import (
     COMMANDS,
     EXIT_INTERNAL,
@@ -41,7 +42,7 @@ from inspectkit.cli.demo import demo_data_path
 from inspectkit.cli.evaluate import EVALUATE_SCHEMA, evaluation_json
 from inspectkit.cli.main import build_parser, main
 from inspectkit.cli.predict import PREDICT_BATCH, PREDICT_SCHEMA
-from inspectkit.cli.project import CARD_FILE, Project, load_model
+from inspectkit.cli.project import Project
 
 
 def detect_layout(path: str | os.PathLike[str]) -> str:

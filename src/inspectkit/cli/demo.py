@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from inspectkit.cli.card import save_model
 from inspectkit.cli.command import (
     EXIT_OK,
     Command,
@@ -22,7 +23,6 @@ from inspectkit.cli.command import (
     seed_int,
     shown,
 )
-from inspectkit.cli.project import save_model
 
 #: Mistakes explained with Grad-CAM in the demo report.
 EXPLAINED_MISTAKES = 16

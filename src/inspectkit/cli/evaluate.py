@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from inspectkit.cli.card import load_model, seen_in_training, training_note
 from inspectkit.cli.command import (
     EXIT_OK,
     Command,
@@ -22,14 +23,7 @@ from inspectkit.cli.command import (
     register_command,
     shown,
 )
-from inspectkit.cli.project import (
-    SPLIT_FILE,
-    Project,
-    load_model,
-    pick,
-    seen_in_training,
-    training_note,
-)
+from inspectkit.cli.project import SPLIT_FILE, Project, pick
 
 #: Schema tag of ``inspectkit evaluate --json``.
 EVALUATE_SCHEMA = "inspectkit.evaluate/1"

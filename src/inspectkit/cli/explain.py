@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 
+from inspectkit.cli.card import load_model
 from inspectkit.cli.command import EXIT_OK, Command, check_choice, register_command, shown
 from inspectkit.cli.predict import load_inputs_for
-from inspectkit.cli.project import Project, load_model, out_folder, pick
+from inspectkit.cli.project import Project, out_folder, pick
 
 
 def check_method(method: str) -> str:

@@ -7,8 +7,9 @@ import argparse
 import json
 from pathlib import Path
 
+from inspectkit.cli.card import load_model
 from inspectkit.cli.command import EXIT_OK, Command, positive_int, register_command
-from inspectkit.cli.project import Project, load_model, pick
+from inspectkit.cli.project import Project, pick
 
 #: Schema tag of ``inspectkit export --json``.
 EXPORT_SCHEMA = "inspectkit.export/1"

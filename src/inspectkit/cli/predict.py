@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from inspectkit.cli.card import load_model
 from inspectkit.cli.command import (
     EXIT_OK,
     Command,
@@ -25,7 +26,7 @@ from inspectkit.cli.command import (
     register_command,
     shown,
 )
-from inspectkit.cli.project import Project, load_model, pick
+from inspectkit.cli.project import Project, pick
 from inspectkit.scale.command import add_archive_arguments, run_archive, wants_archive
 
 #: Schema tag of ``inspectkit predict --json``.

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from inspectkit.cli.card import load_model
 from inspectkit.cli.command import EXIT_OK, Command, register_command, shown, wrap
-from inspectkit.cli.project import Project, load_model, pick
+from inspectkit.cli.project import Project, pick
 from inspectkit.errors import InspectkitError
 
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from inspectkit.cli.card import KEEP_PREVIOUS, model_task, save_model, task_of
 from inspectkit.cli.command import (
     EXIT_OK,
     Command,
@@ -25,17 +26,7 @@ from inspectkit.cli.command import (
     shown,
     wrap,
 )
-from inspectkit.cli.project import (
-    KEEP_PREVIOUS,
-    SPLIT_FILE,
-    Project,
-    model_task,
-    out_folder,
-    pick,
-    read_json,
-    save_model,
-    task_of,
-)
+from inspectkit.cli.project import SPLIT_FILE, Project, out_folder, pick, read_json
 from inspectkit.errors import InspectkitError
 
 

@@ -99,7 +99,7 @@ class ModelInfo:
                 side["input"].get("channels"),
                 digest,
             )
-        from inspectkit.cli.project import load_model
+        from inspectkit.cli.card import load_model
 
         pipe, card = load_model(p)
         del pipe  # the workers load their own
@@ -124,7 +124,7 @@ class TorchScorer(Scorer):
     """A saved pipeline, run as ``Pipeline.run`` runs it on one in-memory batch."""
 
     def __init__(self, info: ModelInfo) -> None:
-        from inspectkit.cli.project import load_model
+        from inspectkit.cli.card import load_model
 
         self.pipeline, card = load_model(Path(info.path))
         self.task, self.kind = info.task, info.kind

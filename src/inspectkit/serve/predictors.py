@@ -63,7 +63,7 @@ class PipelinePredictor:
     """A model folder saved by ``Pipeline.save`` / ``inspectkit train``, run in torch."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        from inspectkit.cli.project import load_model
+        from inspectkit.cli.card import load_model
 
         self.path = Path(path)
         self.pipeline, self._card = load_model(self.path)

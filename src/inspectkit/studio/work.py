@@ -2,7 +2,7 @@
 
 Nothing here has model code of its own: data comes from :func:`inspectkit.sources.load`,
 pipelines from :mod:`inspectkit.recipes`, models are saved by
-:func:`inspectkit.cli.project.save_model` (atomic, the previous model kept), reports by
+:func:`inspectkit.cli.card.save_model` (atomic, the previous model kept), reports by
 :func:`inspectkit.report.write_html`, overlays by :mod:`inspectkit.xai.overlay`. So what a
 person does on screen is what ``inspectkit train/generate/evaluate --project`` do.
 """
@@ -178,7 +178,7 @@ def _relative(project: StudioProject, text: str) -> str:
 # ---------------------------------------------------------------------- training
 def train(project: StudioProject, settings: TrainSettings, ctx: JobContext) -> dict[str, Any]:
     """Train the project's model on its training part and save it (previous one kept)."""
-    from inspectkit.cli.project import save_model
+    from inspectkit.cli.card import save_model
     from inspectkit.recipes import default_pipeline
     from inspectkit.records import ImageSet
     from inspectkit.runtime import observe_epochs
@@ -294,8 +294,8 @@ def generate(
 def evaluate(project: StudioProject, ctx: JobContext) -> dict[str, Any]:
     """The report ``inspectkit evaluate --project`` writes (the images the model did not
     train on, with the same notes), into ``reports/model/``."""
+    from inspectkit.cli.card import load_model, training_note
     from inspectkit.cli.evaluate import scored_report
-    from inspectkit.cli.project import load_model, training_note
     from inspectkit.report import write_html
 
     ctx.phase("loading the model")
@@ -342,8 +342,8 @@ def predict(
 ) -> list[dict[str, Any]]:
     """One row per image: class probabilities (classify), or score, verdict and anomaly
     map overlay (anomaly); with ``explain`` a Grad-CAM / SISE overlay per image."""
+    from inspectkit.cli.card import load_model
     from inspectkit.cli.predict import prediction_rows
-    from inspectkit.cli.project import load_model
     from inspectkit.pipeline import Pipeline
     from inspectkit.sources import load_inputs
 
@@ -394,7 +394,7 @@ def _overlays(task: str, data: Any, result: Any, explain: str | None) -> list[st
 def threshold_view(project: StudioProject) -> dict[str, Any]:
     """The anomaly scores of the held-out images (good and defective) and the model's
     threshold, for the threshold screen (which computes rates as the slider moves)."""
-    from inspectkit.cli.project import load_model
+    from inspectkit.cli.card import load_model
 
     pipe, card = _load_model(project, load_model)
     if card["task"] != "anomaly":
@@ -430,7 +430,7 @@ def save_threshold(project: StudioProject, value: Any) -> dict[str, Any]:
     ``threshold`` setting and a ``Calibration.fixed`` normalised on the held-out good
     scores) and save it as a new model version (the previous one kept)."""
     from inspectkit.anomaly.threshold import Calibration
-    from inspectkit.cli.project import CARD_FILE, load_model
+    from inspectkit.cli.card import CARD_FILE, load_model
 
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise StudioError(f"threshold must be a finite number, got {value!r}")
@@ -477,7 +477,7 @@ def onnx_available() -> bool:
 def export_onnx(project: StudioProject) -> Path:
     """The project's model exported by ``Pipeline.export`` into ``models/model-onnx/``
     (``model.onnx`` and its sidecar ``model.json``), as a zip in the scratch folder."""
-    from inspectkit.cli.project import load_model
+    from inspectkit.cli.card import load_model
 
     if not onnx_available():
         raise StudioError("ONNX export is not available in this installation")

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from inspectkit.atomic import atomic_write
-from inspectkit.cli.project import CARD_FILE, Project, parse_json
+from inspectkit.cli.card import CARD_FILE
+from inspectkit.cli.project import Project, parse_json
 from inspectkit.errors import DataError
 from inspectkit.studio.safety import (
     IMAGE_SUFFIXES,
