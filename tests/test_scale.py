@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 pytest.importorskip("pyarrow", reason="archive runs write Parquet (pip install 'inspectkit[ray]')")
+pq = pytest.importorskip("pyarrow.parquet")
 
 from scale_support import (
     WAFER_MODEL,
@@ -260,7 +261,10 @@ def test_deduplicate_keeps_the_first_row_of_each_input(tmp_path: Path) -> None:
     path = _savez(tmp_path / "lot.npz", maps)
     out = tmp_path / "out"
     inspect_archive(WAFER_MODEL, path, out, engine="local", batch_size=2, progress=False)
-    (first, *_rest) = sorted(out.glob("part-*.parquet"))
+    parts = sorted(out.glob("part-*.parquet"))  # named by hashes: any order
+    sizes = {p: pq.ParquetFile(p).metadata.num_rows for p in parts}
+    assert sorted(sizes.values()) == [1, 2, 2]
+    first = next(p for p in parts if sizes[p] == 2)
     late = first.with_name(first.name[:-8] + "zz.parquet")  # a late writer's copy
     shutil.copyfile(first, late)
     assert read_results(out).num_rows == 7
@@ -336,6 +340,8 @@ def test_an_exported_model_scores_in_onnx_runtime(tiles: dict[str, Path], tmp_pa
 def test_ray_missing_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from inspectkit.cli import main
 
+    for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # also when a Ray test ran before
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ScaleError, match=r"pip install 'inspectkit\[ray\]'"):
         inspect_archive(WAFER_MODEL, tmp_path, tmp_path / "out", engine="ray")

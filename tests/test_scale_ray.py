@@ -53,7 +53,8 @@ def test_ray_rows_equal_single_process_pipeline_run(
     local_ray, wm811k_dir: Path, tiles: dict[str, Path], tmp_path: Path
 ) -> None:
     """623 real wafer maps (a classifier) and 150 magnetic tiles (a detector) on two
-    workers: every row equals ``Pipeline.run`` on the same batch, bit for bit."""
+    workers: every row equals ``Pipeline.run`` (verdicts and classes exactly, scores up to
+    float32 rounding)."""
     npz = wm811k_dir / "WM811K_train_1_split.npz"
     summary = inspect_archive(
         WAFER_MODEL, npz, tmp_path / "wafer", num_workers=2, batch_size=64, progress=False
