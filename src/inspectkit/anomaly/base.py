@@ -264,6 +264,10 @@ class AnomalyModel(nn.Module):
     #: stage's ``backbone="auto"`` picks a pretrained backbone only for these).
     uses_pretrained: ClassVar[bool] = True
 
+    #: Pixels per pass of the frozen backbone on a CPU (two 384×384 images; see
+    #: :meth:`features`).
+    FEATURE_PIXELS: ClassVar[int] = 2 * 384 * 384
+
     seed = _Setting("seed")
     batch_size = _Setting("batch_size")
     sigma = _Setting("sigma")
@@ -330,8 +334,10 @@ class AnomalyModel(nn.Module):
     # ------------------------------------------------------------------ helpers
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Backbone features of a float batch: ``self.extractor``, or, when no gradient is
-        needed, a frozen copy of it with BatchNorm folded and ``channels_last`` tensors
-        (about twice as fast on a CPU, equal up to float rounding). The copy is taken at
+        needed, a frozen copy of it (BatchNorm folded, activations in place,
+        ``channels_last`` tensors; equal up to float rounding) run on a CPU
+        :attr:`FEATURE_PIXELS` pixels at a time, so a pass's activations stay in the
+        caches (3× faster than one pass over 32 images at 384 px). The copy is taken at
         the first use after ``fit`` / ``load_state`` and kept outside the ``state_dict``.
         """
         extractor = self.extractor
@@ -341,11 +347,22 @@ class AnomalyModel(nn.Module):
         if cached is None or cached[0] is not extractor or cached[1] != x.device:
             cached = (extractor, x.device, extractor.inference_copy())
             self.__dict__["_fast_extractor"] = cached
-        if self.feature_dtype == "bfloat16":
-            with torch.autocast(x.device.type, dtype=torch.bfloat16):
-                out = cached[2](x)
-            return {name: f.float() for name, f in out.items()}
-        return cached[2](x)
+        fast = cached[2]
+        step = x.shape[0]
+        if x.device.type == "cpu":
+            step = max(1, self.FEATURE_PIXELS // max(1, x.shape[-2] * x.shape[-1]))
+        parts = []
+        for s in range(0, x.shape[0], step):
+            if self.feature_dtype == "bfloat16":
+                with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                    out = fast(x[s : s + step])
+                out = {name: f.float() for name, f in out.items()}
+            else:
+                out = fast(x[s : s + step])
+            parts.append(out)
+        if len(parts) == 1:
+            return parts[0]
+        return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
     def reset_caches(self) -> None:
         """Forget everything derived from the learned state (called by ``fit`` and

@@ -4,8 +4,10 @@ Defard et al., "PaDiM: a Patch Distribution Modeling Framework for Anomaly Detec
 Localization", ICPR 2021. Features of three backbone layers are brought to the first
 layer's grid and concatenated; a fixed random subset of ``n_features`` channels is kept;
 each position gets its own mean and covariance (+ ``eps``·I). The statistics are
-accumulated batch by batch in float64 (float32 per batch; sums and sums of outer products), so memory does
-not grow with the number of training images.
+accumulated batch by batch (float32 sums of outer products of the features minus the
+first batch's mean, float64 sums of the features), so memory does not grow with the
+number of training images; covariances are formed and inverted in float64, one chunk of
+positions at a time, and kept as float32 inverses.
 """
 
 from __future__ import annotations
@@ -119,55 +121,55 @@ class PaDiM(AnomalyModel):
     def _fit(self, images: torch.Tensor) -> None:
         self.eval()
         n = 0
+        shift: torch.Tensor | None = None
         s1: torch.Tensor | None = None
         s2: torch.Tensor | None = None
         for x in self.batches(images, desc="PaDiM fit"):
             e = self.embed(x)  # B×d×h×w
             b, d, h, w = e.shape
-            e = e.permute(2, 3, 0, 1).reshape(h * w, b, d).contiguous()  # P×B×d
-            if s1 is None:
+            e = e.permute(2, 3, 0, 1).reshape(h * w, b, d)  # P×B×d
+            if shift is None:
+                # sums of features minus the first batch's mean per position: small
+                # numbers, so float32 sums of their outer products lose next to nothing
+                shift = e.mean(1, keepdim=True)
                 s1 = torch.zeros(h * w, d, dtype=torch.float64, device=e.device)
-                s2 = torch.zeros(h * w, d, d, dtype=torch.float64, device=e.device)
-                self._grid = (h, w)
-            assert s2 is not None
+                s2 = torch.zeros(h * w, d, d, dtype=torch.float32, device=e.device)
+            assert s1 is not None and s2 is not None
+            e = e - shift
             s1 += e.sum(1).double()
-            et = e.transpose(1, 2)
-            for start in range(0, h * w, self.POSITION_CHUNK):
-                # float32 products per batch and chunk of positions, float64 sums
-                sl = slice(start, start + self.POSITION_CHUNK)
-                s2[sl] += torch.bmm(et[sl], e[sl])
+            s2.baddbmm_(e.transpose(1, 2), e)
             n += b
-        assert s1 is not None and s2 is not None
+        assert shift is not None and s1 is not None and s2 is not None
         if n < 2:
             raise DataError("PaDiM needs at least 2 good images to estimate covariances")
-        mean = s1 / n
-        self.mean = mean.float()
-        self.inv_cov = self._inverse_covariances(s2, mean, n)
+        offset = s1 / n  # mean minus shift, per position
+        self.mean = (shift.squeeze(1).double() + offset).float()
+        self.inv_cov = self._inverse_covariances(s2, offset, n)
 
     def _inverse_covariances(self, s2: torch.Tensor, mean: torch.Tensor, n: int) -> torch.Tensor:
-        """Float32 inverses of the per-position covariances, from float64 sums.
+        """Float32 inverses of the per-position covariances, written over ``s2``.
 
-        Covariances are symmetric positive definite (``eps·I`` added), so they are inverted
-        through a Cholesky factor, which is stable where batched LU (``linalg.inv``) failed
-        on thousands of 200×200 matrices; a position whose factorisation fails falls back
-        to the pseudo-inverse. Positions go ``POSITION_CHUNK`` at a time, so the float64
-        covariance, factor and inverse exist for one chunk only (as do the float32
-        outer products while summing).
+        ``s2`` holds the float32 sums of outer products of the (shifted) features and
+        ``mean`` their float64 mean. Each covariance is formed and inverted in float64:
+        it is symmetric positive definite (``eps·I`` added), so it is inverted through a
+        Cholesky factor, which is stable where batched LU (``linalg.inv``) failed on
+        thousands of 200×200 matrices; a position whose factorisation fails falls back
+        to the pseudo-inverse. Positions go ``POSITION_CHUNK`` at a time, so float64
+        copies exist for one chunk only and the inverses take the sums' memory.
         """
-        p, d, _ = s2.shape
-        eye = self.eps * torch.eye(d, dtype=s2.dtype, device=s2.device)
-        inv = torch.empty(p, d, d, dtype=torch.float32, device=s2.device)
+        p = s2.shape[0]
         for start in range(0, p, self.POSITION_CHUNK):
             sl = slice(start, start + self.POSITION_CHUNK)
-            m = mean[sl]
-            cov = (s2[sl] - n * m.unsqueeze(2) * m.unsqueeze(1)) / (n - 1) + eye
+            m = mean[sl].unsqueeze(2)
+            cov = torch.baddbmm(s2[sl].double(), m, m.transpose(1, 2), alpha=-n)
+            cov.div_(n - 1).diagonal(dim1=1, dim2=2).add_(self.eps)
             chol, info = torch.linalg.cholesky_ex(cov)
             part = torch.cholesky_inverse(chol)
             bad = info != 0
             if bool(bad.any()):
                 part[bad] = torch.linalg.pinv(cov[bad], hermitian=True)
-            inv[sl] = part
-        return inv
+            s2[sl] = part
+        return s2
 
     def _score_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         e = self.embed(x)

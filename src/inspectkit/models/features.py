@@ -175,6 +175,59 @@ def _fold_batchnorm(gm: torch.fx.GraphModule) -> None:
             setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
 
 
+#: Activations that can overwrite their input (``inplace=True``) without changing results.
+_INPLACE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Hardswish, nn.LeakyReLU)
+#: Modules whose output is a fresh tensor (no view of their input).
+_FRESH_OUTPUT = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
+
+
+def _inplace_activations(gm: torch.fx.GraphModule) -> int:
+    """Let each activation module overwrite its input where nothing else reads it.
+
+    An activation qualifies when the graph calls its module once and its input is the
+    sole use of a fresh tensor: the output of a convolution, BatchNorm or linear layer,
+    possibly through ``Identity`` modules (folded BatchNorms) each used once. Saves one
+    full-size tensor write per activation (ReLU6 took a third of EfficientNet-Lite0's
+    time on a CPU). Returns the number of activations changed.
+    """
+    modules = dict(gm.named_modules())
+    uses: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            uses[node.target] = uses.get(node.target, 0) + 1
+
+    def fresh_and_private(node: Any) -> bool:
+        while True:
+            if not (
+                isinstance(node, torch.fx.Node)
+                and node.op == "call_module"
+                and len(node.users) == 1
+                and uses.get(node.target) == 1
+            ):
+                return False
+            module = modules.get(node.target)
+            if isinstance(module, _FRESH_OUTPUT):
+                return True
+            if not isinstance(module, nn.Identity) or not node.args:
+                return False
+            node = node.args[0]
+
+    changed = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or uses.get(node.target) != 1:
+            continue
+        module = modules.get(node.target)
+        if (
+            isinstance(module, _INPLACE_ACTIVATIONS)
+            and not module.inplace
+            and node.args
+            and fresh_and_private(node.args[0])
+        ):
+            module.inplace = True
+            changed += 1
+    return changed
+
+
 class _Stop(Exception):
     """Raised by the last hook to skip the rest of a forward pass."""
 
@@ -264,7 +317,8 @@ class FeatureExtractor(nn.Module):
 
     def inference_copy(self) -> FeatureExtractor:
         """A frozen, faster copy for inference: BatchNorm folded into the convolution before
-        it, tensors in ``channels_last`` layout. Same outputs up to float rounding.
+        it, activations computed in place where nothing else reads their input, tensors in
+        ``channels_last`` layout. Same outputs up to float rounding.
 
         The copy shares nothing with ``self`` (train or load weights into ``self``, then
         take a new copy). Backbones that could not be traced (forward hooks) get only the
@@ -285,6 +339,7 @@ class FeatureExtractor(nn.Module):
             p.requires_grad_(False)
         if isinstance(fast.body, torch.fx.GraphModule):
             _fold_batchnorm(fast.body)
+            _inplace_activations(fast.body)
         fast.to(memory_format=torch.channels_last)
         fast._channels_last = True
         return fast
