@@ -7,11 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from sklearn.metrics import roc_auc_score
 
 from inspectkit.errors import DataError
 from inspectkit.metrics import anomaly_report, aupro, image_auroc, pixel_auroc
-from inspectkit.metrics.anomaly import threshold_metrics
+from inspectkit.metrics.anomaly import ranked_auroc, threshold_metrics
 from inspectkit.records import AnomalyScores, SampleMeta
 
 
@@ -124,3 +127,28 @@ def test_metrics_refuse_missing_inputs():
         image_auroc(torch.tensor([0.1, 0.2]))
     with pytest.raises(DataError, match="masks"):
         pixel_auroc(torch.rand(2, 4, 4))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.data(),
+    n=st.integers(2, 300),
+    levels=st.sampled_from([2, 5, 50, None]),
+)
+def test_ranked_auroc_equals_sklearn_with_ties(data, n: int, levels: int | None) -> None:
+    """The pixel AUROC's one-sort Mann-Whitney sum equals scikit-learn's curve, ties (few
+    distinct values, as quantised maps have) counted half."""
+    y = data.draw(hnp.arrays(np.bool_, n))
+    if y.all() or not y.any():
+        y[0] = not y[0]
+    floats = st.floats(-1e6, 1e6, allow_nan=False, width=32)
+    if levels is not None:
+        floats = st.integers(0, levels - 1).map(float)
+    s = data.draw(hnp.arrays(np.float32, n, elements=floats))
+    got = ranked_auroc(y, torch.from_numpy(s))
+    assert got == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+
+
+def test_ranked_auroc_refuses_nan_maps() -> None:
+    with pytest.raises(DataError, match="NaN"):
+        ranked_auroc(np.array([True, False]), torch.tensor([float("nan"), 0.0]))

@@ -3,7 +3,8 @@
 Ground truth per image comes from the samples (``meta["anomalous"]``, else the label:
 unlabelled or a label in ``good_labels`` = good), per pixel from the masks (non-zero =
 defect), resized with nearest neighbour to the anomaly maps' working size. Synthetic
-samples are dropped first. scikit-learn computes the curves; AUPRO follows Bergmann et
+samples are dropped first. scikit-learn computes the image curves, :func:`ranked_auroc`
+the pixel AUROC (exact, one sort); AUPRO follows Bergmann et
 al. (MVTec AD, IJCV 2021): the mean per-region overlap integrated over false-positive
 rates up to 0.3, divided by 0.3.
 
@@ -121,7 +122,29 @@ def pixel_auroc(
     y = gt.flatten().numpy()
     if not _need_both(y):
         return float("nan")
-    return float(roc_auc_score(y, m.flatten().numpy()))
+    return ranked_auroc(y, m.flatten())
+
+
+def ranked_auroc(y: np.ndarray, scores: torch.Tensor) -> float:
+    """Exact ROC AUC of ``scores`` against the boolean ``y``, ties counted half, from one
+    (multi-threaded) sort: the Mann-Whitney statistic summed over runs of equal scores.
+
+    Equal to ``sklearn.metrics.roc_auc_score`` (which sorts twice and builds the whole
+    curve: 85 % of ``evaluate``'s metric time on 100 M pixels of magnetic tiles).
+    """
+    values = scores.detach().reshape(-1).float()
+    if not bool(torch.isfinite(values).all()):
+        raise DataError("anomaly maps hold NaN or infinite values; cannot rank them")
+    sorted_values, order = torch.sort(values)
+    positive = np.asarray(y, dtype=bool).reshape(-1)[order.numpy()]
+    n = positive.size
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(sorted_values.numpy())) + 1])
+    pos = np.add.reduceat(positive.astype(np.int64), starts)
+    neg = np.diff(np.append(starts, n)) - pos
+    neg_below = np.cumsum(neg) - neg
+    n_pos, n_neg = int(pos.sum()), int(neg.sum())
+    wins = float(np.dot(pos, neg_below)) + 0.5 * float(np.dot(pos, neg))
+    return wins / (n_pos * n_neg)
 
 
 def aupro(
@@ -248,5 +271,6 @@ __all__ = [
     "image_auroc",
     "is_defective",
     "pixel_auroc",
+    "ranked_auroc",
     "threshold_metrics",
 ]
