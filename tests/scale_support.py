@@ -7,9 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import pyarrow.parquet as pq
+import pytest
 
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy-0.1.0"
 #: A real wafer classifier (saved by inspectkit 0.1.0, format 1).

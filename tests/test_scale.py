@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from PIL import Image
 
 pytest.importorskip("pyarrow", reason="archive runs write Parquet (pip install 'inspectkit[ray]')")
-pq = pytest.importorskip("pyarrow.parquet")
 
 from scale_support import (
     WAFER_MODEL,
@@ -262,6 +261,8 @@ def test_deduplicate_keeps_the_first_row_of_each_input(tmp_path: Path) -> None:
     out = tmp_path / "out"
     inspect_archive(WAFER_MODEL, path, out, engine="local", batch_size=2, progress=False)
     parts = sorted(out.glob("part-*.parquet"))  # named by hashes: any order
+    import pyarrow.parquet as pq
+
     sizes = {p: pq.ParquetFile(p).metadata.num_rows for p in parts}
     assert sorted(sizes.values()) == [1, 2, 2]
     first = next(p for p in parts if sizes[p] == 2)
