@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     for exp in stream:
         print(f"{exp.name}: {len(exp.train)} train, {len(exp.test)} test maps")
 
-    # the stage's defaults (20 epochs per experience, one-cycle schedule, augmentation,
+    # the stage's defaults (30 epochs per experience, one-cycle schedule, augmentation,
     # class weights); --quick trains a smaller network for fewer epochs
     small = {"epochs": 8, "batch_size": 16, "max_params": 30_000} if quick else {}
     clf = ContinualClassifier(

@@ -81,10 +81,10 @@ def merge_classes(current: list[str], incoming: list[str]) -> list[str]:
 class ContinualClassifier(Stage[ImageSet, Predictions]):
     """Image classifier that learns a stream of experiences with experience replay.
 
-    The defaults (20 epochs per experience at a one-cycle peak of 3e-3, AdamW with weight
+    The defaults (30 epochs per experience at a one-cycle peak of 3e-3, AdamW with weight
     decay 1e-4, augmentation, class weights) were chosen on validation splits carved
-    from WM-811K's training files (BENCHMARKS.md, "Architecture round: training
-    defaults"); 0.1 trained 3 epochs at a constant 1e-3, which left the README's example
+    from WM-811K's training files (BENCHMARKS.md, "Architecture round (issue #15): what the
+    training defaults reach"); 0.1 trained 3 epochs at a constant 1e-3, which left the README's example
     far below joint training.
 
     Training runs on the library's one loop (:func:`~inspectkit.models.training.train_epochs`):
@@ -152,7 +152,7 @@ class ContinualClassifier(Stage[ImageSet, Predictions]):
         temperature: float = Field(0.1, gt=0)
         cohesive_fraction: float = Field(0.5, ge=0, le=1)
         quotas: Literal["balanced", "proportional"] = "balanced"
-        epochs: int = Field(20, ge=1)
+        epochs: int = Field(30, ge=1)
         batch_size: int = Field(64, ge=2)
         lr: float = Field(3e-3, gt=0)
         weight_decay: float = Field(1e-4, ge=0)
