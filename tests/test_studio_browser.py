@@ -13,6 +13,7 @@ Skipped where Chromium, Playwright or the studio extra is missing.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import threading
@@ -188,7 +189,10 @@ def test_classify_from_empty_project_to_exported_model(
     errors.first.wait_for()
     assert errors.first.inner_text().startswith("notes.png: ")
     assert "Traceback" not in page.content()
-    assert class_card(page, "scratches").locator(".count").inner_text() == "11"
+    # the counts are redrawn after the upload's answer, which may come after the message
+    count = class_card(page, "scratches").locator(".count")
+    count.filter(has_text=re.compile(r"^\s*11\s*$")).wait_for(timeout=30_000)
+    assert count.inner_text() == "11"
     thumbs = class_card(page, "crazing").locator(".thumb img")
     thumbs.nth(9).wait_for(state="attached")  # the lists arrive after the counts
     assert thumbs.count() == 10
@@ -205,8 +209,10 @@ def test_classify_from_empty_project_to_exported_model(
 
     # a long training survives a reload of the page, and cancels
     page.click("[data-step=train]")
-    page.fill("input[name=epochs]", "400")
-    page.fill("input[name=size]", "32")
+    # long enough on a quiet machine to be cancelled after the reload (the most epochs
+    # the screen takes, at a size that makes each one count)
+    page.fill("input[name=epochs]", "500")
+    page.fill("input[name=size]", "128")
     page.click("#start-training")
     page.wait_for_selector("#jobbar:not([hidden])")
     page.reload()

@@ -229,20 +229,37 @@ function jobLabel(j) {
 }
 
 function renderJobBar() {
+  // built once per job and updated in place: a Cancel button re-created on every epoch
+  // event would slip away from the pointer of anyone trying to click it
   const bar = $("#jobbar");
   const j = S.job;
-  if (!j || !S.project || !["queued", "running", "cancelling"].includes(j.state)) { bar.hidden = true; return; }
+  if (!j || !S.project || !["queued", "running", "cancelling"].includes(j.state)) {
+    bar.hidden = true;
+    bar.replaceChildren();
+    delete bar.dataset.job;
+    return;
+  }
   bar.hidden = false;
-  const share = j.epochs ? (100 * j.epoch) / j.epochs : 0;
-  bar.replaceChildren(
-    h("span", { class: "status", id: "job-status", text: jobLabel(j) }),
-    j.epochs ? h("span", { class: "bar" }, h("span", { style: `width:${share}%` })) : null,
-    h("span", { class: "spacer" }),
-    h("button", { id: "cancel-job", disabled: j.state === "cancelling", text: j.state === "cancelling" ? "Cancelling…" : "Cancel",
+  let status = bar.querySelector("#job-status");
+  let fill = bar.querySelector(".bar > span");
+  let cancel = bar.querySelector("#cancel-job");
+  if (!status || !cancel || bar.dataset.job !== j.id || Boolean(fill) !== Boolean(j.epochs)) {
+    status = h("span", { class: "status", id: "job-status" });
+    fill = j.epochs ? h("span", { style: "width:0%" }) : null;
+    cancel = h("button", { id: "cancel-job",
       onclick: () => attempt(async () => {
-        const r = await api("POST", `${P()}/jobs/${enc(j.id)}/cancel`);
+        const cur = S.job;
+        if (!cur) return;
+        const r = await api("POST", `${P()}/jobs/${enc(cur.id)}/cancel`);
         if (S.job && S.job.id === r.id && r.version > S.job.version) { S.job = r; renderJobBar(); }
-      }) }));
+      }) });
+    bar.replaceChildren(status, fill ? h("span", { class: "bar" }, fill) : null, h("span", { class: "spacer" }), cancel);
+    bar.dataset.job = j.id;
+  }
+  status.textContent = jobLabel(j);
+  if (fill) fill.style.width = `${j.epochs ? (100 * j.epoch) / j.epochs : 0}%`;
+  cancel.disabled = j.state === "cancelling";
+  cancel.textContent = j.state === "cancelling" ? "Cancelling…" : "Cancel";
 }
 
 function refreshJobViews() {
