@@ -182,18 +182,6 @@ def walk_images(root: Path) -> Iterator[str]:
 
 
 # ---------------------------------------------------------------------- wafer archives
-def _members(zf: zipfile.ZipFile, path: Path) -> dict[str, str]:
-    from inspectkit.sources.wafer import _NPZ_KEYS
-
-    names = {n.removesuffix(".npy"): n for n in zf.namelist()}
-    missing = [k for k in _NPZ_KEYS if k not in names]
-    if missing:
-        raise DataError(
-            f"{path}: not a wafer-map archive: keys {missing} missing (need {list(_NPZ_KEYS)})"
-        )
-    return names
-
-
 @dataclass
 class WaferIndex:
     """Where each map of a wafer archive lies in its ``flat`` member (no pixels read)."""
@@ -210,60 +198,18 @@ class WaferIndex:
         checks a whole archive (limits, layout), from every member but ``flat``, of
         which only the ``.npy`` header is read."""
         from inspectkit.sources._common import check_regular_file
-        from inspectkit.sources.wafer import _check_layout, _check_map_sizes, _read_member
+        from inspectkit.sources.wafer import _check_layout, _read_npz
 
         check_regular_file(path)
-        st = path.stat()
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = _members(zf, path)
-                arrs = {k: _read_member(zf, path, k, names) for k in ("shapes", "offsets")}
-                _check_map_sizes(path, arrs["shapes"])
-                arrs["failure_type"] = _read_member(zf, path, "failure_type", names)
-                count, dtype = _flat_header(zf, path, names["flat"])
-        except DataError:
-            raise
-        except MemoryError:
-            raise
-        except Exception as exc:  # zipfile/zlib/numpy parsing untrusted bytes
-            raise DataError(
-                f"{path}: corrupt or truncated npz archive ({type(exc).__name__}: {exc})"
-            ) from None
-        # the layout checks, on a stand-in for flat that has its length and dtype only
-        arrs["flat"] = np.broadcast_to(np.zeros((), dtype=dtype), (count,))
-        _check_layout(path, arrs)
-        return cls(path, arrs["shapes"], arrs["offsets"], dtype, (st.st_size, st.st_mtime_ns))
+        st = path.stat()  # before reading: a later change makes the stamp stale, not wrong
+        arrs = _read_npz(path, flat=False)
+        _check_layout(path, arrs)  # on the stand-in for flat: its length and dtype only
+        return cls(
+            path, arrs["shapes"], arrs["offsets"], arrs["flat"].dtype, (st.st_size, st.st_mtime_ns)
+        )
 
     def __len__(self) -> int:
         return int(self.shapes.shape[0])
-
-
-def _flat_header(zf: zipfile.ZipFile, path: Path, name: str) -> tuple[int, np.dtype[Any]]:
-    """Element count and dtype of ``flat`` from its ``.npy`` header, checked against the
-    limits and the member's size (as ``_read_member`` checks before reading)."""
-    import math
-
-    from inspectkit.sources.limits import get_limits, over
-    from inspectkit.sources.wafer import _member_header
-
-    info = zf.getinfo(name)
-    limits, where = get_limits(), f"{path}[flat]"
-    over(where, "bytes the member inflates to", info.file_size, "max_file_bytes", limits)
-    with zf.open(info) as fh:
-        shape, dtype = _member_header(fh)
-        header_len = fh.tell()
-    if dtype.hasobject:
-        raise DataError(f"{path}: 'flat' holds Python objects (a pickle); refused")
-    count = math.prod(shape)
-    over(where, f"its .npy header claims shape {shape}", count, "max_archive_pixels", limits)
-    if len(shape) != 1:
-        raise DataError(f"{path}: 'flat' must be 1-D, got shape {shape}")
-    if header_len + count * dtype.itemsize != info.file_size:
-        raise DataError(
-            f"{path}: 'flat' header claims {count:,} elements of {dtype.itemsize} bytes but "
-            f"the member holds {info.file_size - header_len:,} bytes of data (a lying header)"
-        )
-    return count, dtype
 
 
 def _wafer_units(p: Path) -> Iterator[Unit]:
@@ -278,11 +224,11 @@ class _OpenArchive:
     read forwards (a compressed member is inflated once per worker, not once per chunk)."""
 
     def __init__(self, path: Path) -> None:
-        from inspectkit.sources.wafer import _member_header
+        from inspectkit.sources.wafer import _member_header, _member_names
 
         self.index = WaferIndex.read(path)
         self.zf = zipfile.ZipFile(path)
-        self.fh = self.zf.open(_members(self.zf, path)["flat"])
+        self.fh = self.zf.open(_member_names(self.zf, path)["flat"])
         _member_header(self.fh)
         self.base = self.fh.tell()
 

@@ -54,8 +54,11 @@ def _member_header(fh: Any) -> tuple[tuple[int, ...], np.dtype[Any]]:
     return tuple(int(d) for d in shape), dtype
 
 
-def _read_member(zf: zipfile.ZipFile, path: Path, key: str, names: dict[str, str]) -> np.ndarray:
-    """One array of the archive, its size checked from its header against the limits."""
+def _member_header_checked(
+    zf: zipfile.ZipFile, path: Path, key: str, names: dict[str, str]
+) -> tuple[zipfile.ZipInfo, tuple[int, ...], np.dtype[Any]]:
+    """The ``.npy`` header of one member, checked against the limits and the member's size
+    before any of its data is read: (zip entry, shape, dtype)."""
     info = zf.getinfo(names[key])
     limits = get_limits()
     where = f"{path}[{key}]"
@@ -76,26 +79,45 @@ def _read_member(zf: zipfile.ZipFile, path: Path, key: str, names: dict[str, str
             f"'{key}' header claims {count:,} elements of {dtype.itemsize} bytes but the "
             f"member holds {info.file_size - header_len:,} bytes of data (a lying header)",
         )
+    return info, shape, dtype
+
+
+def _read_member(zf: zipfile.ZipFile, path: Path, key: str, names: dict[str, str]) -> np.ndarray:
+    """One array of the archive, its size checked from its header against the limits."""
+    info, _, _ = _member_header_checked(zf, path, key, names)
     with zf.open(info) as fh:
         return npformat.read_array(fh, allow_pickle=False)
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def _member_names(zf: zipfile.ZipFile, path: Path) -> dict[str, str]:
+    """Key → member name of a wafer-map archive; a ``DataError`` when a key is missing."""
+    names = {n.removesuffix(".npy"): n for n in zf.namelist()}
+    missing = [k for k in _NPZ_KEYS if k not in names]
+    if missing:
+        raise _fail(
+            path, f"not a wafer-map archive: keys {missing} missing (need {list(_NPZ_KEYS)})"
+        )
+    return names
+
+
+def _read_npz(path: Path, *, flat: bool = True) -> dict[str, np.ndarray]:
+    """The archive's arrays, each checked from its header before it is read. With
+    ``flat=False`` the pixels are not read: ``flat`` is a read-only stand-in of the shape
+    and dtype its header gives (for an index of the maps, as archive runs keep)."""
     check_regular_file(path)
     try:
         with zipfile.ZipFile(path) as zf:
-            names = {n.removesuffix(".npy"): n for n in zf.namelist()}
-            missing = [k for k in _NPZ_KEYS if k not in names]
-            if missing:
-                raise _fail(
-                    path,
-                    f"not a wafer-map archive: keys {missing} missing (need {list(_NPZ_KEYS)})",
-                )
+            names = _member_names(zf, path)
             arrs = {}
-            for key in ("shapes", "offsets", "failure_type", "flat"):  # flat, the big one, last
+            for key in ("shapes", "offsets", "failure_type"):
                 arrs[key] = _read_member(zf, path, key, names)
                 if key == "shapes":
                     _check_map_sizes(path, arrs[key])
+            if flat:  # the big one, last
+                arrs["flat"] = _read_member(zf, path, "flat", names)
+            else:
+                _, shape, dtype = _member_header_checked(zf, path, "flat", names)
+                arrs["flat"] = np.broadcast_to(np.zeros((), dtype=dtype), shape)
             return arrs
     except DataError:
         raise
