@@ -74,19 +74,29 @@ class ClassifierGraph(nn.Module):
         return probs, idx
 
 
-@register_stage_exporter("classifier")
-def export_classifier(stage: Any, ctx: ExportContext) -> StageExport:
+def input_steps(stage: Any, what: str, ctx: ExportContext) -> list[dict[str, Any]]:
+    """The runtime's steps before a classifier's graph, from its fitted input contract:
+    resize (or, where the stage refuses other sizes, require) its size, then scale to
+    float. Refuses a stage whose kind of input is not what the stages before it give."""
     stage.check_fitted()
     spec = stage.input_spec
     if ctx.kind != spec.kind:
         raise ExportError(
-            f"the Classifier was trained on {spec.kind!r} data but the stages before it give "
+            f"the {what} was trained on {spec.kind!r} data but the stages before it give "
             f"{ctx.kind!r} data"
         )
-    steps = [
-        {"op": "resize", "size": list(spec.size), "mode": spec.resize_mode},
-        {"op": "to_float", "scale": 1 if spec.kind == "wafer" else 255},
-    ]
+    size = (
+        {"op": "require_size", "size": list(spec.size)}
+        if spec.size_policy == "refuse"
+        else {"op": "resize", "size": list(spec.size), "mode": spec.resize_mode}
+    )
+    return [size, {"op": "to_float", "scale": 1 if spec.kind == "wafer" else 255}]
+
+
+@register_stage_exporter("classifier")
+def export_classifier(stage: Any, ctx: ExportContext) -> StageExport:
+    steps = input_steps(stage, "Classifier", ctx)
+    spec = stage.input_spec
     cfg = stage.config
     return StageExport(
         steps=steps,
@@ -102,4 +112,11 @@ def export_classifier(stage: Any, ctx: ExportContext) -> StageExport:
     )
 
 
-__all__ = ["ClassifierGraph", "ExportViewAverage", "InputEncoding", "export_classifier", "rot90"]
+__all__ = [
+    "ClassifierGraph",
+    "ExportViewAverage",
+    "InputEncoding",
+    "export_classifier",
+    "input_steps",
+    "rot90",
+]

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inspectkit.export.base import ExportContext, ExportError, StageExport, register_stage_exporter
-from inspectkit.export.classifier import InputEncoding
+from inspectkit.export.base import ExportContext, StageExport, register_stage_exporter
+from inspectkit.export.classifier import InputEncoding, input_steps
 
 
 def _fused(net: nn.Module) -> nn.Module:
@@ -48,21 +48,10 @@ class ContinualGraph(nn.Module):
 def export_continual_classifier(stage: Any, ctx: ExportContext) -> StageExport:
     from inspectkit.continual.trainer import num_outputs
 
-    stage.check_fitted()
+    steps = input_steps(stage, "ContinualClassifier", ctx)
     spec = stage.input_spec
-    if ctx.kind != spec.kind:
-        raise ExportError(
-            f"the ContinualClassifier was trained on {spec.kind!r} data but the stages before "
-            f"it give {ctx.kind!r} data"
-        )
     nets = list(stage.members) if stage.config.ensemble and stage.members else [stage.model]
-    steps = [
-        {"op": "resize", "size": list(spec.size), "mode": spec.resize_mode},
-        {"op": "to_float", "scale": 1 if spec.kind == "wafer" else 255},
-    ]
     outputs = [num_outputs(n) for n in nets]
-    if spec.size_policy == "refuse":
-        steps[0] = {"op": "require_size", "size": list(spec.size)}
     return StageExport(
         steps=steps,
         module=ContinualGraph(nets, outputs, spec).eval(),
