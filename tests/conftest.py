@@ -80,3 +80,13 @@ def make_image_set(
 @pytest.fixture
 def tiny_set() -> ImageSet:
     return make_image_set()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small networks train faster on one thread, and much faster on a shared machine
+    (modules of such tests use it with ``pytestmark = pytest.mark.usefixtures(...)``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -49,13 +49,7 @@ def make_patterns(
     return ImageSet(images=maps, samples=samples, classes=list(PATTERNS), kind=kind)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny networks gain nothing from more threads, and a busy CI box loses a lot."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 FAST = {

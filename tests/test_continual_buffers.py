@@ -23,14 +23,7 @@ from inspectkit.continual import (
 )
 from inspectkit.errors import ConfigError, DataError, InspectkitError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small networks train faster on one thread, and much faster on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _ids(n: int, start: int = 0) -> torch.Tensor:

@@ -30,13 +30,7 @@ from inspectkit.stages import Wrangle
 SIZE = 12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small networks train faster on one thread, and much faster on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _patterns(labels: list[int], seed: int) -> torch.Tensor:

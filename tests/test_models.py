@@ -19,13 +19,7 @@ from inspectkit.models import (
     train_epochs,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("budget", [20_000, 50_000, 100_000])

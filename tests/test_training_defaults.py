@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import inspectkit as ik
 from inspectkit.continual import ContinualClassifier, class_incremental_stream, update_pipeline
@@ -28,12 +27,7 @@ from inspectkit.stages import Classifier, Wrangle
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pcb_tiles(data_root: Path, per_type: int, skip_images: int = 0) -> tuple[ImageSet, int]:
