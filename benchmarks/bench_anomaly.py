@@ -49,6 +49,7 @@ ENSEMBLE_NAME = (
     f"inspectkit Ensemble PatchCore r=0.25 + PaDiM n_features=200, {TUNED_SIZE}px "
     "standardized (EffNet-Lite0 ImageNet, tuned s4)"
 )
+DEFAULT_NAME = "inspectkit default recipe AnomalyDetector() (EffNet-Lite0 ImageNet)"
 TUNED3_NAME = (
     f"inspectkit PatchCore {TUNED_SIZE}px r=0.25 standardized (EffNet-Lite0 ImageNet, tuned s3)"
 )
@@ -499,6 +500,39 @@ def main() -> None:
                     **eff,
                 },
             ]
+            # the default recipe (AnomalyDetector() with the weights extra: the working
+            # size "auto" gives 384 px on these tiles) and the peers at that size
+            runs.append(
+                {
+                    "name": DEFAULT_NAME,
+                    "lib": "inspectkit",
+                    "method": "default",
+                    "size": size if quick else TUNED_SIZE,
+                    "intensity": "standardize",
+                    **eff,
+                }
+            )
+            if not args.skip_peer:
+                runs += [
+                    {
+                        "name": "anomalib PatchCore r=0.001 384px (EffNet-Lite0 ImageNet)",
+                        "lib": "anomalib",
+                        "model": "patchcore",
+                        "layers": ["blocks.2", "blocks.4"],
+                        "coreset_ratio": 0.001,
+                        "size": size if quick else TUNED_SIZE,
+                        **eff,
+                    },
+                    {
+                        "name": "anomalib PaDiM 384px (EffNet-Lite0 ImageNet)",
+                        "lib": "anomalib",
+                        "model": "padim",
+                        "layers": ["blocks.1", "blocks.2", "blocks.4"],
+                        "n_features": 100,
+                        "size": size if quick else TUNED_SIZE,
+                        **eff,
+                    },
+                ]
             if not args.skip_peer:
                 runs += [
                     {
@@ -584,6 +618,7 @@ def main() -> None:
             "library": r["lib"],
             "pretrained": r.get("pretrained", False),
             "exit_code": code,
+            "size": job["size"],
             "wall_s": round(wall, 1),
             "peak_rss_mib": round(rss),
         }

@@ -45,6 +45,47 @@ CANDIDATES: dict[str, dict] = {
         "size": 384,
         "options": {"coreset_ratio": 0.25, "max_bank_size": 16384, "feature_dtype": "bfloat16"},
     },
+    "patchcore16k-384-fp32": {
+        "method": "patchcore",
+        "size": 384,
+        "options": {"coreset_ratio": 0.25, "max_bank_size": 16384},
+    },
+    "ensemble16k-384-fp32": {
+        "method": "ensemble",
+        "size": 384,
+        "options": {
+            "members": [
+                {"method": "patchcore", "coreset_ratio": 0.25, "max_bank_size": 16384},
+                {"method": "padim", "n_features": 200},
+            ],
+        },
+    },
+    "ensemble4k-384-fp32": {
+        "method": "ensemble",
+        "size": 384,
+        "options": {
+            "members": [
+                {"method": "patchcore", "coreset_ratio": 0.25, "max_bank_size": 4096},
+                {"method": "padim", "n_features": 200},
+            ],
+        },
+    },
+    # no weights: the self-supervised (CutPaste) detector, random-init resnet18 (issue #17
+    # item 7: 500 images in <= 120 s on 2 cores); steps/crop/size candidates
+    "ss300-384": {"method": "selfsupervised", "size": 384, "no_weights": True, "options": {}},
+    "ss150-384": {
+        "method": "selfsupervised",
+        "size": 384,
+        "no_weights": True,
+        "options": {"steps": 150},
+    },
+    "ss300-256": {"method": "selfsupervised", "size": 256, "no_weights": True, "options": {}},
+    "ss300-384-pc": {
+        "method": "selfsupervised",
+        "size": 384,
+        "no_weights": True,
+        "options": {"head": "patchcore"},
+    },
     "ensemble16k-384-bf16": {
         "method": "ensemble",
         "size": 384,
@@ -77,11 +118,15 @@ def main() -> None:
     val = ImageSet.concat([load_subset(val_good), load_subset(split["val_bad"])])
     keys = [k for k in CANDIDATES if not args.only or any(o in k for o in args.only.split(","))]
     for name in keys:
-        cfg = CANDIDATES[name]
+        cfg = dict(CANDIDATES[name])
+        features = (
+            {"backbone": "auto", "weights": None}
+            if cfg.pop("no_weights", False)
+            else {"backbone": "efficientnet_lite0", "weights": "imagenet"}
+        )
         det = AnomalyDetector(
             **cfg,
-            backbone="efficientnet_lite0",
-            weights="imagenet",
+            **features,
             intensity="standardize",
             calibration_fraction=0,
             progress=False,

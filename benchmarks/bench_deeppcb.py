@@ -15,6 +15,16 @@ designs) or ``grouped`` (``group_by="group"``: one per design, one model), and
 ``per-design`` (a separate detector per design, the reference for ``grouped``).
 
     flock /tmp/inspectkit-bench.lock python benchmarks/bench_deeppcb.py --split val
+
+A sweep (``--grid``: a JSON list of overrides, each run with every ``--runs`` entry) on a
+GPU machine that cannot see the data folder: save the split, copy just its pairs, carry
+that folder and point ``INSPECTKIT_DATA`` at it::
+
+    python benchmarks/bench_deeppcb.py --split val --fit-limit 100 \
+        --save-split .dpcb/split.json --copy-to .dpcb
+    INSPECTKIT_DATA=.dpcb python benchmarks/bench_deeppcb.py --use-split .dpcb/split.json \
+        --device cuda --runs tiled-grouped \
+        --grid '[{"name": "x2-t256", "tile": 256, "work_size": 1280}]'
 """
 
 from __future__ import annotations
@@ -61,6 +71,27 @@ def select(data, pairs: set[str], role: str | None = None):
     return data.subset(keep)
 
 
+def copy_pairs(src: Path, dest: Path, pairs: dict[str, list[str]]) -> None:
+    """Copy the listed pairs' files into ``dest/deeppcb`` in DeepPCB's layout."""
+    import shutil
+
+    groups = {d.name.removeprefix("group"): d for d in (src / "PCBData").iterdir() if d.is_dir()}
+    for role, names in pairs.items():
+        for name in names:
+            design, stem = name.split("/")
+            g = groups[design]
+            files = [(g / design / f"{stem}_temp.jpg", False),
+                     (g / design / f"{stem}_test.jpg", role == "fit"),
+                     (g / f"{design}_not" / f"{stem}.txt", False)]  # fmt: skip
+            for path, empty in files:
+                out = dest / "deeppcb" / path.relative_to(src)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                if empty:
+                    out.write_bytes(b"")
+                else:
+                    shutil.copy2(path, out)
+
+
 def boxes_touched(res, rate_threshold_region: torch.Tensor) -> tuple[int, int]:
     """(boxes whose area holds a flagged map pixel, all boxes) over defective images."""
     touched = total = 0
@@ -74,11 +105,13 @@ def boxes_touched(res, rate_threshold_region: torch.Tensor) -> tuple[int, int]:
     return touched, total
 
 
-def run_one(name: str, cfg: dict, fit, evalset, threads: int) -> dict:
+def run_one(
+    name: str, cfg: dict, fit, evalset, threads: int, device: str = "cpu", rows_out: str = ""
+) -> dict:
     from inspectkit.anomaly import AnomalyDetector
     from inspectkit.metrics import image_auroc
 
-    det = AnomalyDetector(progress=False, device="cpu", **cfg)
+    det = AnomalyDetector(progress=False, device=device, **cfg)
     t0 = time.perf_counter()
     det.fit(fit)
     fit_s = time.perf_counter() - t0
@@ -91,6 +124,14 @@ def run_one(name: str, cfg: dict, fit, evalset, threads: int) -> dict:
         rows = [i for i, s in enumerate(res.samples) if not k or s.group == k]
         flagged[rows] = res.maps[rows] > p.calibration.threshold
     touched, total = boxes_touched(res.subset(bad.nonzero().flatten()), flagged[bad])
+    if rows_out:  # per image, so runs over parts of the eval set can be pooled
+        with open(rows_out, "a") as fh:
+            for i, s in enumerate(res.samples):
+                t, n = boxes_touched(res.subset([i]), flagged[i : i + 1]) if bad[i] else (0, 0)
+                row = {"run": name, "id": s.id, "design": s.group, "bad": bool(bad[i]),
+                       "score": float(res.scores[i]), "flagged": bool(res.is_anomalous[i]),
+                       "boxes_touched": t, "boxes": n}  # fmt: skip
+                fh.write(json.dumps(row) + "\n")
     per_design = {}
     for design in sorted({s.group for s in res.samples}):
         rows = [i for i, s in enumerate(res.samples) if s.group == design]
@@ -109,6 +150,7 @@ def run_one(name: str, cfg: dict, fit, evalset, threads: int) -> dict:
         "n_eval": len(evalset),
         "load": os.getloadavg()[0],
         "threads": threads,
+        "device": device,
     }
 
 
@@ -130,19 +172,52 @@ def main() -> None:
     ap.add_argument("--method", default="patchcore")
     ap.add_argument("--options", default='{"coreset_ratio": 0.01, "max_bank_size": 16384}')
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--work-size", type=int, default=0, help="working size of tiled runs (0: native 640)"
+    )
+    ap.add_argument(
+        "--grid",
+        default="",
+        help="JSON list of overrides ({name, work_size, tile, overlap, method, options}); "
+        "each is run with every --runs entry",
+    )
+    ap.add_argument("--rows-out", default="", help="append per-image rows (JSON lines) here")
+    ap.add_argument("--save-split", default="", help="write the fit/eval pair lists here")
+    ap.add_argument(
+        "--copy-to",
+        default="",
+        help="with --save-split: copy just those pairs into DIR/deeppcb (for a device "
+        "machine; the fit pairs' tested images as empty files, never read)",
+    )
+    ap.add_argument(
+        "--use-split", default="", help="read the fit/eval pair lists (from --save-split)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = load_deeppcb(data_root())
-    parts = split_pairs(data, args.fit_share, args.val_share)
-    fit = select(data, parts["fit"], "template")
-    if args.fit_limit:
-        keep, seen = [], {}
-        for i, s in enumerate(fit.samples):
-            seen[s.group] = seen.get(s.group, 0) + 1
-            if seen[s.group] <= args.fit_limit:
-                keep.append(i)
-        fit = fit.subset(keep)
-    evalset = select(data, parts[args.split])
+    if args.use_split:
+        saved = json.loads(Path(args.use_split).read_text())
+        fit = select(data, set(saved["fit"]), "template")
+        evalset = select(data, set(saved["eval"]))
+    else:
+        parts = split_pairs(data, args.fit_share, args.val_share)
+        fit = select(data, parts["fit"], "template")
+        if args.fit_limit:
+            keep, seen = [], {}
+            for i, s in enumerate(fit.samples):
+                seen[s.group] = seen.get(s.group, 0) + 1
+                if seen[s.group] <= args.fit_limit:
+                    keep.append(i)
+            fit = fit.subset(keep)
+        evalset = select(data, parts[args.split])
+    if args.save_split:
+        pairs = {k: sorted({f"{s.group}/{s.meta['pair']}" for s in d.samples})
+                 for k, d in (("fit", fit), ("eval", evalset))}  # fmt: skip
+        Path(args.save_split).write_text(json.dumps({**pairs, "split": args.split}))
+        if args.copy_to:
+            copy_pairs(data_root(), Path(args.copy_to), pairs)
+        return
     fit, evalset = fit.materialize(), evalset.materialize()
     base = {
         "method": args.method,
@@ -150,13 +225,22 @@ def main() -> None:
         "target_false_alarm_rate": args.rate,
         "calibration_fraction": 0.2,
     }
-    for run in [r.strip() for r in args.runs.split(",") if r.strip()]:
+    grid = json.loads(args.grid) if args.grid else [{}]
+    todo = [(g, r.strip()) for g in grid for r in args.runs.split(",") if r.strip()]
+    for g, run in todo:
         cfg = dict(base)
-        cfg.update(
-            {"tile": args.tile, "tile_overlap": args.overlap}
-            if run.startswith("tiled")
-            else {"size": args.size}
-        )
+        if "method" in g:
+            cfg["method"] = g["method"]
+        if "options" in g:
+            cfg["options"] = g["options"]
+        cfg.update(g.get("cfg", {}))  # any other AnomalyDetector field (layers, backbone…)
+        if run.startswith("tiled"):
+            cfg.update(tile=g.get("tile", args.tile), tile_overlap=g.get("overlap", args.overlap))
+            work = g.get("work_size", args.work_size)
+            if work:
+                cfg["size"] = work
+        else:
+            cfg["size"] = g.get("size", args.size)
         if run.endswith("grouped"):
             cfg["group_by"] = "group"
         if run.endswith("per-design"):
@@ -164,7 +248,7 @@ def main() -> None:
             for design in sorted({s.group for s in fit.samples}):
                 f = fit.select(lambda s, d=design: s.group == d)
                 e = evalset.select(lambda s, d=design: s.group == d)
-                rows.append(run_one(f"{run}:{design}", cfg, f, e, args.threads))
+                rows.append(run_one(f"{run}:{design}", cfg, f, e, args.threads, args.device))
             res = {
                 "run": run,
                 "image_auroc_mean_per_design": round(
@@ -175,11 +259,15 @@ def main() -> None:
                 "fit_s": round(sum(r["fit_s"] for r in rows), 1),
             }
         else:
-            res = run_one(run, cfg, fit, evalset, args.threads)
+            try:
+                res = run_one(run, cfg, fit, evalset, args.threads, args.device, args.rows_out)
+            except Exception as exc:  # one failing configuration must not end the sweep
+                res = {"run": run, "error": f"{type(exc).__name__}: {exc}"}
         res.update(
+            name=g.get("name", ""),
             split=args.split,
             config={k: v for k, v in cfg.items() if k != "options"},
-            options=base["options"],
+            options=cfg["options"],
         )
         print(json.dumps(res), flush=True)
 

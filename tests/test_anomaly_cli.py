@@ -50,7 +50,7 @@ def test_train_with_every_default_uses_pretrained_features(magnetic_tile_dir, tm
     out = cli("train", "--data", str(train), "--task", "anomaly", "--out", str(model), "--json")
     card = last_json(out)
     recipe = card["recipe"]
-    assert recipe["method"] == "default" and recipe["detector"] == ["padim"]
+    assert recipe["method"] == "default" and recipe["detector"] == ["ensemble(patchcore+padim)"]
     assert recipe["backbone"] == "efficientnet_lite0" and recipe["weights"] == "imagenet"
     assert recipe["intensity"] == "standardize" and recipe["size"] == [384, 384]
     assert recipe["calibration"]["*"]["n_good"] == 6  # 20 % of 30 held out
@@ -65,10 +65,13 @@ def test_train_with_every_default_uses_pretrained_features(magnetic_tile_dir, tm
     summary = last_json(ev)
     assert summary["metrics"]["image_auroc"] > 0.7  # 8 good vs 8 defective, pretrained
     assert any(
-        n.startswith("detector: padim (default) on efficientnet_lite0") for n in summary["notes"]
+        n.startswith("detector: ensemble(patchcore+padim) (default) on efficientnet_lite0")
+        for n in summary["notes"]
     )
     assert any("threshold" in n and "held-out goods" in n for n in summary["notes"])
-    assert "detector: padim" in (tmp_path / "report" / "report.html").read_text()
+    assert (
+        "detector: ensemble(patchcore+padim)" in (tmp_path / "report" / "report.html").read_text()
+    )
 
 
 @pytest.mark.realdata

@@ -114,7 +114,10 @@ def test_default_detector_uses_pretrained_features_when_the_extra_is_installed()
     det.fit(flat_parts(16, 0, size=48))
     recipe = det.recipe()
     assert recipe["backbone"] == "efficientnet_lite0" and recipe["weights"] == "imagenet"
-    assert recipe["detector"] == ["padim"] and recipe["features"] == "pretrained (ImageNet)"
+    assert (
+        recipe["detector"] == ["ensemble(patchcore+padim)"]
+        and recipe["features"] == "pretrained (ImageNet)"
+    )
     assert recipe["intensity"] == "standardize" and recipe["size"] == [64, 64]  # auto, ≥ 64
     assert isinstance(det.detector, Recommended) and det.detector.pretrained
 

@@ -29,8 +29,8 @@ ANOMALY_SIZE = "auto"
 GENERATE_SIZE = 64
 #: Classifier training epochs.
 EPOCHS = 30
-#: Anomaly detector of ``task="anomaly"``: the validated recipe (PaDiM on EfficientNet-Lite0
-#: ImageNet features, standardised intensities; the self-supervised detector without
+#: Anomaly detector of ``task="anomaly"``: the validated recipe (PatchCore + PaDiM on
+#: EfficientNet-Lite0 ImageNet features, standardised intensities; the self-supervised detector without
 #: weights), see :mod:`inspectkit.anomaly.recipe`.
 ANOMALY_METHOD = "default"
 #: Training sets smaller than this get no validation split (too few to measure on).

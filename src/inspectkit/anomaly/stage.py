@@ -11,8 +11,9 @@ Fit on good parts only, run to get :class:`~inspectkit.records.AnomalyScores`.
   ``backbone="auto"``, ``weights="auto"``, ``size="auto"``, ``intensity="auto"`` (which
   standardises for ``method="default"``/``"auto"``).
   With ImageNet weights on the machine (the ``inspectkit[weights]`` extra, or torch's hub
-  cache) that is :data:`PRETRAINED_METHOD` on EfficientNet-Lite0 ImageNet features;
-  without them the best detector that needs no weights (:data:`NO_WEIGHTS_METHOD`),
+  cache) that is :data:`~inspectkit.anomaly.recipe.PRETRAINED` (PatchCore + PaDiM) on
+  EfficientNet-Lite0 ImageNet features; without them the best detector that needs no
+  weights (:data:`~inspectkit.anomaly.recipe.NO_WEIGHTS`),
   with one warning saying what to install. What was resolved is saved with the model and
   told by :meth:`AnomalyDetector.recipe`.
 * Sizes: every image is resized (antialiased, aspect not kept) to ``size`` (``"auto"``:
@@ -353,7 +354,7 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         """The detector doing the work: the one ``"default"`` holds or ``"auto"`` chose."""
         det = product.detector
         if isinstance(det, Recommended):
-            return det.method
+            return det.summary
         if isinstance(det, AutoSelect) and det.selection:
             return det.selection["chosen"]
         return product.method

@@ -145,8 +145,8 @@ class Train(Command):
         parser.add_argument(
             "--method",
             default=None,
-            help="anomaly detector of --task anomaly: default (the validated recipe: PaDiM on "
-            "pretrained features, CutPaste without weights), auto (the best of several on "
+            help="anomaly detector of --task anomaly: default (the validated recipe: PatchCore + "
+            "PaDiM on pretrained features, CutPaste without weights), auto (the best of several on "
             "held-out goods vs real or synthetic defects), patchcore, padim, autoencoder, "
             "selfsupervised, ensemble, or an installed one",
         )
