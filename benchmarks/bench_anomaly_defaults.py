@@ -79,6 +79,30 @@ CANDIDATES: dict[str, dict] = {
         "no_weights": True,
         "options": {"steps": 150},
     },
+    "ss100-384": {
+        "method": "selfsupervised",
+        "size": 384,
+        "no_weights": True,
+        "options": {"steps": 100},
+    },
+    "ss200-384": {
+        "method": "selfsupervised",
+        "size": 384,
+        "no_weights": True,
+        "options": {"steps": 200},
+    },
+    "ss150-256": {
+        "method": "selfsupervised",
+        "size": 256,
+        "no_weights": True,
+        "options": {"steps": 150},
+    },
+    "ss100-256": {
+        "method": "selfsupervised",
+        "size": 256,
+        "no_weights": True,
+        "options": {"steps": 100},
+    },
     "ss300-256": {"method": "selfsupervised", "size": 256, "no_weights": True, "options": {}},
     "ss300-384-pc": {
         "method": "selfsupervised",

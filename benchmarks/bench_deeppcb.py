@@ -165,6 +165,9 @@ def main() -> None:
     ap.add_argument(
         "--fit-limit", type=int, default=0, help="at most N training templates per design"
     )
+    ap.add_argument(
+        "--eval-limit", type=int, default=0, help="at most N evaluation pairs per design (seeded)"
+    )
     ap.add_argument("--size", type=int, default=384)
     ap.add_argument("--tile", type=int, default=160)
     ap.add_argument("--overlap", type=float, default=0.25)
@@ -210,7 +213,18 @@ def main() -> None:
                 if seen[s.group] <= args.fit_limit:
                     keep.append(i)
             fit = fit.subset(keep)
-        evalset = select(data, parts[args.split])
+        chosen = parts[args.split]
+        if args.eval_limit:  # a seeded subsample: at most N pairs per design
+            by_design: dict[str, list[str]] = {}
+            for name in sorted(chosen):
+                by_design.setdefault(name.split("/")[0], []).append(name)
+            g = torch.Generator().manual_seed(1)
+            chosen = {
+                names[i]
+                for names in by_design.values()
+                for i in torch.randperm(len(names), generator=g)[: args.eval_limit].tolist()
+            }
+        evalset = select(data, chosen)
     if args.save_split:
         pairs = {k: sorted({f"{s.group}/{s.meta['pair']}" for s in d.samples})
                  for k, d in (("fit", fit), ("eval", evalset))}  # fmt: skip

@@ -171,11 +171,17 @@ def test_auto_size_is_the_median_longer_side_rounded_up_within_range():
     imgs = [torch.zeros(1, h, w, dtype=torch.uint8) for h, w in sizes]
     data = ImageSet(images=imgs, samples=[SampleMeta(id=str(i)) for i in range(3)])
     det = AnomalyDetector(method="padim", options=FAST, progress=False)
-    assert det._auto_size(data) == (320, 320)  # median longer side 300 → 320
+    assert det._auto_size(data, "imagenet") == (320, 320)  # median longer side 300 → 320
     big = ImageSet(
         images=torch.zeros(2, 1, 900, 900), samples=[SampleMeta(id="a"), SampleMeta(id="b")]
     )
-    assert det._auto_size(big) == (384, 384)
+    assert det._auto_size(big, "imagenet") == (384, 384)
+    assert det._auto_size(big, None) == (384, 384)  # a named detector: the same range
+    # the recipe without weights stops at 256 px (validated: better and faster than 384)
+    recipe = AnomalyDetector(progress=False)
+    assert recipe._auto_size(big, None) == (256, 256)
+    assert recipe._auto_size(data, None) == (256, 256)
+    assert recipe._auto_size(big, "imagenet") == (384, 384)
 
 
 # ---------------------------------------------------------------------- maps and tiles

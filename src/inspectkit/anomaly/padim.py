@@ -26,6 +26,7 @@ from inspectkit.anomaly.base import AnomalyModel, DetectorSettings
 from inspectkit.anomaly.registry import register_detector
 from inspectkit.errors import ConfigError, DataError
 from inspectkit.models.features import FeatureExtractor
+from inspectkit.runtime import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +164,14 @@ class PaDiM(AnomalyModel):
             m = mean[sl].unsqueeze(2)
             cov = torch.baddbmm(s2[sl].double(), m, m.transpose(1, 2), alpha=-n)
             cov.div_(n - 1).diagonal(dim1=1, dim2=2).add_(self.eps)
-            chol, info = torch.linalg.cholesky_ex(cov)
-            part = torch.cholesky_inverse(chol)
-            bad = info != 0
-            if bool(bad.any()):
-                part[bad] = torch.linalg.pinv(cov[bad], hermitian=True)
+            # one thread on CPU: MKL's batched factorisation with two threads ran 13× slower
+            # than with one as soon as anything else loaded the box (BENCHMARKS.md, s. 8)
+            with torch_threads(1 if cov.device.type == "cpu" else None):
+                chol, info = torch.linalg.cholesky_ex(cov)
+                part = torch.cholesky_inverse(chol)
+                bad = info != 0
+                if bool(bad.any()):
+                    part[bad] = torch.linalg.pinv(cov[bad], hermitian=True)
             s2[sl] = part
         return s2
 

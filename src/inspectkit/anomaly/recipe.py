@@ -48,7 +48,12 @@ PRETRAINED: tuple[str, dict[str, Any]] = (
         ]
     },
 )
-NO_WEIGHTS: tuple[str, dict[str, Any]] = ("selfsupervised", {})
+#: Without weights: 150 CutPaste steps (validation: 0.862 AUROC at 256 px in 67 s, the
+#: best of the candidates that fit 500 images within 2 minutes on 2 cores; session 8).
+NO_WEIGHTS: tuple[str, dict[str, Any]] = ("selfsupervised", {"steps": 150})
+#: Largest side ``size="auto"`` gives the recipe without weights (its own features learn
+#: better from, and score faster at, 256 px than 384: BENCHMARKS.md, anomaly session 8).
+NO_WEIGHTS_MAX_SIDE = 256
 #: Candidates of ``"auto"`` and their options.
 AUTO_CANDIDATES: tuple[str, ...] = ("padim", "patchcore", "ensemble")
 AUTO_OPTIONS: dict[str, dict[str, Any]] = {
@@ -250,6 +255,7 @@ __all__ = [
     "AUTO_CANDIDATES",
     "AUTO_OPTIONS",
     "NO_WEIGHTS",
+    "NO_WEIGHTS_MAX_SIDE",
     "PRETRAINED",
     "AutoSelect",
     "Recommended",

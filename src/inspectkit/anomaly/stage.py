@@ -64,7 +64,7 @@ from pydantic import Field, field_validator
 
 from inspectkit.anomaly import tiling
 from inspectkit.anomaly.base import AnomalyModel, DetectorSettings
-from inspectkit.anomaly.recipe import NO_WEIGHTS, AutoSelect, Recommended
+from inspectkit.anomaly.recipe import NO_WEIGHTS, NO_WEIGHTS_MAX_SIDE, AutoSelect, Recommended
 from inspectkit.anomaly.registry import (
     DetectorNames,
     available_detectors,
@@ -512,10 +512,12 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
             keys.append(str(value))
         return keys
 
-    def _auto_size(self, data: ImageSet) -> tuple[int, int]:
+    def _auto_size(self, data: ImageSet, weights: str | None) -> tuple[int, int]:
         """``size="auto"``: with tiles the images' own (median) size; else the median
         longer side rounded up to 32 px within :data:`AUTO_SIZE_RANGE`, square (magnetic
-        tiles: 356 → 384, the side chosen on their validation split)."""
+        tiles: 356 → 384, the side chosen on their validation split), at most
+        :data:`~inspectkit.anomaly.recipe.NO_WEIGHTS_MAX_SIDE` for the recipe without
+        weights (``method="default"``, ``weights`` resolved to ``None``)."""
         heights, widths = [], []
         for batch in data.iter_batches(256):
             imgs = batch.images
@@ -536,6 +538,8 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
             return size
         side = statistics.median([max(h, w) for h, w in zip(heights, widths)])
         lo, hi = AUTO_SIZE_RANGE
+        if self.config.method == DEFAULT and weights is None:
+            hi = NO_WEIGHTS_MAX_SIDE
         side = int(min(hi, max(lo, 32 * math.ceil(side / 32))))
         return side, side
 
@@ -663,7 +667,7 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         goods, defects = self._split_defective(data)
         cfg = self.config
         backbone, weights = self._resolve_features()
-        size = self._auto_size(goods) if cfg.size == "auto" else cfg.size
+        size = self._auto_size(goods, weights) if cfg.size == "auto" else cfg.size
         self.resolved = {"backbone": backbone, "weights": weights, "size": list(size)}
         self.products = {}
         self.in_channels = goods.channels
