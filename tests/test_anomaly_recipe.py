@@ -140,6 +140,57 @@ def test_without_weights_the_recipe_is_the_self_supervised_detector_and_warns_on
         AnomalyDetector(size=32, options=opts, progress=False, device="cpu").fit(flat_parts(8, 1))
 
 
+def _weights_file(tmp_path) -> str:
+    """A local resnet18 weights file: ``weights=`` given, so the recipe is the pretrained
+    one, without ImageNet weights or a download."""
+    import torchvision
+
+    path = tmp_path / "resnet18.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return str(path)
+
+
+def test_a_saved_default_model_keeps_its_detector_when_the_recipe_changes(tmp_path, monkeypatch):
+    import inspectkit.anomaly.recipe as recipe
+
+    goods = flat_parts(16, 0)
+    config = dict(backbone="resnet18", weights=_weights_file(tmp_path), size=32,
+                  options={"n_features": 8}, progress=False, device="cpu")  # fmt: skip
+    # fitted under an older recipe (PaDiM alone), saved, loaded under today's (ensemble)
+    monkeypatch.setattr(recipe, "PRETRAINED", ("padim", {"n_features": 200}))
+    old = AnomalyDetector(**config).fit(goods)
+    assert old.recipe()["detector"] == ["padim"]
+    Pipeline([old]).save(tmp_path / "m")
+    monkeypatch.undo()
+    assert recipe.PRETRAINED[0] == "ensemble"
+    loaded = Pipeline.load(tmp_path / "m").stages[0]
+    assert loaded.recipe()["detector"] == ["padim"]
+    assert torch.equal(loaded.run(goods).scores, old.run(goods).scores)
+    # a state saved before the recipe was stored (version 3) holds the recipe of then
+    monkeypatch.setattr(recipe, "PRETRAINED", ("padim", {"n_features": 200}))
+    state = AnomalyDetector(**config).fit(goods).get_state()
+    monkeypatch.undo()
+    state["version"] = 3
+    del state["recipe"]
+    legacy = AnomalyDetector(**config)
+    legacy.set_state(state)
+    assert legacy.recipe()["detector"] == ["padim"]
+    assert torch.equal(legacy.run(goods).scores, old.run(goods).scores)
+    # and a model of today's recipe loads as today's
+    new = AnomalyDetector(**config).fit(goods)
+    assert new.recipe()["detector"] == ["ensemble(patchcore+padim)"]
+    Pipeline([new]).save(tmp_path / "n")
+    again = Pipeline.load(tmp_path / "n").stages[0]
+    assert torch.equal(again.run(goods).scores, new.run(goods).scores)
+
+
+def test_a_recipe_held_by_a_saved_model_is_checked():
+    with pytest.raises(ConfigError, match="held"):
+        Recommended(held={"method": "padim", "options": "n_features=8"}, progress=False)
+    with pytest.raises(ConfigError):
+        Recommended(held={"method": "no-such-detector", "options": {}}, progress=False)
+
+
 def test_auto_keeps_the_best_candidate_and_says_on_what_evidence(tmp_path):
     goods, bad = flat_parts(24, 0), flat_parts(4, 1, defect=True)
     opts = {"candidates": ["padim", "patchcore"], "candidate_options": {"padim": FAST}}

@@ -40,7 +40,12 @@ from torch import nn
 from typing_extensions import Self
 
 from inspectkit.anomaly.base import AnomalyModel, DetectorSettings
-from inspectkit.anomaly.registry import build_detector, check_method, register_detector
+from inspectkit.anomaly.registry import (
+    build_detector,
+    check_method,
+    get_detector,
+    register_detector,
+)
 from inspectkit.errors import ConfigError, DataError
 
 #: Members of ``AnomalyDetector(method="ensemble")`` without ``members``: the memory bank
@@ -120,8 +125,9 @@ class Ensemble(AnomalyModel):
         """The stage's ``method="ensemble"``: members from ``members``, a list of dicts
         each naming a registered detector as ``method`` plus its ``layers`` and options
         (default :data:`DEFAULT_MEMBERS`). ``member_weights``, ``holdout`` and
-        ``image_score`` are the ensemble's; every other option goes to every member
-        (a member's own keys win). Members share the backbone and its weights file.
+        ``image_score`` are the ensemble's; shared settings go to every member, any other
+        option to the members that have it (a member's own keys win), and one that no
+        member has is refused. Members share the backbone and its weights file.
         """
         own = {k: options.pop(k) for k in cls.option_names() if k in options}
         specs = DEFAULT_MEMBERS if members is None else members
@@ -131,19 +137,33 @@ class Ensemble(AnomalyModel):
                 f"[{{'method': 'patchcore', ...}}, {{'method': 'padim', ...}}]}}, got {specs!r}"
             )
         built = []
+        shared, own_opts = DetectorSettings.split(dict(options))
+        methods = []
         for spec in specs:
-            spec = dict(spec)
-            method = spec.pop("method", None)
+            method = dict(spec).get("method")
             try:
                 check_method(method)
             except ConfigError as exc:
                 raise ConfigError(f"ensemble member method: {exc}") from None
+            methods.append(method)
+        # an option goes to the members that have it (n_features to PaDiM, coreset_ratio
+        # to PatchCore); one no member has is refused
+        accepted = {m: set(get_detector(m).option_names()) for m in methods}
+        unknown = [k for k in own_opts if not any(k in names for names in accepted.values())]
+        if unknown:
+            raise ConfigError(
+                f"no ensemble member ({', '.join(methods)}) has the option(s) {unknown}"
+            )
+        for spec, method in zip(specs, methods):
+            spec = dict(spec)
+            spec.pop("method", None)
             member_layers = spec.pop("layers", layers)
+            mine = {k: v for k, v in own_opts.items() if k in accepted[method]}
             built.append(
                 build_detector(
                     method,
                     settings,
-                    options={**options, **spec},
+                    options={**shared, **mine, **spec},
                     backbone=backbone,
                     weights=weights,
                     layers=member_layers,

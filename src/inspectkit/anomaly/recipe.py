@@ -54,6 +54,12 @@ NO_WEIGHTS: tuple[str, dict[str, Any]] = ("selfsupervised", {"steps": 150})
 #: Largest side ``size="auto"`` gives the recipe without weights (its own features learn
 #: better from, and score faster at, 256 px than 384: BENCHMARKS.md, anomaly session 8).
 NO_WEIGHTS_MAX_SIDE = 256
+#: What ``"default"`` held in states saved before the recipe was stored with the model
+#: (state version 3, inspectkit before session 8): by ``pretrained``.
+LEGACY_RECIPES: dict[bool, dict[str, Any]] = {
+    True: {"method": "padim", "options": {"n_features": 200}},
+    False: {"method": "selfsupervised", "options": {}},
+}
 #: Candidates of ``"auto"`` and their options.
 AUTO_CANDIDATES: tuple[str, ...] = ("padim", "patchcore", "ensemble")
 AUTO_OPTIONS: dict[str, dict[str, Any]] = {
@@ -74,6 +80,8 @@ class Recommended(AnomalyModel):
     Args:
         pretrained: Whether the backbone has pretrained weights (default: ``weights`` is
             given). Saved with the detector, so a loaded model rebuilds the same one.
+        held: ``{"method", "options"}`` of the detector to hold instead of today's recipe
+            (a saved model's, so a later recipe never changes it).
         backbone, layers, weights, in_channels: Passed to the detector it holds.
         options: Options of that detector (over the recipe's own).
         settings, **shared: The settings every detector has.
@@ -90,12 +98,20 @@ class Recommended(AnomalyModel):
         pretrained: bool | None = None,
         in_channels: int | None = None,
         options: dict[str, Any] | None = None,
+        held: dict[str, Any] | None = None,
         settings: DetectorSettings | None = None,
         **shared: Any,
     ) -> None:
         super().__init__(settings, **shared)
         self.pretrained = weights is not None if pretrained is None else bool(pretrained)
-        method, own = PRETRAINED if self.pretrained else NO_WEIGHTS
+        if held is not None:  # a saved model: the detector it was fitted as
+            if not isinstance(held, dict) or not isinstance(held.get("options"), dict):
+                raise ConfigError(f"held is {{'method': ..., 'options': {{...}}}}, got {held!r}")
+            method, own = check_method(held.get("method")), dict(held["options"])
+        else:
+            method, own = PRETRAINED if self.pretrained else NO_WEIGHTS
+        #: ``{"method", "options"}`` of the detector held (saved with the model)
+        self.held = {"method": method, "options": dict(own)}
         self.method = method
         self.inner = build_detector(
             method,
@@ -254,6 +270,7 @@ class AutoSelect(AnomalyModel):
 __all__ = [
     "AUTO_CANDIDATES",
     "AUTO_OPTIONS",
+    "LEGACY_RECIPES",
     "NO_WEIGHTS",
     "NO_WEIGHTS_MAX_SIDE",
     "PRETRAINED",

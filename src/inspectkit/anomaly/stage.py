@@ -64,7 +64,13 @@ from pydantic import Field, field_validator
 
 from inspectkit.anomaly import tiling
 from inspectkit.anomaly.base import AnomalyModel, DetectorSettings
-from inspectkit.anomaly.recipe import NO_WEIGHTS, NO_WEIGHTS_MAX_SIDE, AutoSelect, Recommended
+from inspectkit.anomaly.recipe import (
+    LEGACY_RECIPES,
+    NO_WEIGHTS,
+    NO_WEIGHTS_MAX_SIDE,
+    AutoSelect,
+    Recommended,
+)
 from inspectkit.anomaly.registry import (
     DetectorNames,
     available_detectors,
@@ -94,8 +100,10 @@ METHODS = DetectorNames()
 #: 2: ``calibration`` the plain-value dict of a :class:`Calibration`, or ``None``;
 #: 3: adds ``resolved`` (backbone, weights, size, method the ``auto``/``default`` settings
 #: became), ``selection`` (what ``method="auto"`` measured) and ``products`` (one entry
-#: per product with ``group_by``).
-STATE_VERSION = 3
+#: per product with ``group_by``); 4: adds ``recipe`` (the detector ``method="default"``
+#: holds, and its options, so a later recipe never changes a saved model; version 3 states
+#: of ``"default"`` hold :data:`~inspectkit.anomaly.recipe.LEGACY_RECIPES`).
+STATE_VERSION = 4
 
 #: The recipe detector (``"default"``) and the per-line choice (``"auto"``), see
 #: :mod:`inspectkit.anomaly.recipe`.
@@ -477,12 +485,21 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         return {**shared, "pretrained": pretrained, **({"options": own} if own else {})}
 
     def _build(
-        self, backbone: str, weights: str | None, in_channels: int, *, pretrained: bool
+        self,
+        backbone: str,
+        weights: str | None,
+        in_channels: int,
+        *,
+        pretrained: bool,
+        held: dict[str, Any] | None = None,
     ) -> AnomalyModel:
+        options = self._options(pretrained)
+        if held is not None and self.config.method == DEFAULT:
+            options["held"] = held
         det = build_detector(
             self.config.method,
             self.detector_settings(),
-            options=self._options(pretrained),
+            options=options,
             backbone=backbone,
             weights=weights,
             layers=self.config.layers,
@@ -861,6 +878,7 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
                 product.intensity or (float("nan"), float("nan")), dtype=torch.float64
             ),
             "selection": product.selection,
+            "recipe": product.detector.held if isinstance(product.detector, Recommended) else None,
         }
 
     def get_state(self) -> dict[str, Any]:
@@ -873,6 +891,7 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
                 "calibration": None,
                 "intensity": torch.tensor((float("nan"), float("nan")), dtype=torch.float64),
                 "selection": None,
+                "recipe": det.held if isinstance(det, Recommended) else None,
             }
         else:
             main = self._product_state(self._main_product())  # type: ignore[arg-type]
@@ -908,14 +927,20 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
     def _load_product(self, entry: dict[str, Any], version: int) -> Product:
         cfg = self.config
         # The saved state holds the backbone weights, so no weights file is needed here;
-        # "default" is rebuilt as the detector it was fitted as (pretrained or not).
+        # "default" is rebuilt as the detector it was fitted as (pretrained or not, and
+        # the recipe of the version that saved it).
+        pretrained = self.resolved.get("weights") is not None
+        held = entry.get("recipe")
+        if cfg.method == DEFAULT and held is None and version <= 3:
+            held = LEGACY_RECIPES[pretrained]
         product = Product(
             method=cfg.method,
             detector=self._build(
                 self.resolved["backbone"],
                 None,
                 self.in_channels or 1,
-                pretrained=self.resolved.get("weights") is not None,
+                pretrained=pretrained,
+                held=held,
             ),
             selection=entry.get("selection"),
         )
