@@ -3,8 +3,8 @@
 Split (as in ``bench_anomaly.py``): the 500 seed-0 training goods; the detector fits on
 the first 400, validation = the last 100 goods + the 40 defects held out with seed 3
 (never the test files). Every candidate uses EfficientNet-Lite0 ImageNet weights
-(``weights="imagenet"``, the ``inspectkit[weights]`` extra) and intensity
-standardisation; reported: validation image AUROC, fit seconds and scoring images/s
+(``weights="imagenet"``, the ``inspectkit[weights]`` extra) except the ``no_weights`` ones
+(the recipe without weights: random-init resnet18), and intensity standardisation; reported: validation image AUROC, fit seconds and scoring images/s
 end to end (resize + standardise + detector), on ``--threads`` torch threads.
 
     flock /tmp/inspectkit-bench.lock python benchmarks/bench_anomaly_defaults.py --only padim
