@@ -112,13 +112,17 @@ class Recommended(AnomalyModel):
             method, own = PRETRAINED if self.pretrained else NO_WEIGHTS
         #: ``{"method", "options"}`` of the detector held (saved with the model)
         self.held = {"method": method, "options": dict(own)}
-        self.method = method
         self.inner = build_detector(
             method,
             self.settings,
             options={**own, **(options or {})},
             **_context(backbone, weights, layers, in_channels),
         )
+
+    @property
+    def method(self) -> str:
+        """The name of the detector it holds."""
+        return self.held["method"]
 
     @property
     def summary(self) -> str:

@@ -475,14 +475,20 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
                 _warn_no_weights()
         return backbone, weights
 
-    def _options(self, pretrained: bool) -> dict[str, Any]:
+    def _options(self, pretrained: bool, held: dict[str, Any] | None = None) -> dict[str, Any]:
         """The detector's options: ``options``; for ``"default"`` the shared settings plus
-        ``pretrained`` and the rest as the held detector's ``options``."""
+        ``pretrained``, the detector a saved model ``held`` (if any) and the rest as the
+        held detector's ``options``."""
         cfg = self.config
         if cfg.method != DEFAULT:
             return dict(cfg.options)
         shared, own = DetectorSettings.split(cfg.options)
-        return {**shared, "pretrained": pretrained, **({"options": own} if own else {})}
+        return {
+            **shared,
+            "pretrained": pretrained,
+            **({"held": held} if held is not None else {}),
+            **({"options": own} if own else {}),
+        }
 
     def _build(
         self,
@@ -493,13 +499,10 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         pretrained: bool,
         held: dict[str, Any] | None = None,
     ) -> AnomalyModel:
-        options = self._options(pretrained)
-        if held is not None and self.config.method == DEFAULT:
-            options["held"] = held
         det = build_detector(
             self.config.method,
             self.detector_settings(),
-            options=options,
+            options=self._options(pretrained, held),
             backbone=backbone,
             weights=weights,
             layers=self.config.layers,
@@ -885,14 +888,7 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         if not self.products:
             det = self.detector
             assert det is not None
-            main: dict[str, Any] = {
-                "method": "",
-                "detector": {k: v.detach().cpu() for k, v in det.state_dict().items()},
-                "calibration": None,
-                "intensity": torch.tensor((float("nan"), float("nan")), dtype=torch.float64),
-                "selection": None,
-                "recipe": det.held if isinstance(det, Recommended) else None,
-            }
+            main = self._product_state(Product(method="", detector=det))
         else:
             main = self._product_state(self._main_product())  # type: ignore[arg-type]
         return {
