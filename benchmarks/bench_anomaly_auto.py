@@ -34,20 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def split_for(seed: int) -> tuple[list[str], list[str]]:
-    from bench_anomaly import data_root
-
-    from inspectkit.sources import load_magnetic_tile
-
-    data = load_magnetic_tile(data_root(), lazy=True)
-    free = [s.id for s in data.samples if s.label == "Free"]
-    bad = [s.id for s in data.samples if s.label != "Free"]
-    perm = torch.randperm(len(free), generator=torch.Generator().manual_seed(seed)).tolist()
-    return [free[i] for i in perm[:500]], [free[i] for i in perm[500:]] + bad
-
-
 def main() -> None:
-    from bench_anomaly import load_subset
+    from bench_anomaly import load_subset, make_split
 
     from inspectkit.anomaly import AnomalyDetector
     from inspectkit.anomaly.recipe import AUTO_CANDIDATES, AUTO_OPTIONS
@@ -61,8 +49,8 @@ def main() -> None:
     common = {"calibration_fraction": 0, "progress": False, "device": "cpu"}
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        train_ids, test_ids = split_for(seed)
-        train, test = load_subset(train_ids), load_subset(test_ids)
+        split = make_split(False, seed=seed)
+        train, test = load_subset(split["train"]), load_subset(split["test"])
         t0 = time.perf_counter()
         auto = AnomalyDetector(method="auto", seed=seed, **common).fit(train)
         auto_s = time.perf_counter() - t0

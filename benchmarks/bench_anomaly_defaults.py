@@ -23,104 +23,50 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+
+def _ensemble(bank: int, **extra) -> dict:
+    """PatchCore with a ``bank``-patch memory + PaDiM 200 channels, at 384 px."""
+    members = [
+        {"method": "patchcore", "coreset_ratio": 0.25, "max_bank_size": bank},
+        {"method": "padim", "n_features": 200},
+    ]
+    return {"method": "ensemble", "size": 384, "options": {**extra, "members": members}}
+
+
+def _cutpaste(size: int, **options) -> dict:
+    """The self-supervised detector without weights (random-init resnet18)."""
+    return {"method": "selfsupervised", "size": size, "no_weights": True, "options": options}
+
+
+BF16 = {"feature_dtype": "bfloat16"}
 CANDIDATES: dict[str, dict] = {
-    "padim200-384-bf16": {
-        "method": "padim",
-        "size": 384,
-        "options": {"n_features": 200, "feature_dtype": "bfloat16"},
-    },
+    "padim200-384-bf16": {"method": "padim", "size": 384, "options": {"n_features": 200, **BF16}},
     "padim200-384-fp32": {"method": "padim", "size": 384, "options": {"n_features": 200}},
-    "padim100-384-bf16": {
-        "method": "padim",
-        "size": 384,
-        "options": {"n_features": 100, "feature_dtype": "bfloat16"},
-    },
-    "padim200-256-bf16": {
-        "method": "padim",
-        "size": 256,
-        "options": {"n_features": 200, "feature_dtype": "bfloat16"},
-    },
+    "padim100-384-bf16": {"method": "padim", "size": 384, "options": {"n_features": 100, **BF16}},
+    "padim200-256-bf16": {"method": "padim", "size": 256, "options": {"n_features": 200, **BF16}},
     "patchcore16k-384-bf16": {
         "method": "patchcore",
         "size": 384,
-        "options": {"coreset_ratio": 0.25, "max_bank_size": 16384, "feature_dtype": "bfloat16"},
+        "options": {"coreset_ratio": 0.25, "max_bank_size": 16384, **BF16},
     },
     "patchcore16k-384-fp32": {
         "method": "patchcore",
         "size": 384,
         "options": {"coreset_ratio": 0.25, "max_bank_size": 16384},
     },
-    "ensemble16k-384-fp32": {
-        "method": "ensemble",
-        "size": 384,
-        "options": {
-            "members": [
-                {"method": "patchcore", "coreset_ratio": 0.25, "max_bank_size": 16384},
-                {"method": "padim", "n_features": 200},
-            ],
-        },
-    },
-    "ensemble4k-384-fp32": {
-        "method": "ensemble",
-        "size": 384,
-        "options": {
-            "members": [
-                {"method": "patchcore", "coreset_ratio": 0.25, "max_bank_size": 4096},
-                {"method": "padim", "n_features": 200},
-            ],
-        },
-    },
+    "ensemble16k-384-fp32": _ensemble(16384),
+    "ensemble4k-384-fp32": _ensemble(4096),
     # no weights: the self-supervised (CutPaste) detector, random-init resnet18 (issue #17
-    # item 7: 500 images in <= 120 s on 2 cores); steps/crop/size candidates
-    "ss300-384": {"method": "selfsupervised", "size": 384, "no_weights": True, "options": {}},
-    "ss150-384": {
-        "method": "selfsupervised",
-        "size": 384,
-        "no_weights": True,
-        "options": {"steps": 150},
-    },
-    "ss100-384": {
-        "method": "selfsupervised",
-        "size": 384,
-        "no_weights": True,
-        "options": {"steps": 100},
-    },
-    "ss200-384": {
-        "method": "selfsupervised",
-        "size": 384,
-        "no_weights": True,
-        "options": {"steps": 200},
-    },
-    "ss150-256": {
-        "method": "selfsupervised",
-        "size": 256,
-        "no_weights": True,
-        "options": {"steps": 150},
-    },
-    "ss100-256": {
-        "method": "selfsupervised",
-        "size": 256,
-        "no_weights": True,
-        "options": {"steps": 100},
-    },
-    "ss300-256": {"method": "selfsupervised", "size": 256, "no_weights": True, "options": {}},
-    "ss300-384-pc": {
-        "method": "selfsupervised",
-        "size": 384,
-        "no_weights": True,
-        "options": {"head": "patchcore"},
-    },
-    "ensemble16k-384-bf16": {
-        "method": "ensemble",
-        "size": 384,
-        "options": {
-            "feature_dtype": "bfloat16",
-            "members": [
-                {"method": "patchcore", "coreset_ratio": 0.25, "max_bank_size": 16384},
-                {"method": "padim", "n_features": 200},
-            ],
-        },
-    },
+    # item 7: 500 images in <= 120 s on 2 cores); steps/size/head candidates
+    "ss300-384": _cutpaste(384),
+    "ss150-384": _cutpaste(384, steps=150),
+    "ss100-384": _cutpaste(384, steps=100),
+    "ss200-384": _cutpaste(384, steps=200),
+    "ss150-256": _cutpaste(256, steps=150),
+    "ss100-256": _cutpaste(256, steps=100),
+    "ss300-256": _cutpaste(256),
+    "ss300-384-pc": _cutpaste(384, head="patchcore"),
+    "ensemble16k-384-bf16": _ensemble(16384, **BF16),
 }
 
 

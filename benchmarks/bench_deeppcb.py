@@ -92,17 +92,17 @@ def copy_pairs(src: Path, dest: Path, pairs: dict[str, list[str]]) -> None:
                     shutil.copy2(path, out)
 
 
-def boxes_touched(res, rate_threshold_region: torch.Tensor) -> tuple[int, int]:
-    """(boxes whose area holds a flagged map pixel, all boxes) over defective images."""
-    touched = total = 0
-    for i, boxes in enumerate(res.boxes or []):
-        for b in boxes:
-            total += 1
-            region = rate_threshold_region[
-                i, int(b.ymin) : int(b.ymax) + 1, int(b.xmin) : int(b.xmax) + 1
-            ]
-            touched += bool(region.any())
-    return touched, total
+def boxes_touched(res, flagged: torch.Tensor) -> list[tuple[int, int]]:
+    """Per image: (boxes whose area holds a flagged map pixel, all its boxes); images
+    without boxes (templates) give (0, 0)."""
+    out = []
+    for i, boxes in enumerate(res.boxes or [[] for _ in res.samples]):
+        hits = [
+            bool(flagged[i, int(b.ymin) : int(b.ymax) + 1, int(b.xmin) : int(b.xmax) + 1].any())
+            for b in boxes
+        ]
+        out.append((sum(hits), len(hits)))
+    return out
 
 
 def run_one(
@@ -123,11 +123,12 @@ def run_one(
     for k, p in det.products.items():
         rows = [i for i, s in enumerate(res.samples) if not k or s.group == k]
         flagged[rows] = res.maps[rows] > p.calibration.threshold
-    touched, total = boxes_touched(res.subset(bad.nonzero().flatten()), flagged[bad])
+    per_image = boxes_touched(res, flagged)
+    touched, total = (sum(col) for col in zip(*per_image)) if per_image else (0, 0)
     if rows_out:  # per image, so runs over parts of the eval set can be pooled
         with open(rows_out, "a") as fh:
             for i, s in enumerate(res.samples):
-                t, n = boxes_touched(res.subset([i]), flagged[i : i + 1]) if bad[i] else (0, 0)
+                t, n = per_image[i]
                 row = {"run": name, "id": s.id, "design": s.group, "bad": bool(bad[i]),
                        "score": float(res.scores[i]), "flagged": bool(res.is_anomalous[i]),
                        "boxes_touched": t, "boxes": n}  # fmt: skip
