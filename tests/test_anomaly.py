@@ -22,6 +22,7 @@ from inspectkit.anomaly import (
     normalize,
     threshold_at_false_alarm_rate,
 )
+from inspectkit.anomaly.ensemble import feature_plan
 from inspectkit.anomaly.patchcore import nearest_distances
 from inspectkit.errors import ConfigError, DataError, InspectkitError, NotFittedError
 from inspectkit.metrics.anomaly import image_auroc
@@ -544,6 +545,44 @@ def test_ensemble_members_count_the_same_whatever_their_units(data, image_score)
     fit_idx, _ = alone.split(x.shape[0])
     ref = PaDiM(n_features=64, progress=False, device="cpu").fit(x[fit_idx]).score(test)[0]
     assert torch.equal(alone.score(test)[0].argsort(), ref.argsort())
+
+
+def test_ensemble_members_on_one_backbone_share_its_pass(data, monkeypatch):
+    # PatchCore reads layer1+layer2, PaDiM layer1..layer3 of the same resnet18: PaDiM's one
+    # pass serves both, with the very scores and maps of two passes
+    x = data["train"].image_tensor()
+    test = data["test"].image_tensor()
+
+    def build(patchcore_layers=("layer1", "layer2"), padim_seed=0) -> Ensemble:
+        return Ensemble(
+            [
+                PatchCore(layers=list(patchcore_layers), coreset_ratio=0.5, progress=False),
+                PaDiM(n_features=64, progress=False, seed=padim_seed),
+            ],
+            holdout=0.25,
+        )
+
+    ens = build().fit(x)
+    assert feature_plan(list(ens.members)) == [1, 1]
+    passes: list[int] = []
+    forward = FeatureExtractor.forward
+    monkeypatch.setattr(
+        FeatureExtractor, "forward", lambda self, t: passes.append(len(t)) or forward(self, t)
+    )
+    shared = ens.score(test)
+    n_shared, passes[:] = len(passes), []
+    ens.__dict__["_feature_plan"] = [None, None]  # each member its own pass
+    own = ens.score(test)
+    assert sum(passes) == 2 * len(test) and 2 * n_shared == len(passes)
+    assert torch.equal(shared[0], own[0]) and torch.equal(shared[1], own[1])
+    # the plan is worked out again after a load; other weights or layers not returned by
+    # the other pass: each member its own
+    ens.load_state(ens.state_dict())
+    passes[:] = []
+    assert torch.equal(ens.score(test)[0], shared[0]) and len(passes) == n_shared
+    monkeypatch.setattr(FeatureExtractor, "forward", forward)
+    assert feature_plan(list(build(padim_seed=1).fit(x).members)) == [None, None]
+    assert feature_plan(list(build(("layer1", "layer4")).members)) == [None, None]
 
 
 def test_bad_ensembles_are_refused(data):

@@ -56,6 +56,18 @@ def test_every_detector_exports_and_the_runtime_reproduces_it(method: str, tmp_p
     }
 
 
+def test_an_exported_ensemble_holds_its_shared_backbone_once(tmp_path: Path) -> None:
+    import onnx
+
+    convs = {}
+    for method in ("ensemble", "padim"):
+        detector_pipeline(method).export(tmp_path / f"{method}.onnx")
+        graph = onnx.load(str(tmp_path / f"{method}.onnx")).graph
+        convs[method] = sum(node.op_type == "Conv" for node in graph.node)
+    # PaDiM's pass (layer1..layer3) serves PatchCore's layers too: no second backbone
+    assert convs["padim"] > 0 and convs["ensemble"] == convs["padim"]
+
+
 def test_intensity_standardisation_runs_in_the_runtime(tmp_path: Path) -> None:
     pipe = detector_pipeline("padim", intensity="standardize")
     pipe.export(tmp_path / "m.onnx")

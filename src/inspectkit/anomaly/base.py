@@ -339,7 +339,14 @@ class AnomalyModel(nn.Module):
         :attr:`FEATURE_PIXELS` pixels at a time, so a pass's activations stay in the
         caches (3× faster than one pass over 32 images at 384 px). The copy is taken at
         the first use after ``fit`` / ``load_state`` and kept outside the ``state_dict``.
+
+        Inside :func:`inspectkit.anomaly.ensemble.shared_features` this batch's features
+        come from another detector's pass over the same backbone (an ensemble runs it once
+        for its members).
         """
+        shared = self.__dict__.get("_shared_features")
+        if shared is not None and shared[0] is x:
+            return {name: shared[1][name] for name in self.extractor.layers}
         extractor = self.extractor
         if torch.is_grad_enabled() or extractor.training:
             return extractor(x)

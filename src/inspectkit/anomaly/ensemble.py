@@ -19,6 +19,14 @@ ensemble learns each member's scale from good images it did not fit on:
 So a map value of 0 is "a typical good pixel" for every member, whatever its units
 (measured gains: BENCHMARKS.md, anomaly detection).
 
+Members that read the same frozen backbone share one pass over it when scoring
+(:func:`feature_plan`, :func:`shared_features`): the default's PatchCore reads
+``blocks.2`` and ``blocks.4`` of EfficientNet-Lite0, PaDiM ``blocks.1``, ``blocks.2`` and
+``blocks.4``, so PaDiM's pass serves both. Sharing needs equal backbone weights and
+buffers (checked tensor by tensor after every ``fit`` / ``load_state``), the same input
+normalisation and ``feature_dtype``, and layers the other pass returns; anything else
+(a backbone a member trained, as the self-supervised detector does) runs its own pass.
+
 Example:
     >>> import torch
     >>> from inspectkit.anomaly import PaDiM, PatchCore
@@ -31,8 +39,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -192,10 +201,17 @@ class Ensemble(AnomalyModel):
             self.image_stats[k] = _mean_std(scores)
             self.map_stats[k] = _mean_std(maps)
 
+    def _reset_own_caches(self) -> None:
+        self.__dict__.pop("_feature_plan", None)
+
     def _score_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        plan = self.__dict__.get("_feature_plan")
+        if plan is None:
+            plan = self.__dict__["_feature_plan"] = feature_plan(list(self.members))
         scores = maps = 0.0
-        for k, member in enumerate(self.members):
-            s, m = member._score_batch(x)
+        with shared_features(list(self.members), plan, x):
+            outputs = [member._score_batch(x) for member in self.members]
+        for k, (s, m) in enumerate(outputs):
             w = self.member_weights[k]
             maps = maps + (m.float() - self.map_stats[k, 0]) / self.map_stats[k, 1] * w
             if self.image_score == "mean":
@@ -207,6 +223,81 @@ class Ensemble(AnomalyModel):
         return scores, maps
 
 
+def feature_plan(members: Sequence[nn.Module]) -> list[int | None]:
+    """Per member, the member whose backbone pass gives it its features (itself when it
+    runs the pass for others), or ``None`` (its own pass, shared with nobody).
+
+    Member ``k`` may read member ``j``'s pass when both have a
+    :class:`~inspectkit.models.features.FeatureExtractor`, ``j``'s layers include ``k``'s,
+    input normalisation and ``feature_dtype`` agree, and every parameter and buffer of
+    ``k``'s extractor equals ``j``'s. Of the passes ``k`` may read, the one with the most
+    layers is taken (the first such member on ties).
+    """
+    from inspectkit.models.features import FeatureExtractor
+
+    def extractor(m: nn.Module) -> FeatureExtractor | None:
+        fx = getattr(m, "extractor", None)
+        return fx if isinstance(fx, FeatureExtractor) else None
+
+    states = {}
+    for k, m in enumerate(members):
+        fx = extractor(m)
+        if fx is not None:
+            states[k] = {**dict(fx.named_parameters()), **dict(fx.named_buffers())}
+
+    def readable(k: int, j: int) -> bool:
+        a, b = extractor(members[k]), extractor(members[j])
+        if a is None or b is None or not set(a.layers) <= set(b.layers):
+            return False
+        if a.normalize != b.normalize or members[k].feature_dtype != members[j].feature_dtype:
+            return False
+        mine, theirs = states[k], states[j]
+        return all(
+            name in theirs
+            and theirs[name].shape == tensor.shape
+            and bool(torch.equal(theirs[name], tensor))
+            for name, tensor in mine.items()
+        )
+
+    source: list[int | None] = []
+    for k in range(len(members)):
+        options = [j for j in range(len(members)) if j == k or readable(k, j)]
+        if extractor(members[k]) is None:
+            source.append(None)
+            continue
+        source.append(max(options, key=lambda j: (len(extractor(members[j]).layers), -j)))
+    plan: list[int | None] = []
+    for k, j in enumerate(source):
+        if j is None or source[j] != j:  # a reader of a reader: keep it simple, own pass
+            plan.append(None)
+        elif j == k and not any(s == k for i, s in enumerate(source) if i != k):
+            plan.append(None)  # nobody reads this pass
+        else:
+            plan.append(j)
+    return plan
+
+
+@contextlib.contextmanager
+def shared_features(
+    members: Sequence[nn.Module], plan: Sequence[int | None], x: torch.Tensor
+) -> Iterator[None]:
+    """Within the block, each member with a source in ``plan`` (:func:`feature_plan`)
+    takes this batch ``x``'s features from that source's one backbone pass
+    (:meth:`~inspectkit.anomaly.base.AnomalyModel.features`)."""
+    passes: dict[int, dict[str, torch.Tensor]] = {}
+    try:
+        for k, j in enumerate(plan):
+            if j is None:
+                continue
+            if j not in passes:
+                passes[j] = members[j].features(x)
+            members[k].__dict__["_shared_features"] = (x, passes[j])
+        yield
+    finally:
+        for m in members:
+            m.__dict__.pop("_shared_features", None)
+
+
 def _mean_std(values: torch.Tensor) -> torch.Tensor:
     """``[mean, std]`` of all values (float64 sums); a floor keeps constant scores finite."""
     v = values.double().flatten()
@@ -216,4 +307,4 @@ def _mean_std(values: torch.Tensor) -> torch.Tensor:
     return torch.stack([mean, std.clamp_min(floor)]).float()
 
 
-__all__ = ["DEFAULT_MEMBERS", "Ensemble"]
+__all__ = ["DEFAULT_MEMBERS", "Ensemble", "feature_plan", "shared_features"]

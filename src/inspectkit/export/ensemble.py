@@ -1,12 +1,15 @@
 """The ensemble as an exportable graph: every member's graph on the same batch, their maps
 z-scored with the held-out statistics and averaged with the member weights; the image
-score is the fused map's maximum or the weighted mean of z-scored member scores."""
+score is the fused map's maximum or the weighted mean of z-scored member scores. Members
+that read the same frozen backbone share one pass over it, as when the library scores
+(:func:`~inspectkit.anomaly.ensemble.feature_plan`): the graph holds that backbone once."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from inspectkit.anomaly.ensemble import feature_plan, shared_features
 from inspectkit.export.base import detector_graph, register_detector_exporter
 
 
@@ -18,12 +21,16 @@ class EnsembleGraph(nn.Module):
         self.register_buffer("image_stats", detector.image_stats.detach().float().clone())
         self.register_buffer("map_stats", detector.map_stats.detach().float().clone())
         self.image_score = detector.image_score
+        # the detectors (not submodules: the member graphs hold them) and who reads whose pass
+        self.__dict__["detectors"] = list(detector.members)
+        self.plan = feature_plan(self.detectors)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         maps: torch.Tensor | None = None
         scores: torch.Tensor | None = None
-        for k, member in enumerate(self.members):
-            s, m = member(x)
+        with shared_features(self.detectors, self.plan, x):
+            outputs = [member(x) for member in self.members]
+        for k, (s, m) in enumerate(outputs):
             w = self.weights[k]
             z = (m.float() - self.map_stats[k, 0]) / self.map_stats[k, 1] * w
             maps = z if maps is None else maps + z
