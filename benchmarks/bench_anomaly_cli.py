@@ -6,7 +6,9 @@ folder (the detector holds 20 % of them out to set its threshold), the other 452
 and all 392 defects into a test folder (symbolic links, magnetic-tile layout). Reported:
 image AUROC, miss rate and false-alarm rate at the calibrated threshold, train and
 evaluate wall / CPU seconds (children's CPU time), images per second of evaluate (decode
-included), the recipe the model card names, and the load average.
+and the pixel metrics included) and of ``inspectkit predict --json`` over the test images
+(what a line runs: model load, decode, score, verdicts), the recipe the model card
+names, and the load average.
 
     flock /tmp/inspectkit-bench.lock python benchmarks/bench_anomaly_cli.py [--args "--method auto"]
 """
@@ -83,6 +85,13 @@ def main() -> None:
          "--json", "--quiet"]
     )  # fmt: skip
     summary = json.loads(ev.stdout.strip().splitlines()[-1])
+    # what a line runs: load the model, decode, score, print verdicts (no metrics)
+    images = sorted(str(p) for p in (work / "test").glob("MT_*/Imgs/*.jpg"))
+    pred, predict_s, predict_cpu = timed(
+        [*cli, "predict", "--model", str(work / "model"), "--json", "--quiet", *images]
+    )
+    n_pred = len(json.loads(pred.stdout)["predictions"])
+    assert n_pred == len(images) == len(split["test"]), (n_pred, len(images))
     m = summary["metrics"]
     print(
         json.dumps(
@@ -100,6 +109,9 @@ def main() -> None:
                 "evaluate_s": round(eval_s, 1),
                 "evaluate_cpu_s": round(eval_cpu, 1),
                 "evaluate_img_per_s": round(len(split["test"]) / eval_s, 2),
+                "predict_s": round(predict_s, 1),
+                "predict_cpu_s": round(predict_cpu, 1),
+                "predict_img_per_s": round(n_pred / predict_s, 2),
                 "recipe": card.get("recipe"),
                 "notes": summary["notes"],
                 "load": [load0, os.getloadavg()],
