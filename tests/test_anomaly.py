@@ -441,6 +441,19 @@ def test_exact_search_matches_brute_force_and_bf16_search_finds_neighbours():
     assert float(rel.mean()) < 0.005
 
 
+@pytest.mark.parametrize("search_dtype", [torch.float32, torch.bfloat16])
+def test_a_patch_next_to_its_neighbour_gets_its_true_small_distance(search_dtype):
+    # large feature norms, patches a hair away from a bank row (a flat, clean surface):
+    # ‖b‖² − 2 q·b + ‖q‖² cancels to rounding noise there, four times the true distance
+    g = torch.Generator().manual_seed(0)
+    bank = torch.randn(500, 152, generator=g) * 10 + 20
+    queries = bank[:64] + torch.randn(64, 152, generator=g) * 1e-3
+    d, i = nearest_distances(queries, bank, search_dtype=search_dtype)
+    true = (queries.double() - bank[:64].double()).norm(dim=1)
+    assert torch.equal(i, torch.arange(64))
+    assert torch.allclose(d.double(), true, rtol=1e-4, atol=0)
+
+
 def test_patchcore_search_modes_agree(monkeypatch):
     import inspectkit.anomaly.patchcore as pc_module
 

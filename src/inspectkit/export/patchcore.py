@@ -3,7 +3,8 @@ against the memory bank, the paper's re-weighting, the fused upsample-and-smooth
 
 The library searches in blocks (a Python loop over query rows) and, for large banks, on
 a projection in bfloat16; the graph computes the exact float32 search of the same
-formula (``‖b‖² − 2 q·b + ‖q‖²``, the nearest row per patch) over the whole batch at once,
+formula (``‖b‖² − 2 q·b``, the nearest row per patch; then ``‖q − b‖`` for that row, as
+the library computes it) over the whole batch at once,
 so its memory is patches × bank per batch (a 1,024-patch image against a 50,000-patch
 bank: 200 MB). The memory bank is a graph initializer (external data when large).
 """
@@ -42,8 +43,9 @@ class PatchCoreGraph(nn.Module):
         _, d, h, w = emb.shape
         patches = emb.permute(0, 2, 3, 1).reshape(-1, d)
         d2 = torch.addmm(self.bank_sq, patches, self.bank_t, alpha=-2)
-        m, idx = d2.min(1)
-        dist = (m + (patches * patches).sum(1)).clamp_min(0).sqrt().view(-1, h * w)
+        idx = d2.argmin(1)
+        diff = patches - self.bank[idx]  # the distance from the difference, as the library
+        dist = (diff * diff).sum(1).sqrt().view(-1, h * w)
         idx = idx.view(-1, h * w)
         top = dist.argmax(1, keepdim=True)
         scores = dist.gather(1, top).squeeze(1)
