@@ -598,6 +598,26 @@ def test_ensemble_members_on_one_backbone_share_its_pass(data, monkeypatch):
     assert feature_plan(list(build(("layer1", "layer4")).members)) == [None, None]
 
 
+def test_a_loaded_state_is_adopted_not_copied_and_stays_its_own(data):
+    # the learned buffers take the state's tensors (a saved default model is ~1 GB of
+    # inverse covariances: a copy would hold it twice while loading); refitting either
+    # detector afterwards leaves the other as it was
+    x = data["train"].image_tensor()
+    test = data["test"].image_tensor()
+    a = PaDiM(n_features=32, progress=False).fit(x)
+    state = a.state_dict()
+    b = PaDiM(n_features=32, progress=False)
+    b.load_state(state)
+    assert b.inv_cov.data_ptr() == state["inv_cov"].data_ptr()
+    before = b.score(test)[0]
+    assert torch.equal(before, a.score(test)[0])
+    a.fit(x[: len(x) // 2])  # a new Gaussian for a: b keeps its own
+    assert not torch.equal(a.score(test)[0], before)
+    assert torch.equal(b.score(test)[0], before)
+    b.fit(x[len(x) // 2 :])
+    assert not torch.equal(b.score(test)[0], before)
+
+
 def test_bad_ensembles_are_refused(data):
     def pc():
         return PatchCore(layers=["layer1"], progress=False, device="cpu")

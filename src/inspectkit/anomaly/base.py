@@ -485,14 +485,18 @@ class AnomalyModel(nn.Module):
         """Load a ``state_dict`` whose buffers may have other shapes than the fresh module's.
 
         Learned buffers (memory bank, Gaussian statistics) are created empty and get their
-        size at ``fit``; here they are replaced wholesale before the strict load.
+        size at ``fit``; here they take the state's tensors as they are (no copy: a saved
+        default model is about 1 GB of PaDiM inverse covariances, which a copy would hold
+        twice while loading), then the strict load copies the rest. ``fit`` replaces those
+        buffers wholesale, never in place, so a module loaded from another's live
+        ``state_dict`` does not change when either is fitted again.
         """
         buffers = dict(self.named_buffers())
         for name, tensor in state.items():
             if name in buffers and tuple(buffers[name].shape) != tuple(tensor.shape):
                 owner_name, _, leaf = name.rpartition(".")
                 owner = self.get_submodule(owner_name) if owner_name else self
-                owner._buffers[leaf] = torch.empty_like(tensor)
+                owner._buffers[leaf] = tensor  # the strict load below copies it onto itself: a no-op
         self.load_state_dict(state, strict=True)
         self.reset_caches()
 
