@@ -251,20 +251,15 @@ def feature_plan(members: Sequence[nn.Module]) -> list[int | None]:
             return False
         if a.normalize != b.normalize or members[k].feature_dtype != members[j].feature_dtype:
             return False
-        mine, theirs = states[k], states[j]
-        return all(
-            name in theirs
-            and theirs[name].shape == tensor.shape
-            and bool(torch.equal(theirs[name], tensor))
-            for name, tensor in mine.items()
-        )
+        theirs = states[j]
+        return all(name in theirs and torch.equal(theirs[name], t) for name, t in states[k].items())
 
     source: list[int | None] = []
     for k in range(len(members)):
-        options = [j for j in range(len(members)) if j == k or readable(k, j)]
-        if extractor(members[k]) is None:
+        if k not in states:  # no backbone of its own to share
             source.append(None)
             continue
+        options = [j for j in states if j == k or readable(k, j)]
         source.append(max(options, key=lambda j: (len(extractor(members[j]).layers), -j)))
     plan: list[int | None] = []
     for k, j in enumerate(source):
