@@ -65,6 +65,8 @@ CANDIDATES: dict[str, dict] = {
     "ss150-256": _cutpaste(256, steps=150),
     "ss100-256": _cutpaste(256, steps=100),
     "ss300-256": _cutpaste(256),
+    "ss200-256": _cutpaste(256, steps=200),
+    "ss250-256": _cutpaste(256, steps=250),
     "ss300-384-pc": _cutpaste(384, head="patchcore"),
     "ensemble16k-384-bf16": _ensemble(16384, **BF16),
 }

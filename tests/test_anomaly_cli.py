@@ -87,6 +87,15 @@ def test_train_detector_flags_reach_the_detector(magnetic_tile_dir, tmp_path):
     assert recipe["backbone"] == "resnet18" and recipe["size"] == [64, 64]
     cal = recipe["calibration"]["*"]
     assert cal["false_alarm_rate"] == 0.1 and cal["review_threshold"] <= cal["threshold"]
+    rows = last_json(cli("predict", "--model", str(model), "--json", str(train)))["predictions"]
+    assert len(rows) == 24 and all("review" in r for r in rows)
+    hi, lo = cal["threshold"], cal["review_threshold"]
+    for r in rows:  # the three verdicts, by the card's two thresholds
+        if min(abs(r["score"] - hi), abs(r["score"] - lo)) < 1e-5:
+            continue  # a held-out good sets a threshold; rows round scores to 6 digits
+        assert r["anomalous"] == (r["score"] > hi)
+        assert r["review"] == (lo < r["score"] <= hi)
+    assert any(r["review"] for r in rows) or lo == hi
     fixed = cli("train", "--data", str(train), "--task", "anomaly", "--out", str(tmp_path / "m2"),
                 "--json", "--method", "padim", "--size", "64", "--threshold", "5.5")  # fmt: skip
     assert last_json(fixed)["recipe"]["calibration"]["*"]["threshold"] == 5.5

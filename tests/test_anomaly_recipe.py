@@ -104,6 +104,46 @@ def test_stage_review_band_and_fixed_threshold():
         small(target_false_alarm_rate=0.1, review_false_alarm_rate=0.05)
 
 
+def test_the_review_verdict_reaches_predict_rows_and_the_metrics(capsys):
+    """A part in the review band is shown as REVIEW by ``inspectkit predict`` (text and
+    ``--json``, which the service and the studio share) and counted by ``evaluate``."""
+    from inspectkit.cli.predict import prediction_rows, print_rows
+    from inspectkit.metrics.anomaly import anomaly_report, anomaly_truth, threshold_metrics
+
+    goods, bad = flat_parts(30, 0), flat_parts(6, 1, defect=True)
+    det = small(target_false_alarm_rate=0.05).fit(goods)
+    res = det.run(ImageSet.concat([goods, bad]))
+    s = res.scores.sort().values
+    cal = Calibration.fixed(float(s[-4])).with_review(threshold=float(s[-12]))
+    res = res.replace(
+        threshold=cal.threshold,
+        is_anomalous=cal.verdict(res.scores),
+        review=cal.in_review(res.scores),
+    )
+    rows = prediction_rows(res, "anomaly")
+    assert [
+        ("defect" if r["anomalous"] else "review" if r["review"] else "good") for r in rows
+    ] == (cal.verdicts(res.scores))
+    assert sum(r["review"] for r in rows) == 8 and sum(r["anomalous"] for r in rows) == 3
+    print_rows(rows, "anomaly")
+    shown = [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()]
+    assert shown == [{"defect": "ANOMALOUS", "review": "REVIEW", "good": "good"}[v]
+                     for v in cal.verdicts(res.scores)]  # fmt: skip
+    m = threshold_metrics(res)
+    y = torch.as_tensor(anomaly_truth(res))
+    band = cal.in_review(res.scores)
+    assert m["review_rate_good"] == pytest.approx(float(band[~y].float().mean()))
+    assert m["review_rate_defective"] == pytest.approx(float(band[y].float().mean()))
+    escaped = ~(cal.verdict(res.scores) | band)
+    assert m["miss_rate_after_review"] == pytest.approx(float(escaped[y].float().mean()))
+    assert m["miss_rate_after_review"] <= m["miss_rate"]
+    assert anomaly_report(res).counts["review"] == 8
+    # without a band: no review field, no review metrics
+    plain = res.replace(review=None)
+    assert "review" not in prediction_rows(plain, "anomaly")[0]
+    assert "review_rate_good" not in threshold_metrics(plain)
+
+
 # ---------------------------------------------------------------------- the recipe
 def test_default_detector_uses_pretrained_features_when_the_extra_is_installed():
     pytest.importorskip(

@@ -54,6 +54,28 @@ def test_the_drift_alarm_needs_a_shift_and_enough_scores() -> None:
         DriftMonitor([1.0, 2.0])
 
 
+def test_metrics_count_the_review_verdict_of_a_detector() -> None:
+    from inspectkit.serve.metrics import Metrics
+
+    metrics = Metrics(DriftMonitor())
+    rows = [
+        {"anomalous": True, "review": False},
+        {"anomalous": False, "review": True},
+        {"anomalous": False, "review": True},
+        {"anomalous": False, "review": False},
+        {"anomalous": False},  # a detector without a review band
+    ]
+    metrics.predicted(rows, 0.01, "anomaly")
+    text = metrics.render(in_flight=0, generation=1, task="anomaly")
+    counts = {
+        v: float(line.rsplit(" ", 1)[1])
+        for v in ("anomalous", "review", "good")
+        for line in text.splitlines()
+        if line.startswith(f'inspectkit_predictions_total{{verdict="{v}"}}')
+    }
+    assert counts == {"anomalous": 1.0, "review": 2.0, "good": 2.0}
+
+
 # ---------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> dict:

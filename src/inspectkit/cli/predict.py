@@ -1,5 +1,8 @@
 """``inspectkit predict``: class probabilities, or anomaly score and verdict, per input.
 
+A detector's verdict is ``ANOMALOUS``, ``good`` or, with a review band, ``REVIEW`` (the
+``--json`` rows then carry ``review``, as the exported runtime's do).
+
 Inputs are read lazily (:func:`inspectkit.sources.load_inputs`) and run through
 ``Pipeline.iter_run`` :data:`PREDICT_BATCH` at a time, printing text rows per batch, so
 memory stays flat on large folders and the first rows appear at once. With
@@ -105,6 +108,8 @@ def prediction_rows(result: Any, task: str) -> list[dict[str, Any]]:
             row["normalized"] = norm
             row["anomalous"] = None if result.is_anomalous is None else bool(result.is_anomalous[i])
             row["threshold"] = result.threshold
+            if result.review is not None:  # a review band: as the torch-free runtime's rows
+                row["review"] = bool(result.review[i])
         rows.append(row)
     return rows
 
@@ -120,6 +125,8 @@ def print_rows(rows: list[dict[str, Any]], task: str) -> None:
             print(f"{name}\t{verdict}\t{r['probability']:.3f}\t[{alts}]")
         else:
             verdict = {True: "ANOMALOUS", False: "good", None: "?"}[r["anomalous"]]
+            if r.get("review") and not r["anomalous"]:
+                verdict = "REVIEW"
             thr = "" if r["threshold"] is None else f" (threshold {r['threshold']:.4g})"
             print(f"{name}\t{verdict}\tscore {r['score']:.4g}{thr}")
     sys.stdout.flush()

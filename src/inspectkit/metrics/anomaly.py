@@ -210,17 +210,29 @@ def flagged(result: AnomalyScores) -> np.ndarray:
 def threshold_metrics(
     result: AnomalyScores, *, good_labels: Sequence[str] = DEFAULT_GOOD_LABELS
 ) -> dict[str, float]:
-    """F1 (defect = positive), false-alarm rate (good flagged) and miss rate at the threshold."""
+    """F1 (defect = positive), false-alarm rate (good flagged) and miss rate at the threshold.
+
+    With a review band (``result.review``) also the share of good and of defective parts
+    sent to review (``review_rate_good``, ``review_rate_defective``) and the share of
+    defective parts judged good, neither flagged nor sent to review
+    (``miss_rate_after_review``): what escapes a line whose review station checks the band.
+    """
     real = result.real()
     if real.is_anomalous is None and real.threshold is None:
         raise DataError("these scores have no threshold; calibrate the detector first")
     y = anomaly_truth(real, good_labels)
     pred = flagged(real)
+    nan = float("nan")
     out = {
-        "f1": float(f1_score(y, pred, zero_division=0)) if y.any() else float("nan"),
-        "false_alarm_rate": float(pred[~y].mean()) if (~y).any() else float("nan"),
-        "miss_rate": float((~pred[y]).mean()) if y.any() else float("nan"),
+        "f1": float(f1_score(y, pred, zero_division=0)) if y.any() else nan,
+        "false_alarm_rate": float(pred[~y].mean()) if (~y).any() else nan,
+        "miss_rate": float((~pred[y]).mean()) if y.any() else nan,
     }
+    if real.review is not None:
+        review = real.review.numpy().astype(bool) & ~pred
+        out["review_rate_good"] = float(review[~y].mean()) if (~y).any() else nan
+        out["review_rate_defective"] = float(review[y].mean()) if y.any() else nan
+        out["miss_rate_after_review"] = float((~(pred | review))[y].mean()) if y.any() else nan
     return out
 
 
@@ -254,6 +266,8 @@ def anomaly_report(
     counts = {"good": int((~y).sum()), "defective": int(y.sum())}
     if real.is_anomalous is not None:
         counts["flagged"] = int(flagged(real).sum())
+        if real.review is not None:
+            counts["review"] = int((real.review.numpy().astype(bool) & ~flagged(real)).sum())
     return Report(
         title=title,
         metrics={k: (v if math.isfinite(v) else float("nan")) for k, v in metrics.items()},

@@ -47,9 +47,10 @@ class Metrics:
             for row in rows:
                 if task == "anomaly":
                     flag = row.get("anomalous")
-                    self.outcomes[
-                        {True: "anomalous", False: "good", None: "uncalibrated"}[flag]
-                    ] += 1
+                    outcome = {True: "anomalous", False: "good", None: "uncalibrated"}[flag]
+                    if flag is False and row.get("review"):
+                        outcome = "review"  # in the detector's review band
+                    self.outcomes[outcome] += 1
                     if flag is not None:
                         self.recent_flags.append(bool(flag))
                 else:
@@ -101,7 +102,8 @@ class Metrics:
         metric(
             "inspectkit_predictions_total",
             "counter",
-            "Predictions by verdict (detectors) or class (classifiers; review = rejected).",
+            "Predictions by verdict (detectors; review = in the review band) or class "
+            "(classifiers; review = rejected).",
             [(_labels(**{label: k}), n) for k, n in outcomes],
         )
         if task == "anomaly":

@@ -568,8 +568,9 @@ function resultCard(row, url) {
     body = h("div", {}, h("div", { class: "verdict", text: row.predicted ?? "needs review" }), body);
   } else {
     const bad = row.anomalous;
+    const review = !bad && row.review === true;  // in the detector's review band: a person decides
     body = h("div", { class: "stack" },
-      h("div", { class: "verdict " + (bad ? "bad" : "good"), text: bad === null ? "no threshold" : bad ? "DEFECT" : "GOOD" }),
+      h("div", { class: "verdict " + (bad ? "bad" : review ? "review" : "good"), text: bad === null ? "no threshold" : bad ? "DEFECT" : review ? "REVIEW" : "GOOD" }),
       h("div", { class: "prob best" }, h("span", { class: "lab", text: "score" }),
         h("span", { class: "track" }, h("span", { style: `width:${Math.min(100, 100 * (row.normalized ?? 0)).toFixed(1)}%;background:${bad ? "#c0392b" : "#1b8a4b"}` })),
         h("span", { class: "pct", text: fmt(row.score, 3) })),
