@@ -56,6 +56,8 @@ CANDIDATES: dict[str, dict] = {
     },
     "ensemble16k-384-fp32": _ensemble(16384),
     "ensemble4k-384-fp32": _ensemble(4096),
+    "ensemble64k-384-fp32": _ensemble(65536),
+    "ensemble256k-384-fp32": _ensemble(262144),
     # no weights: the self-supervised (CutPaste) detector, random-init resnet18 (issue #17
     # item 7: 500 images in <= 120 s on 2 cores); steps/size/head candidates
     "ss300-384": _cutpaste(384),

@@ -152,3 +152,69 @@ def test_ranked_auroc_equals_sklearn_with_ties(data, n: int, levels: int | None)
 def test_ranked_auroc_refuses_nan_maps() -> None:
     with pytest.raises(DataError, match="NaN"):
         ranked_auroc(np.array([True, False]), torch.tensor([float("nan"), 0.0]))
+
+
+def _aupro_by_histograms(values: np.ndarray, gt: np.ndarray, max_fpr=0.3, k=1000) -> float:
+    """AUPRO as written before the shared sort (np.quantile thresholds, here in float64,
+    and a histogram of every good pixel)."""
+    from scipy import ndimage
+    from sklearn.metrics import auc
+
+    thresholds = np.unique(np.quantile(values.astype(np.float64), np.linspace(0, 1, k)))
+    edges = np.concatenate([thresholds, [np.inf]])
+    good_hist = np.histogram(values[~gt], bins=edges)[0]
+    fpr = good_hist[::-1].cumsum()[::-1] / max(1, (~gt).sum())
+    pros = []
+    for i in range(values.shape[0]):
+        labelled, n_regions = ndimage.label(gt[i])
+        for r in range(1, n_regions + 1):
+            region = values[i][labelled == r]
+            pros.append(np.histogram(region, bins=edges)[0][::-1].cumsum()[::-1] / region.size)
+    pro = np.mean(pros, axis=0)
+    order = np.argsort(fpr)
+    fpr, pro = fpr[order], pro[order]
+    keep = fpr <= max_fpr
+    x = np.concatenate([fpr[keep], [max_fpr]])
+    y = np.concatenate([pro[keep], [np.interp(max_fpr, fpr, pro)]])
+    return float(auc(x, y) / max_fpr) if x.size >= 2 else float("nan")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.data(),
+    n=st.integers(1, 4),
+    side=st.integers(4, 24),
+    levels=st.sampled_from([3, 40, None]),
+    k=st.sampled_from([7, 100, 1000]),
+)
+def test_pixel_metrics_from_one_sort_equal_the_direct_computation(data, n, side, levels, k):
+    """``PixelRanks`` (one sort, binary search) gives numpy's float64 quantiles, the exact
+    pixel AUROC and the AUPRO of per-threshold histograms, ties and repeated values
+    included."""
+    from inspectkit.metrics.anomaly import PixelRanks
+
+    floats = st.floats(-1e4, 1e4, allow_nan=False, width=32)
+    if levels is not None:
+        floats = st.integers(0, levels - 1).map(float)
+    maps = data.draw(hnp.arrays(np.float32, (n, side, side), elements=floats))
+    gt = data.draw(hnp.arrays(np.bool_, (n, side, side)))
+    gt[0, 0, 0], gt[-1, -1, -1] = True, False
+    ranks = PixelRanks(maps, gt)
+    qs = np.linspace(0, 1, k)
+    assert np.array_equal(ranks.quantiles(qs), np.quantile(maps.astype(np.float64), qs))
+    assert ranks.auroc() == pytest.approx(roc_auc_score(gt.ravel(), maps.ravel()), abs=1e-12)
+    want = _aupro_by_histograms(maps, gt, k=k)
+    got = aupro(torch.from_numpy(maps), torch.from_numpy(gt).unsqueeze(1), num_thresholds=k)
+    assert got == pytest.approx(want, abs=1e-12) or (math.isnan(got) and math.isnan(want))
+    rec = scores_record(
+        [0.0] * n,
+        ["crack"] * n,
+        maps=torch.from_numpy(maps),
+        masks=torch.from_numpy(gt).unsqueeze(1).to(torch.uint8),
+    )
+    report = anomaly_report(rec).metrics  # the report shares one sort between the two
+    assert report["pixel_auroc"] == pytest.approx(ranks.auroc(), abs=1e-12)
+    want_report = _aupro_by_histograms(maps, gt)
+    assert report["aupro"] == pytest.approx(want_report, abs=1e-12) or (
+        math.isnan(report["aupro"]) and math.isnan(want_report)
+    )
