@@ -299,3 +299,20 @@ def test_anomaly_project_on_magnetic_tiles(
     page.click("#save-threshold")
     page.wait_for_selector(".toast:text('saved')")
     assert (studio_home / "tiles/models/model.prev/pipeline.json").is_file()
+    # a review band set outside the studio (`inspectkit train --review-rate` into the
+    # project) is shown as REVIEW for a part inside it
+    from inspectkit.anomaly import Calibration
+    from inspectkit.cli.card import load_model
+    from inspectkit.sources import load_inputs
+
+    model_dir = studio_home / "tiles/models/model"
+    pipe, card = load_model(model_dir)
+    part = load_inputs([str(cracks[5])], channels=card.get("channels"), kind=card.get("kind"))
+    score = float(pipe.run(part).scores[0])
+    stage = pipe.stages[-1]
+    stage.set_params(threshold=score + 1.0)
+    stage.calibration = Calibration.fixed(score + 1.0).with_review(threshold=score - 1.0)
+    pipe.save(model_dir, attachments=pipe.attachments, keep=1)
+    page.locator(".drop input[type=file]").set_input_files([str(cracks[5])])
+    page.wait_for_selector(".result .verdict.review")
+    assert page.locator(".result .verdict").inner_text() == "REVIEW"
