@@ -57,8 +57,9 @@ def evaluation_json(
 def print_report(report: Any) -> None:
     """Metrics, the per-class table and notes as text."""
     print(shown(report.title))
+    width = max([20, *(len(k) for k in report.metrics)])
     for k, v in report.metrics.items():
-        print(f"  {k:<20} {v:.4f}")
+        print(f"  {k:<{width}} {v:.4f}")
     if report.per_class:
         keys = [
             k
