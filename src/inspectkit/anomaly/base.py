@@ -496,9 +496,8 @@ class AnomalyModel(nn.Module):
             if name in buffers and tuple(buffers[name].shape) != tuple(tensor.shape):
                 owner_name, _, leaf = name.rpartition(".")
                 owner = self.get_submodule(owner_name) if owner_name else self
-                owner._buffers[leaf] = (
-                    tensor  # the strict load below copies it onto itself: a no-op
-                )
+                # the state's own tensor: the strict load below copies it onto itself
+                owner._buffers[leaf] = tensor
         self.load_state_dict(state, strict=True)
         self.reset_caches()
 

@@ -29,6 +29,9 @@ from inspectkit.errors import DataError
 from inspectkit.ops import resize_images
 from inspectkit.records import AnomalyScores, ImageSet, Report, SampleMeta
 
+#: AUPRO's defaults: the false-positive rate it integrates up to, and its thresholds.
+AUPRO_MAX_FPR = 0.3
+AUPRO_THRESHOLDS = 1000
 #: Labels that count as "good" (MVTec "good", magnetic tile "Free", WM-811K "none").
 DEFAULT_GOOD_LABELS = ["good", "Free", "ok", "OK", "normal", "none"]
 
@@ -194,16 +197,10 @@ def _ranks(m: torch.Tensor, gt: torch.Tensor) -> PixelRanks:
 
 
 def pixel_auroc(
-    maps: AnomalyScores | torch.Tensor,
-    masks: torch.Tensor | Sequence[torch.Tensor] | None = None,
-    *,
-    ranks: PixelRanks | None = None,
+    maps: AnomalyScores | torch.Tensor, masks: torch.Tensor | Sequence[torch.Tensor] | None = None
 ) -> float:
-    """ROC AUC of every pixel's anomaly value vs. its mask (masks resized to the maps);
-    ``ranks``: the maps' :class:`PixelRanks` when already built (``anomaly_report``)."""
-    if ranks is None:
-        ranks = _ranks(*_pixel_arrays(maps, masks))
-    return ranks.auroc()
+    """ROC AUC of every pixel's anomaly value vs. its mask (masks resized to the maps)."""
+    return _ranks(*_pixel_arrays(maps, masks)).auroc()
 
 
 def ranked_auroc(y: np.ndarray, scores: torch.Tensor) -> float:
@@ -221,26 +218,29 @@ def aupro(
     maps: AnomalyScores | torch.Tensor,
     masks: torch.Tensor | Sequence[torch.Tensor] | None = None,
     *,
-    max_fpr: float = 0.3,
-    num_thresholds: int = 1000,
-    ranks: PixelRanks | None = None,
+    max_fpr: float = AUPRO_MAX_FPR,
+    num_thresholds: int = AUPRO_THRESHOLDS,
 ) -> float:
     """Area under the per-region-overlap curve up to ``max_fpr``, normalised to [0, 1].
 
     Each connected defect region counts equally, so small defects weigh as much as large
     ones. Thresholds are ``num_thresholds`` quantiles of the map values; the share of
-    good pixels at or above each comes from the sorted values (``ranks``, built here
-    when not given).
+    good pixels at or above each comes from the sorted values (:class:`PixelRanks`).
     """
     if not 0 < max_fpr <= 1:
         raise DataError(f"max_fpr must be in (0, 1], got {max_fpr}")
     m, gt = _pixel_arrays(maps, masks)
-    return _aupro(m, gt, max_fpr, num_thresholds, ranks)
+    return _aupro(m, gt, None, max_fpr, num_thresholds)
 
 
 def _aupro(
-    m: torch.Tensor, gt: torch.Tensor, max_fpr: float, num_thresholds: int, ranks: PixelRanks | None
+    m: torch.Tensor,
+    gt: torch.Tensor,
+    ranks: PixelRanks | None,
+    max_fpr: float = AUPRO_MAX_FPR,
+    num_thresholds: int = AUPRO_THRESHOLDS,
 ) -> float:
+    """:func:`aupro` of maps and masks already at one size; ``ranks`` when built."""
     values = m.numpy()
     gt_np = gt.numpy()
     if not _need_both(gt_np.flatten()):
@@ -336,7 +336,7 @@ def anomaly_report(
         m, gt = _pixel_arrays(real, None)
         ranks = _ranks(m, gt)  # one sort serves both pixel metrics
         metrics["pixel_auroc"] = ranks.auroc()
-        metrics["aupro"] = _aupro(m, gt, 0.3, 1000, ranks)
+        metrics["aupro"] = _aupro(m, gt, ranks)
     else:
         notes.append("no masks or maps: pixel metrics not computed")
     if real.is_anomalous is not None:
@@ -347,9 +347,10 @@ def anomaly_report(
         notes.append("no threshold: F1 and false-alarm rate not computed")
     counts = {"good": int((~y).sum()), "defective": int(y.sum())}
     if real.is_anomalous is not None:
-        counts["flagged"] = int(flagged(real).sum())
+        pred = flagged(real)
+        counts["flagged"] = int(pred.sum())
         if real.review is not None:
-            counts["review"] = int((real.review.numpy().astype(bool) & ~flagged(real)).sum())
+            counts["review"] = int((real.review.numpy().astype(bool) & ~pred).sum())
     return Report(
         title=title,
         metrics={k: (v if math.isfinite(v) else float("nan")) for k, v in metrics.items()},
