@@ -72,6 +72,16 @@ CANDIDATES: dict[str, dict] = {
     "ss150-256-nf200": _cutpaste(256, steps=150, n_features=200),
     "ss150-256-crop96": _cutpaste(256, steps=150, crop_size=96),
     "ss150-256-l123": {**_cutpaste(256, steps=150), "layers": ["layer1", "layer2", "layer3"]},
+    "ss150-256-nf200-l123": {
+        **_cutpaste(256, steps=150, n_features=200),
+        "layers": ["layer1", "layer2", "layer3"],
+    },
+    "ss150-256-nf300": _cutpaste(256, steps=150, n_features=300),
+    "ss150-256-nf384": _cutpaste(256, steps=150, n_features=384),
+    "ss150-256-nf300-l123": {
+        **_cutpaste(256, steps=150, n_features=300),
+        "layers": ["layer1", "layer2", "layer3"],
+    },
     "ss300-384-pc": _cutpaste(384, head="patchcore"),
     "ensemble16k-384-bf16": _ensemble(16384, **BF16),
 }
