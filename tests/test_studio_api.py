@@ -579,7 +579,38 @@ def test_anomaly_flow_on_magnetic_tiles(client: TestClient, magnetic_tile_dir: P
     )
     after = client.get("/api/projects/tiles/threshold").json()
     assert after["threshold"] == pytest.approx(chosen)
+    assert after["review_threshold"] is None
     assert all(score > chosen for score in after["defect"])  # no crack missed any more
+    # a review band below it: saved into the stage's settings and calibration, so the
+    # parts between the two lines get the verdict "review"
+    high, low = max(view["defect"]) + 1.0, min(view["good"]) - 1.0
+    for refused in (
+        {"threshold": low, "review_threshold": high},
+        {"threshold": high, "review_threshold": "x"},
+    ):
+        r = client.post("/api/projects/tiles/threshold", json=refused)
+        assert r.status_code == 400 and "review threshold" in r.json()["error"]
+    banded = client.post(
+        "/api/projects/tiles/threshold", json={"threshold": high, "review_threshold": low}
+    )
+    assert banded.status_code == 200, banded.text
+    assert banded.json() == pytest.approx({"threshold": high, "review_threshold": low})
+    stage = Pipeline.load(home / "tiles/models/model").stages[-1]
+    assert stage.config.review_threshold == pytest.approx(low)
+    assert stage.calibration.review_threshold == pytest.approx(low)
+    assert client.get("/api/projects/tiles/threshold").json()["review_threshold"] == pytest.approx(
+        low
+    )
+    row = client.post(
+        "/api/projects/tiles/predict", files=files((crack[0].name, crack[0].read_bytes()))
+    ).json()["results"][0]
+    assert row["anomalous"] is False and row["review"] is True
+    # saved without one, the band is gone
+    plain = client.post("/api/projects/tiles/threshold", json={"threshold": high})
+    assert plain.json()["review_threshold"] is None
+    assert (
+        Pipeline.load(home / "tiles/models/model").stages[-1].calibration.review_threshold is None
+    )
 
 
 # ---------------------------------------------------------------------- command line

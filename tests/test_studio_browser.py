@@ -299,13 +299,37 @@ def test_anomaly_project_on_magnetic_tiles(
     page.click("#save-threshold")
     page.wait_for_selector(".toast:text('saved')")
     assert (studio_home / "tiles/models/model.prev/pipeline.json").is_file()
+    # a review band set on the same screen: its rates move with both lines, and saving
+    # writes it into the model
+    from inspectkit.cli.card import load_model
+
+    model_dir = studio_home / "tiles/models/model"
+    assert not page.locator("#review-slider").is_visible()
+    page.check("#review-toggle")
+    page.wait_for_selector("#review-rate")
+    page.eval_on_selector("#threshold-slider", move, "max")
+    page.eval_on_selector("#review-slider", move, "min")
+    assert page.locator("#review-rate").inner_text() == "100.0 %"  # every held-out part
+    assert page.locator("#miss-rate").inner_text() == "0.0 %"
+    assert page.locator("#false-alarm-rate").inner_text() == "0.0 %"
+    page.eval_on_selector("#review-slider", move, "max")  # the band closes: all passed
+    assert page.locator("#review-rate").inner_text() == "0.0 %"
+    assert page.locator("#miss-rate").inner_text() == "100.0 %"
+    page.eval_on_selector("#review-slider", move, "min")
+    shoot(page, shots / "6b-review-band.png")
+    page.click("#save-threshold")
+    page.wait_for_selector(".toast:text('review from')")
+    saved = load_model(model_dir)[0].stages[-1]
+    low = float(page.eval_on_selector("#review-slider", "el => el.value"))
+    assert saved.calibration.review_threshold == pytest.approx(low)
+    assert saved.threshold == pytest.approx(
+        float(page.eval_on_selector("#threshold-slider", "el => el.value"))
+    )
     # a review band set outside the studio (`inspectkit train --review-rate` into the
     # project) is shown as REVIEW for a part inside it
     from inspectkit.anomaly import Calibration
-    from inspectkit.cli.card import load_model
     from inspectkit.sources import load_inputs
 
-    model_dir = studio_home / "tiles/models/model"
     pipe, card = load_model(model_dir)
     part = load_inputs([str(cracks[5])], channels=card.get("channels"), kind=card.get("kind"))
     score = float(pipe.run(part).scores[0])

@@ -432,7 +432,9 @@ def _routes(app: FastAPI, studio: Studio) -> None:
         p = studio.project(name)
         _no_job(studio, p)
         body = await _json_body(request)
-        return await asyncio.to_thread(_turn, work.save_threshold, p, body.get("threshold"))
+        return await asyncio.to_thread(
+            _turn, work.save_threshold, p, body.get("threshold"), body.get("review_threshold")
+        )
 
     @app.get("/api/projects/{name}/report")
     def report(name: str) -> FileResponse:

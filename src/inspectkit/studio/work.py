@@ -400,11 +400,15 @@ def threshold_view(project: StudioProject) -> dict[str, Any]:
     if card["task"] != "anomaly":
         raise StudioError("the threshold belongs to good-only (anomaly) projects")
     good, defect = _held_out_scores(project, pipe, card)
+    stage = pipe.stages[-1]
+    cal = getattr(stage, "calibration", None)
     return {
-        "threshold": pipe.stages[-1].threshold,
+        "threshold": stage.threshold,
+        # the lower threshold of a review band (parts between the two go to a person)
+        "review_threshold": getattr(cal, "review_threshold", None),
         "good": good,
         "defect": defect,
-        "can_save": can_set_threshold(pipe.stages[-1]),
+        "can_save": can_set_threshold(stage),
     }
 
 
@@ -425,28 +429,39 @@ def can_set_threshold(stage: Any) -> bool:
     return "threshold" in getattr(type(getattr(stage, "config", None)), "model_fields", {})
 
 
-def save_threshold(project: StudioProject, value: Any) -> dict[str, Any]:
-    """Fix the detector's threshold at ``value`` through the stage's API (its
-    ``threshold`` setting and a ``Calibration.fixed`` normalised on the held-out good
-    scores) and save it as a new model version (the previous one kept)."""
+def save_threshold(project: StudioProject, value: Any, review: Any = None) -> dict[str, Any]:
+    """Fix the detector's threshold at ``value`` and its review band's lower threshold
+    at ``review`` (``None``: no band) through the stage's API (its ``threshold`` and
+    ``review_threshold`` settings and a ``Calibration.fixed`` normalised on the held-out
+    good scores) and save it as a new model version (the previous one kept)."""
     from inspectkit.anomaly.threshold import Calibration
     from inspectkit.cli.card import CARD_FILE, load_model
 
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise StudioError(f"threshold must be a finite number, got {value!r}")
+    named = {"threshold": value} | ({} if review is None else {"review threshold": review})
+    for name, x in named.items():
+        if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+            raise StudioError(f"{name} must be a finite number, got {x!r}")
+    if review is not None and review > value:
+        raise StudioError(
+            f"review threshold {review} lies above the threshold {value}: the review band "
+            "sits below the threshold"
+        )
     pipe, card = _load_model(project, load_model)
     stage = pipe.stages[-1]
     if card["task"] != "anomaly" or not can_set_threshold(stage):
         raise StudioError("this model's threshold cannot be set here")
     good, _ = _held_out_scores(project, pipe, card)
+    rv = None if review is None else float(review)
     try:
-        stage.set_params(threshold=float(value))
-        stage.calibration = Calibration.fixed(float(value), _tensor(good) if good else None)
+        # a band set here replaces one set at a rate in training (`--review-rate`)
+        stage.set_params(threshold=float(value), review_threshold=rv, review_false_alarm_rate=None)
+        cal = Calibration.fixed(float(value), _tensor(good) if good else None)
+        stage.calibration = cal.with_review(threshold=rv)
     except (ConfigError, DataError) as exc:
         raise StudioError(str(exc)) from None
     card = {**card, "threshold_set_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     pipe.save(project.model_dir, attachments={**pipe.attachments, CARD_FILE: _json(card)}, keep=1)
-    return {"threshold": stage.threshold}
+    return {"threshold": stage.threshold, "review_threshold": stage.calibration.review_threshold}
 
 
 def _tensor(values: list[float]) -> Any:

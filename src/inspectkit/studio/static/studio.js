@@ -587,35 +587,57 @@ function thresholdCard() {
     const all = t.good.concat(t.defect);
     const lo = Math.min(...all), hi = Math.max(...all);
     const span = hi - lo || 1;
-    const slider = h("input", { type: "range", id: "threshold-slider", min: lo - 0.05 * span, max: hi + 0.05 * span, step: span / 400, value: t.threshold ?? hi });
+    const range = { min: lo - 0.05 * span, max: hi + 0.05 * span, step: span / 400 };
+    const slider = h("input", { type: "range", id: "threshold-slider", ...range, value: t.threshold ?? hi });
+    // the review band: parts scoring between its line and the threshold go to a person
+    const hasBand = t.review_threshold !== null && t.review_threshold !== undefined;
+    const band = h("input", { type: "checkbox", id: "review-toggle", checked: hasBand });
+    const reviewSlider = h("input", { type: "range", id: "review-slider", ...range, value: hasBand ? t.review_threshold : t.threshold ?? hi });
+    const reviewRow = h("div", { class: "stack" }, h("span", { class: "small muted", text: "Review band: parts scoring between this line and the threshold are sent to a person." }), reviewSlider);
     const rates = h("div", { class: "metrics" });
     const canvas = h("canvas", { id: "threshold-chart" });
     const save = h("button", { class: "primary", id: "save-threshold", text: "Save threshold as a new model version", disabled: !t.can_save });
+    const share = (xs, keep) => (xs.length ? xs.filter(keep).length / xs.length : null);
     const update = () => {
       const v = Number(slider.value);
-      const fa = t.good.length ? t.good.filter((s) => s > v).length / t.good.length : null;
-      const miss = t.defect.length ? t.defect.filter((s) => s <= v).length / t.defect.length : null;
-      rates.replaceChildren(
-        h("div", { class: "metric" }, h("b", { id: "miss-rate", text: pct(miss) }), h("span", { text: `defects missed (of ${t.defect.length})` })),
-        h("div", { class: "metric" }, h("b", { id: "false-alarm-rate", text: pct(fa) }), h("span", { text: `false alarms (of ${t.good.length} good)` })),
-        h("div", { class: "metric" }, h("b", { text: fmt(v, 4) }), h("span", { text: "threshold" })));
-      histogram(canvas, t.good, t.defect, v, t.threshold, lo - 0.05 * span, hi + 0.05 * span);
+      if (Number(reviewSlider.value) > v) reviewSlider.value = v;  // the band sits below the threshold
+      const r = band.checked ? Number(reviewSlider.value) : v;
+      reviewRow.hidden = !band.checked;
+      const inBand = (s) => s > r && s <= v;
+      const kids = [
+        h("div", { class: "metric" }, h("b", { id: "miss-rate", text: pct(share(t.defect, (s) => s <= r)) }), h("span", { text: `defects passed as good (of ${t.defect.length})` })),
+        h("div", { class: "metric" }, h("b", { id: "false-alarm-rate", text: pct(share(t.good, (s) => s > v)) }), h("span", { text: `false alarms (of ${t.good.length} good)` })),
+      ];
+      if (band.checked) {
+        kids.push(
+          h("div", { class: "metric" }, h("b", { id: "review-rate", text: pct(share(all, inBand)) }),
+            h("span", { text: `sent to review (${t.good.filter(inBand).length} good, ${t.defect.filter(inBand).length} defects)` })),
+          h("div", { class: "metric" }, h("b", { text: fmt(r, 4) }), h("span", { text: "review from" })));
+      }
+      kids.push(h("div", { class: "metric" }, h("b", { text: fmt(v, 4) }), h("span", { text: "threshold" })));
+      rates.replaceChildren(...kids);
+      histogram(canvas, t.good, t.defect, v, t.threshold, range.min, range.max, band.checked ? r : null);
     };
-    slider.addEventListener("input", update);
+    for (const el of [slider, reviewSlider, band]) el.addEventListener("input", update);
+    band.addEventListener("change", update);
     save.addEventListener("click", async () => {
-      const r = await attempt(() => api("POST", `${P()}/threshold`, { threshold: Number(slider.value) }));
-      if (r) { toast(`Threshold ${fmt(r.threshold, 4)} saved; the previous model is kept`); t.threshold = r.threshold; update(); }
+      const body = { threshold: Number(slider.value), review_threshold: band.checked ? Number(reviewSlider.value) : null };
+      const r = await attempt(() => api("POST", `${P()}/threshold`, body));
+      if (r) {
+        toast(`Threshold ${fmt(r.threshold, 4)}${r.review_threshold === null ? "" : `, review from ${fmt(r.review_threshold, 4)},`} saved; the previous model is kept`);
+        t.threshold = r.threshold; update();
+      }
     });
     card.replaceChildren(h("h2", { text: "Threshold" }),
       h("p", { class: "small muted", text: "Scores of the held-out images: good parts in green, defects in red. Move the line: parts scoring above it are flagged." }),
-      canvas, slider, rates,
+      canvas, slider, h("label", { class: "row small" }, band, "Send the parts just below the threshold to review"), reviewRow, rates,
       h("div", { class: "row" }, save, t.can_save ? null : h("span", { class: "small muted", text: "This installation cannot set a detector's threshold yet." })));
     requestAnimationFrame(update);
   }).then((ok) => { if (ok === null) card.querySelector("p").textContent = "No held-out scores: add good images (and defect classes) and train."; });
   return card;
 }
 
-function histogram(canvas, good, bad, v, saved, lo, hi) {
+function histogram(canvas, good, bad, v, saved, lo, hi, review = null) {
   const [ctx, w, hgt] = setupCanvas(canvas);
   const bins = 40, pad = { l: 10, r: 10, t: 8, b: 20 };
   const count = (xs) => { const c = new Array(bins).fill(0); xs.forEach((s) => { c[Math.min(bins - 1, Math.max(0, Math.floor(((s - lo) / (hi - lo)) * bins)))]++; }); return c; };
@@ -627,6 +649,7 @@ function histogram(canvas, good, bad, v, saved, lo, hi) {
   drawBins(g, "rgba(27,138,75,.55)"); drawBins(b, "rgba(192,57,43,.55)");
   ctx.fillStyle = "#5d6b7e"; ctx.fillText("anomaly score →", w / 2 - 40, hgt - 5);
   if (saved !== null && saved !== undefined) { ctx.strokeStyle = "#9aa6b5"; ctx.setLineDash([4, 4]); ctx.beginPath(); ctx.moveTo(X(saved), pad.t); ctx.lineTo(X(saved), hgt - pad.b); ctx.stroke(); ctx.setLineDash([]); }
+  if (review !== null) { ctx.fillStyle = "rgba(185,119,14,.15)"; ctx.fillRect(X(review), pad.t, X(v) - X(review), hgt - pad.t - pad.b); ctx.strokeStyle = "#b9770e"; ctx.lineWidth = 2; ctx.beginPath(); ctx.moveTo(X(review), pad.t); ctx.lineTo(X(review), hgt - pad.b); ctx.stroke(); }
   ctx.strokeStyle = "#1c2430"; ctx.lineWidth = 2; ctx.beginPath(); ctx.moveTo(X(v), pad.t); ctx.lineTo(X(v), hgt - pad.b); ctx.stroke();
 }
 
