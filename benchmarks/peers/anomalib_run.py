@@ -7,7 +7,8 @@ Run with the anomalib virtualenv's python (benchmarks/peers/anomalib.sh creates 
 JOB.json: {"model": "patchcore"|"padim", "backbone", "layers", "coreset_ratio",
 "weights" (converted timm state dict or null), "random_bank_ratio" (optional: a random
 bank of that share instead of the coreset, for throughput at equal bank size), "size", "train": [paths], "test": [paths],
-"out": folder, "batch_size"}. The anomalib lightning model is built exactly as a user
+"out": folder, "batch_size", "score_passes" (optional: score the test set that many
+times, each pass timed)}. The anomalib lightning model is built exactly as a user
 would (``Patchcore(backbone=..., pre_trained=False, coreset_sampling_ratio=...)``) and its
 torch model is driven directly (no Lightning Trainer, so no framework overhead is
 counted against it). Pre-processing is anomalib's own default: antialiased resize to
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -102,15 +104,23 @@ def main() -> None:
     del train
     test = load(job["test"][: job.get("test_limit") or None])
     model.eval()
-    scores, maps = [], []
-    t1, c1 = time.perf_counter(), time.process_time()
-    with torch.no_grad():
-        for s in range(0, len(test), bs):
-            res = model(prep(resized(test[s : s + bs], size)))
-            scores.append(res.pred_score.flatten().float())
-            maps.append(res.anomaly_map.reshape(-1, size, size).half())
-    predict_s = time.perf_counter() - t1
-    predict_cpu_s = time.process_time() - c1
+    pass_s, faults = [], []
+    c1 = time.process_time()
+    # "score_passes" > 1: the test set scored again in the same process, each pass timed
+    # (throughput settled on the median pass rather than one reading)
+    for _ in range(max(1, int(job.get("score_passes", 1)))):
+        scores, maps = [], []
+        f1 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            for s in range(0, len(test), bs):
+                res = model(prep(resized(test[s : s + bs], size)))
+                scores.append(res.pred_score.flatten().float())
+                maps.append(res.anomaly_map.reshape(-1, size, size).half())
+        pass_s.append(time.perf_counter() - t1)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f1)
+    predict_s = pass_s[0]
+    predict_cpu_s = (time.process_time() - c1) / len(pass_s)
     np.save(out / "scores.npy", torch.cat(scores).numpy())
     np.save(out / "maps.npy", torch.cat(maps).numpy())
     bank = getattr(model, "memory_bank", None)
@@ -125,6 +135,8 @@ def main() -> None:
                 "predict_cpu_s": predict_cpu_s,
                 "feature_s": t_feat,
                 "predict_s": predict_s,
+                "predict_pass_s": pass_s,
+                "predict_pass_minor_faults": faults,
                 "n_test": len(test),
                 "bank": int(bank.shape[0]) if isinstance(bank, torch.Tensor) else None,
             }
