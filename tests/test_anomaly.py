@@ -442,6 +442,20 @@ def test_exact_search_matches_brute_force_and_bf16_search_finds_neighbours():
 
 
 @pytest.mark.parametrize("search_dtype", [torch.float32, torch.bfloat16])
+def test_the_search_answers_the_same_in_blocks_of_any_size(search_dtype, monkeypatch):
+    # the blocks of distances share one buffer; the last block is shorter than the rest
+    import inspectkit.anomaly.patchcore as pc_module
+
+    g = torch.Generator().manual_seed(1)
+    bank, queries = torch.randn(3000, 24, generator=g), torch.randn(500, 24, generator=g)
+    whole = nearest_distances(queries, bank, search_dtype=search_dtype)
+    monkeypatch.setattr(pc_module, "_DIST_BLOCK", 3000 * 33)  # 33 rows a block
+    blocks = nearest_distances(queries, bank, search_dtype=search_dtype)
+    assert torch.equal(whole[1], blocks[1]) and torch.equal(whole[0], blocks[0])
+    assert torch.equal(whole[1], torch.cdist(queries, bank).argmin(1))
+
+
+@pytest.mark.parametrize("search_dtype", [torch.float32, torch.bfloat16])
 def test_a_patch_next_to_its_neighbour_gets_its_true_small_distance(search_dtype):
     # large feature norms, patches a hair away from a bank row (a flat, clean surface):
     # ‖b‖² − 2 q·b + ‖q‖² cancels to rounding noise there, four times the true distance
@@ -596,6 +610,19 @@ def test_ensemble_members_on_one_backbone_share_its_pass(data, monkeypatch):
     monkeypatch.setattr(FeatureExtractor, "forward", forward)
     assert feature_plan(list(build(padim_seed=1).fit(x).members)) == [None, None]
     assert feature_plan(list(build(("layer1", "layer4")).members)) == [None, None]
+
+
+def test_padim_scores_the_same_whatever_its_position_chunk(data, monkeypatch):
+    # the Mahalanobis distances go SCORE_CHUNK positions at a time into a reused buffer;
+    # any chunk (one that does not divide the grid, or all positions at once) gives the
+    # same numbers, bit for bit
+    x, test = data["train"].image_tensor(), data["test"].image_tensor()
+    det = PaDiM(n_features=24, progress=False, device="cpu").fit(x)
+    monkeypatch.setattr(PaDiM, "SCORE_CHUNK", 10**9)
+    whole = det.score(test)
+    monkeypatch.setattr(PaDiM, "SCORE_CHUNK", 7)
+    chunked = det.score(test)
+    assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1], chunked[1])
 
 
 def test_a_loaded_state_is_adopted_not_copied_and_stays_its_own(data):
