@@ -453,6 +453,9 @@ def test_the_search_answers_the_same_in_blocks_of_any_size(search_dtype, monkeyp
     blocks = nearest_distances(queries, bank, search_dtype=search_dtype)
     assert torch.equal(whole[1], blocks[1]) and torch.equal(whole[0], blocks[0])
     assert torch.equal(whole[1], torch.cdist(queries, bank).argmin(1))
+    # queries that need gradients get fresh blocks (out= takes no part in autograd)
+    graded = nearest_distances(queries.clone().requires_grad_(), bank, search_dtype=search_dtype)
+    assert torch.equal(graded[1], whole[1]) and torch.equal(graded[0].detach(), whole[0])
 
 
 @pytest.mark.parametrize("search_dtype", [torch.float32, torch.bfloat16])

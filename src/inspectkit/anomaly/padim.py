@@ -196,8 +196,9 @@ class PaDiM(AnomalyModel):
             buf = delta.new_empty(min(self.SCORE_CHUNK, h * w), b, d)
             for start in range(0, h * w, self.SCORE_CHUNK):
                 sl = slice(start, start + self.SCORE_CHUNK)
-                part = torch.bmm(delta[sl], self.inv_cov[sl], out=buf[: len(delta[sl])])
-                torch.sum(part.mul_(delta[sl]), 2, out=m[sl])
+                dl = delta[sl]
+                part = torch.bmm(dl, self.inv_cov[sl], out=buf[: len(dl)])
+                torch.sum(part.mul_(dl), 2, out=m[sl])
         m = m.clamp_min_(0).sqrt_()  # P×B
         patch_maps = m.T.reshape(b, h, w)
         maps = self.upsample_smooth(patch_maps, tuple(x.shape[-2:]))

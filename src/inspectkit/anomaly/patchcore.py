@@ -142,9 +142,9 @@ def nearest_distances(
     # one block of distances, written over by every block: a fresh block per product
     # is a fresh allocation the kernel must fault in page by page (a third of the
     # search's time on 2 cores)
-    d2_buf = queries.new_empty(min(rows, queries.shape[0]), bank.shape[0], dtype=search_dtype)
-    if queries.requires_grad:  # out= takes no part in autograd
-        d2_buf = None
+    # (out= takes no part in autograd: none where the queries need gradients)
+    block = (min(rows, queries.shape[0]), bank.shape[0])
+    d2_buf = None if queries.requires_grad else queries.new_empty(block, dtype=search_dtype)
     dists, idx = [], []
     for s in range(0, queries.shape[0], rows):
         q = queries[s : s + rows]
