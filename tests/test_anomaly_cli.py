@@ -102,3 +102,23 @@ def test_train_detector_flags_reach_the_detector(magnetic_tile_dir, tmp_path):
     bad = cli("train", "--data", str(train), "--task", "anomaly", "--out", str(tmp_path / "m3"),
               "--false-alarm-rate", "1.5", check=False)  # fmt: skip
     assert bad.returncode == 2 and "between 0 and 1" in bad.stderr
+    # a review band between two scores: the card shows both; parts between them get review
+    banded = cli("train", "--data", str(train), "--task", "anomaly", "--out", str(tmp_path / "m4"),
+                 "--json", "--method", "padim", "--size", "64", "--threshold", "5.5",
+                 "--review-threshold", "2.5")  # fmt: skip
+    cal = last_json(banded)["recipe"]["calibration"]["*"]
+    assert (cal["threshold"], cal["review_threshold"]) == (5.5, 2.5)
+    rows = last_json(cli("predict", "--model", str(tmp_path / "m4"), "--json", str(train)))
+    for r in rows["predictions"]:
+        assert r["anomalous"] == (r["score"] > 5.5) and r["review"] == (2.5 < r["score"] <= 5.5)
+    # refused before any training, one line, exit 2, nothing written
+    for flags, says in (
+        (["--threshold", "5.5", "--review-threshold", "6"], "must not exceed threshold"),
+        (["--review-rate", "0.3", "--review-threshold", "2"], "not both"),
+        (["--threshold", "nan"], "finite"),
+    ):
+        out = tmp_path / "refused"
+        no = cli("train", "--data", str(train), "--task", "anomaly", "--out", str(out),
+                 "--method", "padim", "--size", "64", *flags, check=False)  # fmt: skip
+        assert no.returncode == 2 and says in no.stderr, no.stderr
+        assert len(no.stderr.strip().splitlines()) == 1 and not out.exists()

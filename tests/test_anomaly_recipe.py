@@ -102,6 +102,30 @@ def test_stage_review_band_and_fixed_threshold():
     assert fixed.threshold == 123.0 and fixed.calibration.rule == "fixed"
     with pytest.raises(ConfigError, match="review_false_alarm_rate"):
         small(target_false_alarm_rate=0.1, review_false_alarm_rate=0.05)
+    with pytest.raises(ConfigError, match="not both"):
+        small(review_threshold=1.0, review_false_alarm_rate=0.3)
+
+
+def test_a_review_line_above_the_calibrated_threshold_is_said(caplog):
+    # set as a score while the threshold comes from the rate: the band would be empty
+    goods = flat_parts(40, 0)
+    with caplog.at_level("WARNING", logger="inspectkit.anomaly.stage"):
+        det = small(target_false_alarm_rate=0.05, review_threshold=1e9).fit(goods)
+    assert det.calibration.review_threshold == det.calibration.threshold
+    assert any("no part gets the verdict review" in r.getMessage() for r in caplog.records)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    value=st.floats(allow_nan=True, allow_infinity=True),
+    field=st.sampled_from(["threshold", "review_threshold"]),
+)
+def test_thresholds_are_finite_numbers_or_refused_when_set(value, field):
+    if math.isfinite(value):
+        assert getattr(small(**{field: value}).config, field) == value
+    else:
+        with pytest.raises(ConfigError, match="finite"):
+            small(**{field: value})
 
 
 def test_the_review_verdict_reaches_predict_rows_and_the_metrics(capsys):

@@ -58,6 +58,7 @@ def default_pipeline(
     false_alarm_rate: float | None = None,
     threshold: float | None = None,
     review_rate: float | None = None,
+    review_threshold: float | None = None,
     tile: int | None = None,
     group_by: str | None = None,
 ) -> Pipeline:
@@ -85,6 +86,7 @@ def default_pipeline(
         threshold: Detector: a fixed threshold instead.
         review_rate: Detector: a review band whose lower threshold flags this share of
             goods.
+        review_threshold: Detector: a review band whose lower threshold is this score.
         tile: Detector: tile side for tiled inspection at native resolution.
         group_by: Detector: ``SampleMeta`` field or ``meta`` key naming the product.
     """
@@ -120,6 +122,7 @@ def default_pipeline(
         "target_false_alarm_rate": false_alarm_rate,
         "threshold": threshold,
         "review_false_alarm_rate": review_rate,
+        "review_threshold": review_threshold,
         "tile": tile,
         "group_by": group_by,
     }

@@ -274,6 +274,13 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
                 )
             return v
 
+        @field_validator("threshold", "review_threshold")
+        @classmethod
+        def _finite(cls, v: float | None) -> float | None:
+            if v is not None and not math.isfinite(v):
+                raise ValueError(f"a threshold must be a finite number, got {v}")
+            return v
+
         @field_validator("group_by")
         @classmethod
         def _group_key(cls, v: str | None) -> str | None:
@@ -295,6 +302,10 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
                 f"review_false_alarm_rate ({cfg.review_false_alarm_rate}) must exceed "
                 f"target_false_alarm_rate ({cfg.target_false_alarm_rate}): the review band "
                 "lies below the defect threshold"
+            )
+        if cfg.review_threshold is not None and cfg.review_false_alarm_rate is not None:
+            raise ConfigError(
+                "a review band is set by review_threshold or by review_false_alarm_rate, not both"
             )
         if (
             cfg.review_threshold is not None
@@ -754,6 +765,13 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
             assert scores is not None
             cal = Calibration.estimate(scores, rate or cfg.target_false_alarm_rate)
         if cfg.review_threshold is not None:
+            if cfg.review_threshold > cal.threshold:
+                log.warning(
+                    "review_threshold %g lies above the threshold %g set at the false-alarm "
+                    "rate: no part gets the verdict review (lower review_threshold)",
+                    cfg.review_threshold,
+                    cal.threshold,
+                )
             return cal.with_review(threshold=min(cfg.review_threshold, cal.threshold))
         if cfg.review_false_alarm_rate is not None and scores is not None:
             return cal.with_review(rate=cfg.review_false_alarm_rate, good_scores=scores)

@@ -172,6 +172,10 @@ class Train(Command):
             help="detector: review band (verdict review) flagging this share of good parts",
         )  # fmt: skip
         detector.add_argument(
+            "--review-threshold", type=float, default=None, metavar="SCORE",
+            help="detector: review band from this score up to the threshold (not with --review-rate)",
+        )  # fmt: skip
+        detector.add_argument(
             "--tile", type=positive_int, default=None, metavar="PX",
             help="detector: inspect PX×PX tiles at native resolution",
         )  # fmt: skip
@@ -240,6 +244,7 @@ class Train(Command):
             false_alarm_rate=args.false_alarm_rate,
             threshold=args.threshold,
             review_rate=args.review_rate,
+            review_threshold=args.review_threshold,
             tile=args.tile,
             group_by=args.group_by,
         )
