@@ -88,10 +88,6 @@ def convert_effnet(pth: Path, dest: Path) -> Path:
     return dest
 
 
-def runs_by_name(runs: list[dict]) -> dict[str, dict]:
-    return {r["name"]: r for r in runs}
-
-
 # ---------------------------------------------------------------------- data
 def data_root() -> Path:
     env = os.environ.get("INSPECTKIT_DATA")
@@ -523,16 +519,15 @@ def main() -> None:
             ]
             # the default recipe (AnomalyDetector() with the weights extra: the working
             # size "auto" gives 384 px on these tiles) and the peers at that size
-            runs.append(
-                {
-                    "name": DEFAULT_NAME,
-                    "lib": "inspectkit",
-                    "method": "default",
-                    "size": size if quick else TUNED_SIZE,
-                    "intensity": "standardize",
-                    **eff,
-                }
-            )
+            default_run = {
+                "name": DEFAULT_NAME,
+                "lib": "inspectkit",
+                "method": "default",
+                "size": size if quick else TUNED_SIZE,
+                "intensity": "standardize",
+                **eff,
+            }
+            runs.append(default_run)
             if not args.skip_peer:
                 # the peers at the default's size and at the protocol's 256 px
                 for tag, at in ((" 384px", {"size": size if quick else TUNED_SIZE}), ("", {})):
@@ -562,7 +557,7 @@ def main() -> None:
                 # drawn at random (fitted in seconds instead of 11-15 minutes; the same
                 # search cost, no comparable quality, so no metrics)
                 runs += [
-                    {**runs_by_name(runs)[DEFAULT_NAME], "name": f"{DEFAULT_NAME} [throughput]"},
+                    {**default_run, "name": f"{DEFAULT_NAME} [throughput]"},
                     {
                         "name": "anomalib PatchCore random 0.1% bank 384px (EffNet-Lite0 "
                         "ImageNet) [throughput]",

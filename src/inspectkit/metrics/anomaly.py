@@ -287,6 +287,14 @@ def flagged(result: AnomalyScores) -> np.ndarray:
     return verdict(result.scores, result.threshold).numpy()
 
 
+def sent_to_review(result: AnomalyScores, flags: np.ndarray) -> np.ndarray | None:
+    """Per sample, whether it goes to review: in the detector's review band and not
+    flagged (``flags``, from :func:`flagged`); ``None`` without a review band."""
+    if result.review is None:
+        return None
+    return result.review.numpy().astype(bool) & ~flags
+
+
 def threshold_metrics(
     result: AnomalyScores, *, good_labels: Sequence[str] = DEFAULT_GOOD_LABELS
 ) -> dict[str, float]:
@@ -308,8 +316,8 @@ def threshold_metrics(
         "false_alarm_rate": float(pred[~y].mean()) if (~y).any() else nan,
         "miss_rate": float((~pred[y]).mean()) if y.any() else nan,
     }
-    if real.review is not None:
-        review = real.review.numpy().astype(bool) & ~pred
+    review = sent_to_review(real, pred)
+    if review is not None:
         out["review_rate_good"] = float(review[~y].mean()) if (~y).any() else nan
         out["review_rate_defective"] = float(review[y].mean()) if y.any() else nan
         out["miss_rate_after_review"] = float((~(pred | review))[y].mean()) if y.any() else nan
@@ -349,8 +357,9 @@ def anomaly_report(
     if real.is_anomalous is not None:
         pred = flagged(real)
         counts["flagged"] = int(pred.sum())
-        if real.review is not None:
-            counts["review"] = int((real.review.numpy().astype(bool) & ~pred).sum())
+        review = sent_to_review(real, pred)
+        if review is not None:
+            counts["review"] = int(review.sum())
     return Report(
         title=title,
         metrics={k: (v if math.isfinite(v) else float("nan")) for k, v in metrics.items()},
@@ -370,5 +379,6 @@ __all__ = [
     "is_defective",
     "pixel_auroc",
     "ranked_auroc",
+    "sent_to_review",
     "threshold_metrics",
 ]

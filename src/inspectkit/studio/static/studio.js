@@ -619,7 +619,6 @@ function thresholdCard() {
       histogram(canvas, t.good, t.defect, v, t.threshold, range.min, range.max, band.checked ? r : null);
     };
     for (const el of [slider, reviewSlider, band]) el.addEventListener("input", update);
-    band.addEventListener("change", update);
     save.addEventListener("click", async () => {
       const body = { threshold: Number(slider.value), review_threshold: band.checked ? Number(reviewSlider.value) : null };
       const r = await attempt(() => api("POST", `${P()}/threshold`, body));
