@@ -6,8 +6,10 @@ by name are permuted with seed 0; the first ``--fit-share`` of the pairs give th
 ``--val-share`` are validation pairs (template = good, tested image = defective; used to
 choose settings), the rest are test pairs. Test: image AUROC of the test pairs' tested
 images against their templates (the goods of held-out pairs), and the share of defect
-boxes touched by the flagged region (map above the threshold calibrated at
-``--rate`` on held-out templates).
+boxes touched by the flagged region (the library's defect region: map above the region
+threshold calibrated on held-out templates' maps, ``inspectkit.metrics.anomaly.
+defect_regions``; with ``--region-rates`` also at each of those region false-alarm rates,
+``image`` for the map above the image threshold, as before session 12).
 
 Runs (``--runs``, comma separated): ``squash`` (whole image at ``--size``), ``tiled``
 (``--tile`` tiles at native 640 px, ``--overlap``), each ``pooled`` (one detector, all
@@ -32,12 +34,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def data_root() -> Path:
@@ -105,11 +109,50 @@ def boxes_touched(res, flagged: torch.Tensor) -> list[tuple[int, int]]:
     return out
 
 
+def box_masks(res) -> torch.Tensor:
+    """The defect boxes of each image filled in, ``N×H×W`` bool at the maps' size."""
+    out = torch.zeros(res.maps.shape, dtype=torch.bool)
+    for i, boxes in enumerate(res.boxes or [[] for _ in res.samples]):
+        for b in boxes:
+            out[i, int(b.ymin) : int(b.ymax) + 1, int(b.xmin) : int(b.xmax) + 1] = True
+    return out
+
+
+def region_rows(det, res, rates: list[float | None]) -> list[dict]:
+    """Boxes touched and region pixels inside boxes, per candidate region rate."""
+    from bench_regions import region_lines, shown_parts
+
+    from inspectkit.anomaly.threshold import region_masks
+
+    inside = box_masks(res)
+    shown = shown_parts(res)
+    rows = []
+    for rate in rates:
+        region = region_masks(res.maps, region_lines(det, res, rate), shown)
+        per_image = boxes_touched(res, region)
+        touched, total = (sum(col) for col in zip(*per_image)) if per_image else (0, 0)
+        rows.append({
+            "rate": rate,
+            "boxes_touched": round(touched / max(total, 1), 4),
+            "region_in_boxes": round(int((region & inside).sum()) / max(int(region.sum()), 1), 4),
+            "region_area": round(float(region.float().mean()), 5),
+        })  # fmt: skip
+    return rows
+
+
 def run_one(
-    name: str, cfg: dict, fit, evalset, threads: int, device: str = "cpu", rows_out: str = ""
+    name: str,
+    cfg: dict,
+    fit,
+    evalset,
+    threads: int,
+    device: str = "cpu",
+    rows_out: str = "",
+    region_rates: list[float | None] | None = None,
 ) -> dict:
     from inspectkit.anomaly import AnomalyDetector
     from inspectkit.metrics import image_auroc
+    from inspectkit.metrics.anomaly import defect_regions
 
     det = AnomalyDetector(progress=False, device=device, **cfg)
     t0 = time.perf_counter()
@@ -119,11 +162,7 @@ def run_one(
     res = det.run(evalset)
     run_s = time.perf_counter() - t1
     bad = torch.tensor([s.meta["role"] == "tested" for s in res.samples])
-    flagged = torch.zeros_like(res.maps, dtype=torch.bool)
-    for k, p in det.products.items():
-        rows = [i for i, s in enumerate(res.samples) if not k or s.group == k]
-        flagged[rows] = res.maps[rows] > p.calibration.threshold
-    per_image = boxes_touched(res, flagged)
+    per_image = boxes_touched(res, defect_regions(res))
     touched, total = (sum(col) for col in zip(*per_image)) if per_image else (0, 0)
     if rows_out:  # per image, so runs over parts of the eval set can be pooled
         with open(rows_out, "a") as fh:
@@ -147,6 +186,7 @@ def run_one(
         "flagged_templates": round(float(res.is_anomalous[~bad].float().mean()), 4),
         "fit_s": round(fit_s, 1),
         "img_per_s": round(len(evalset) / run_s, 2),
+        "regions": region_rows(det, res, region_rates) if region_rates else None,
         "n_fit": len(fit),
         "n_eval": len(evalset),
         "load": os.getloadavg()[0],
@@ -187,6 +227,11 @@ def main() -> None:
         "each is run with every --runs entry",
     )
     ap.add_argument("--rows-out", default="", help="append per-image rows (JSON lines) here")
+    ap.add_argument(
+        "--region-rates",
+        default="",
+        help="comma-separated region false-alarm rates (or 'image') to report boxes touched at",
+    )
     ap.add_argument("--save-split", default="", help="write the fit/eval pair lists here")
     ap.add_argument(
         "--copy-to",
@@ -275,7 +320,14 @@ def main() -> None:
             }
         else:
             try:
-                res = run_one(run, cfg, fit, evalset, args.threads, args.device, args.rows_out)
+                rates = [
+                    None if r.strip() == "image" else float(r)
+                    for r in args.region_rates.split(",")
+                    if r.strip()
+                ]
+                res = run_one(
+                    run, cfg, fit, evalset, args.threads, args.device, args.rows_out, rates
+                )
             except Exception as exc:  # one failing configuration must not end the sweep
                 res = {"run": run, "error": f"{type(exc).__name__}: {exc}"}
         res.update(

@@ -64,6 +64,19 @@ def test_train_with_every_default_uses_pretrained_features(magnetic_tile_dir, tm
              "--report", str(tmp_path / "report"))  # fmt: skip
     summary = last_json(ev)
     assert summary["metrics"]["image_auroc"] > 0.7  # 8 good vs 8 defective, pretrained
+    # a flagged defective tile's region boxes reach its defect (the tile's own mask)
+    import numpy as np
+    from PIL import Image
+
+    rows = last_json(cli("predict", "--model", str(model), "--json", str(test)))["predictions"]
+    hits = []
+    for r in rows:
+        if r["anomalous"] and "MT_Free" not in r["input"]:
+            mask = np.asarray(Image.open(Path(r["input"]).with_suffix(".png"))) > 0
+            hits.append(
+                any(mask[y0 : y1 + 1, x0 : x1 + 1].any() for x0, y0, x1, y1 in r["regions"])
+            )
+    assert not hits or any(hits), rows
     assert any(
         n.startswith("detector: ensemble(patchcore+padim) (default) on efficientnet_lite0")
         for n in summary["notes"]
@@ -96,6 +109,15 @@ def test_train_detector_flags_reach_the_detector(magnetic_tile_dir, tmp_path):
         assert r["anomalous"] == (r["score"] > hi)
         assert r["review"] == (lo < r["score"] <= hi)
     assert any(r["review"] for r in rows) or lo == hi
+    # each flagged or review part's row boxes its defect region, in the tile's own pixels
+    from PIL import Image
+
+    assert cal["region_false_alarm_rate"] == 0.001 and cal["region_threshold"] is not None
+    for r in rows:
+        assert bool(r["regions"]) == (r["anomalous"] or r["review"])
+        w, h = Image.open(r["input"]).size
+        for x0, y0, x1, y1 in r["regions"]:
+            assert 0 <= x0 <= x1 < w and 0 <= y0 <= y1 < h
     fixed = cli("train", "--data", str(train), "--task", "anomaly", "--out", str(tmp_path / "m2"),
                 "--json", "--method", "padim", "--size", "64", "--threshold", "5.5")  # fmt: skip
     assert last_json(fixed)["recipe"]["calibration"]["*"]["threshold"] == 5.5
@@ -108,6 +130,10 @@ def test_train_detector_flags_reach_the_detector(magnetic_tile_dir, tmp_path):
                  "--review-threshold", "2.5")  # fmt: skip
     cal = last_json(banded)["recipe"]["calibration"]["*"]
     assert (cal["threshold"], cal["review_threshold"]) == (5.5, 2.5)
+    regioned = cli("train", "--data", str(train), "--task", "anomaly", "--out", str(tmp_path / "m5"),
+                   "--json", "--method", "padim", "--size", "64", "--region-rate", "0.01")  # fmt: skip
+    cal5 = last_json(regioned)["recipe"]["calibration"]["*"]
+    assert cal5["region_false_alarm_rate"] == 0.01
     rows = last_json(cli("predict", "--model", str(tmp_path / "m4"), "--json", str(train)))
     for r in rows["predictions"]:
         assert r["anomalous"] == (r["score"] > 5.5) and r["review"] == (2.5 < r["score"] <= 5.5)
@@ -116,6 +142,8 @@ def test_train_detector_flags_reach_the_detector(magnetic_tile_dir, tmp_path):
         (["--threshold", "5.5", "--review-threshold", "6"], "must not exceed threshold"),
         (["--review-rate", "0.3", "--review-threshold", "2"], "not both"),
         (["--threshold", "nan"], "finite"),
+        (["--region-rate", "0.05"], "at most 0.01"),
+        (["--region-threshold", "inf"], "finite"),
     ):
         out = tmp_path / "refused"
         no = cli("train", "--data", str(train), "--task", "anomaly", "--out", str(out),

@@ -21,6 +21,7 @@ import inspectkit_runtime as ikr
 from inspectkit import Pipeline
 from inspectkit.anomaly import AnomalyDetector, AnomalyModel, register_detector
 from inspectkit.cli import main
+from inspectkit.cli.predict import prediction_rows
 from inspectkit.export import ExportError, exact_reference, register_detector_exporter
 from inspectkit.stages import Augment, Classifier, Wrangle
 
@@ -53,7 +54,12 @@ def test_every_detector_exports_and_the_runtime_reproduces_it(method: str, tmp_p
         "normalized",
         "anomalous",
         "threshold",
+        "regions",
     }
+    # the defect regions' boxes: the library's rule on the runtime's maps, box for box
+    expected = prediction_rows(exact_reference(pipe).run(test), "anomaly")
+    assert [r["regions"] for r in rows] == [r["regions"] for r in expected]
+    assert all(bool(r["regions"]) == r["anomalous"] for r in rows)
 
 
 def test_an_exported_ensemble_holds_its_shared_backbone_once(tmp_path: Path) -> None:

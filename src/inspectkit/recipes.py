@@ -59,6 +59,8 @@ def default_pipeline(
     threshold: float | None = None,
     review_rate: float | None = None,
     review_threshold: float | None = None,
+    region_rate: float | None = None,
+    region_threshold: float | None = None,
     tile: int | None = None,
     group_by: str | None = None,
 ) -> Pipeline:
@@ -87,6 +89,9 @@ def default_pipeline(
         review_rate: Detector: a review band whose lower threshold flags this share of
             goods.
         review_threshold: Detector: a review band whose lower threshold is this score.
+        region_rate: Detector: share of the held-out goods' map pixels its defect
+            regions' threshold lets in (default: the stage's).
+        region_threshold: Detector: a fixed region threshold (a map value) instead.
         tile: Detector: tile side for tiled inspection at native resolution.
         group_by: Detector: ``SampleMeta`` field or ``meta`` key naming the product.
     """
@@ -123,6 +128,8 @@ def default_pipeline(
         "threshold": threshold,
         "review_false_alarm_rate": review_rate,
         "review_threshold": review_threshold,
+        "region_false_alarm_rate": region_rate,
+        "region_threshold": region_threshold,
         "tile": tile,
         "group_by": group_by,
     }

@@ -572,6 +572,10 @@ class AnomalyScores(ImageSet):
         is_anomalous: Bool verdict per sample, ``None`` without a threshold.
         review: Bool per sample: in the detector's review band (or not scored), for a
             person to decide; ``None`` when the detector has no review band.
+        region_threshold: Per sample, the map value above which its pixels form the
+            defect region (its product's calibrated region threshold; NaN for a part not
+            scored); ``None`` when not calibrated. Regions:
+            :func:`inspectkit.metrics.anomaly.defect_regions`.
     """
 
     per_sample_fields: ClassVar[tuple[str, ...]] = (
@@ -581,6 +585,7 @@ class AnomalyScores(ImageSet):
         "normalized",
         "is_anomalous",
         "review",
+        "region_threshold",
     )
 
     scores: torch.Tensor
@@ -589,6 +594,7 @@ class AnomalyScores(ImageSet):
     threshold: float | None = None
     is_anomalous: torch.Tensor | None = None
     review: torch.Tensor | None = None
+    region_threshold: torch.Tensor | None = None
 
     @model_validator(mode="after")
     def _validate_scores(self) -> Self:
@@ -613,6 +619,12 @@ class AnomalyScores(ImageSet):
             self.review.dtype != torch.bool or tuple(self.review.shape) != (n,)
         ):
             raise ValueError("review must be a bool tensor with one value per sample")
+        if self.region_threshold is not None:
+            r = self.region_threshold
+            if tuple(r.shape) != (n,) or not r.is_floating_point():
+                raise ValueError("region_threshold must hold one float per sample")
+            if bool(torch.isinf(r).any()):
+                raise ValueError("region_threshold must be finite (NaN: a part not scored)")
         if self.threshold is not None and not math.isfinite(self.threshold):
             raise ValueError("threshold must be finite")
         return self

@@ -41,12 +41,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from scipy import ndimage
 
 from inspectkit._version import __version__
 from inspectkit.atomic import atomic_write
 from inspectkit.errors import DataError
-from inspectkit.metrics.anomaly import anomaly_truth, flagged
+from inspectkit.metrics.anomaly import anomaly_truth, defect_regions, flagged
 from inspectkit.ops import to_float
 from inspectkit.records import AnomalyScores, Box, Explained, Predictions, Report
 
@@ -339,13 +338,14 @@ def _thumbnail(
     *,
     mask: torch.Tensor | None = None,
     boxes: list[Box] | None = None,
+    region: torch.Tensor | None = None,
 ) -> Image.Image:
     """The image (with its heatmap, if any) scaled to ``size``. The ground-truth defect
     mask and boxes, when known, are outlined in white, so a reader sees where the true
-    defect is against where the model looked."""
-    if heat is not None:
-        from inspectkit.xai.overlay import overlay
+    defect is against where the model looked; a detector's defect region in magenta."""
+    from inspectkit.xai.overlay import REGION_COLOUR, draw_outline, overlay
 
+    if heat is not None:
         img = overlay(image, heat, kind=kind)
     else:
         x = to_float(image.detach().cpu(), kind=kind).clamp(0, 1)[:3]
@@ -357,14 +357,10 @@ def _thumbnail(
         img = img.resize((round(img.size[0] * scale), round(img.size[1] * scale)), Image.NEAREST)
     elif scale < 1:
         img = img.resize((round(img.size[0] * scale), round(img.size[1] * scale)), Image.BILINEAR)
-    if mask is not None and bool(mask.any()):
-        m = mask.detach().cpu()[:1].float().gt(0).float()[None]
-        m = torch.nn.functional.interpolate(m, size=img.size[::-1], mode="nearest")
-        inside = m[0, 0].numpy().astype(bool)
-        edge = inside & ~ndimage.binary_erosion(inside, iterations=2, border_value=0)
-        arr = np.asarray(img).copy()
-        arr[edge] = 255
-        img = Image.fromarray(arr, "RGB")
+    if mask is not None:
+        img = draw_outline(img, mask.detach().cpu()[0] > 0, (255, 255, 255), width=2)
+    if region is not None:
+        img = draw_outline(img, region, REGION_COLOUR, width=2)
     if boxes:
         sx, sy = img.size[0] / image.shape[-1], img.size[1] / image.shape[-2]
         draw = ImageDraw.Draw(img)
@@ -377,14 +373,18 @@ def _thumbnail(
     return img
 
 
-def _record_thumbnail(record: Any, j: int, heat: torch.Tensor | None) -> Image.Image:
-    """Thumbnail of sample ``j`` of a record, with its ground-truth mask and boxes."""
+def _record_thumbnail(
+    record: Any, j: int, heat: torch.Tensor | None, region: torch.Tensor | None = None
+) -> Image.Image:
+    """Thumbnail of sample ``j`` of a record, with its ground-truth mask and boxes (and a
+    detector's defect ``region``)."""
     return _thumbnail(
         record.images[j],
         heat,
         record.kind,
         mask=record.masks[j] if record.masks is not None else None,
         boxes=record.boxes[j] if record.boxes is not None else None,
+        region=region,
     )
 
 
@@ -438,10 +438,11 @@ def _mistakes_scores(scores: AnomalyScores, limit: int) -> str:
 
     # one scale for every map shown, the one of the anomaly overlay files
     lo, hi = anomaly_scale(scores.maps, scores.threshold) if scores.maps is not None else (0.0, 0.0)
+    regions = defect_regions(sub) if sub.maps is not None else None
     cells = []
     for j, smp in enumerate(sub.samples):
         hm = scale_map(sub.maps[j], lo, hi) if sub.maps is not None else None
-        img = _record_thumbnail(sub, j, hm)
+        img = _record_thumbnail(sub, j, hm, None if regions is None else regions[j])
         verdict = "missed defect" if truth_all[picked[j]] else "false alarm"
         cap = f"{_esc(smp.id)}<br><b>{verdict}</b> ({_esc(smp.label)}), score {float(sub.scores[j]):.3g}"
         cells.append(

@@ -19,6 +19,7 @@ import numpy as np
 from inspectkit_runtime.errors import InputError, RuntimeModelError
 from inspectkit_runtime.images import collect_inputs, decode_image, read_wafer_npz
 from inspectkit_runtime.preprocess import apply_steps, resize_maps
+from inspectkit_runtime.regions import rows_regions
 from inspectkit_runtime.sidecar import PREDICT_SCHEMA, read_sidecar, sha256_file
 
 #: Inputs preprocessed and run through the graph at a time (detector graphs hold
@@ -145,10 +146,16 @@ class InspectionModel:
         return out
 
     def rows(
-        self, outputs: dict[str, np.ndarray], ids: Sequence[str], sources: Sequence[str]
+        self,
+        outputs: dict[str, np.ndarray],
+        ids: Sequence[str],
+        sources: Sequence[str],
+        image_sizes: Sequence[Sequence[int]] | None = None,
     ) -> list[dict[str, Any]]:
-        """Per-input dicts as ``inspectkit predict --json`` writes them."""
+        """Per-input dicts as ``inspectkit predict --json`` writes them (``image_sizes``:
+        each input's ``(H, W)``, which region boxes are given in)."""
         rows: list[dict[str, Any]] = []
+        regions = self.regions(outputs, image_sizes) if self.task != "classify" else None
         for i, (sid, src) in enumerate(zip(ids, sources)):
             row: dict[str, Any] = {"input": src or sid, "id": sid}
             if self.task == "classify":
@@ -166,15 +173,39 @@ class InspectionModel:
                 row["threshold"] = self.threshold
                 if "review" in outputs:
                     row["review"] = bool(outputs["review"][i])
+                if regions is not None:
+                    row["regions"] = regions[i]
             rows.append(row)
         return rows
+
+    def regions(
+        self,
+        outputs: dict[str, np.ndarray],
+        image_sizes: Sequence[Sequence[int]] | None = None,
+    ) -> list[list[list[int]]] | None:
+        """Per part, the boxes of its defect region (the library's rule,
+        :mod:`inspectkit_runtime.regions`), in its image's pixels (``image_sizes``,
+        ``(H, W)`` each; the map's own without); ``None`` for a model without a
+        calibration or maps."""
+        cal = self.sidecar.get("calibration")
+        if cal is None or "map" not in outputs or "anomalous" not in outputs:
+            return None
+        line = cal.get("region_threshold")
+        line = cal["threshold"] if line is None else line
+        shown = outputs["anomalous"].astype(bool)
+        if "review" in outputs:
+            shown = shown | outputs["review"].astype(bool)
+        maps = outputs["map"]
+        lines = np.full(len(maps), float(line))
+        return rows_regions(maps, lines, shown, image_sizes)
 
     def predict_arrays(
         self, images: Sequence[np.ndarray], ids: Sequence[str] | None = None
     ) -> list[dict[str, Any]]:
         """Rows (see :meth:`rows`) for decoded images; ids default to their positions."""
         ids = [str(i) for i in range(len(images))] if ids is None else list(ids)
-        return self.rows(self.run_arrays(images), ids, ids)
+        sizes = [np.asarray(a).shape[:2] for a in images]
+        return self.rows(self.run_arrays(images), ids, ids, sizes)
 
     def read(self, source: Any, name: str) -> list[tuple[str, np.ndarray]]:
         """``(id, array)`` pairs from one uploaded file (bytes): a wafer ``.npz`` gives one
@@ -198,7 +229,9 @@ class InspectionModel:
         def flush() -> None:
             if pending:
                 outs = self.run_arrays([a for _, _, a in pending])
-                rows.extend(self.rows(outs, [i for i, _, _ in pending], [s for _, s, _ in pending]))
+                sizes = [a.shape[:2] for _, _, a in pending]
+                ids = [i for i, _, _ in pending]
+                rows.extend(self.rows(outs, ids, [s for _, s, _ in pending], sizes))
                 pending.clear()
 
         for sid, src, array in collect_inputs(list(paths), kind=self.kind, channels=self.channels):

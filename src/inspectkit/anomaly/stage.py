@@ -37,6 +37,12 @@ Fit on good parts only, run to get :class:`~inspectkit.records.AnomalyScores`.
   ``threshold``. ``review_false_alarm_rate`` / ``review_threshold`` add a review band
   below it (verdicts ``good`` / ``review`` / ``defect``). :meth:`calibrate` re-calibrates
   on other data.
+* Regions: the held-out goods' maps also set the *region threshold*, the map value that
+  a share ``region_false_alarm_rate`` of their pixels exceed (or ``region_threshold``);
+  a flagged part's defect region is its map above it
+  (:func:`inspectkit.metrics.anomaly.defect_regions`), which overlays outline and
+  ``inspectkit predict`` boxes. The image threshold rests on each good image's highest
+  map value, so the map above it would show only a part's strongest defect.
 
 Example:
     >>> import torch
@@ -78,7 +84,7 @@ from inspectkit.anomaly.registry import (
     check_method,
     get_detector,
 )
-from inspectkit.anomaly.threshold import Calibration, check_rate
+from inspectkit.anomaly.threshold import REGION_TAIL_SHARE, Calibration, PixelTail, check_rate
 from inspectkit.errors import ConfigError, DataError, NotFittedError, PersistenceError
 from inspectkit.metrics.anomaly import DEFAULT_GOOD_LABELS, is_defective
 from inspectkit.ops import resize_images
@@ -112,6 +118,9 @@ DEFAULT, AUTO = "default", "auto"
 PRETRAINED_BACKBONE, FALLBACK_BACKBONE = "efficientnet_lite0", "resnet18"
 #: Range of ``size="auto"`` (384 was the best side on the validation split; 512 worse).
 AUTO_SIZE_RANGE = (64, 384)
+#: Share of the held-out goods' map pixels the region threshold lets into a region
+#: (chosen on validation splits; BENCHMARKS.md, anomaly session 12).
+REGION_FALSE_ALARM_RATE = 1e-3
 
 _warned_no_weights = False
 
@@ -160,6 +169,9 @@ class Product:
     intensity: tuple[float, float] | None = None
     selection: dict[str, Any] | None = None
     calibration_scores: torch.Tensor | None = None
+    #: The held-out goods' highest map values (in memory only): region rates re-set
+    #: without scoring again (:meth:`AnomalyDetector.set_region`).
+    calibration_tail: PixelTail | None = None
 
 
 class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
@@ -198,6 +210,10 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         review_false_alarm_rate: Share of goods the review band's lower threshold flags
             (above ``target_false_alarm_rate``), or ``None``.
         review_threshold: A fixed lower threshold of the review band, or ``None``.
+        region_false_alarm_rate: Share of the held-out goods' map pixels above the region
+            threshold, at most ``REGION_TAIL_SHARE`` (module notes), or ``None``: the
+            image threshold draws regions.
+        region_threshold: A fixed region threshold (a map value) instead, or ``None``.
         calibration_fraction: Share of good training images held out for calibration
             (0 = none; the stage then reports no threshold until :meth:`calibrate`).
         options: Further keyword arguments of the detector class (e.g.
@@ -240,6 +256,8 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         threshold: float | None = None
         review_false_alarm_rate: float | None = None
         review_threshold: float | None = None
+        region_false_alarm_rate: float | None = REGION_FALSE_ALARM_RATE
+        region_threshold: float | None = None
         calibration_fraction: float = Field(0.2, ge=0, lt=1)
         options: dict[str, Any] = Field(default_factory=dict)
         batch_size: int = Field(32, ge=1)
@@ -274,7 +292,17 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
                 )
             return v
 
-        @field_validator("threshold", "review_threshold")
+        @field_validator("region_false_alarm_rate")
+        @classmethod
+        def _region_rate(cls, v: float | None) -> float | None:
+            if v is not None and not 0 < v <= REGION_TAIL_SHARE:
+                raise ValueError(
+                    f"a region false-alarm rate is a share of good pixels in (0, "
+                    f"{REGION_TAIL_SHARE}] (e.g. 0.001), got {v}"
+                )
+            return v
+
+        @field_validator("threshold", "review_threshold", "region_threshold")
         @classmethod
         def _finite(cls, v: float | None) -> float | None:
             if v is not None and not math.isfinite(v):
@@ -440,7 +468,17 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
                 if cal.get("review_threshold") is not None
                 else ""
             )
-            notes.append(f"threshold{where} {cal['threshold']:.4g}, set {how}{review}")
+            region = cal.get("region_threshold")
+            if region is None:
+                region = "; defect regions: the map above the threshold"
+            elif cal.get("region_false_alarm_rate") is not None:
+                region = (
+                    f"; defect regions: the map above {region:.4g}, "
+                    f"{cal['region_false_alarm_rate']:g} of held-out good pixels"
+                )
+            else:
+                region = f"; defect regions: the map above {region:.4g} (fixed)"
+            notes.append(f"threshold{where} {cal['threshold']:.4g}, set {how}{review}{region}")
         for key, sel in (r.get("selection") or {}).items():
             where = "" if key == "*" else f" [{key}]"
             notes.append(
@@ -749,15 +787,33 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
             product.detector.validation_defects = None
             product.selection = product.detector.selection
         if n_cal:
-            scores, _ = self._score_images(product.detector, images[cal_idx])
+            scores, maps = self._score_images(product.detector, images[cal_idx])
             product.calibration_scores = scores
-            product.calibration = self._calibration(scores)
+            product.calibration_tail = PixelTail.of(maps)
+            product.calibration = self._calibration(scores, tail=product.calibration_tail)
         elif cfg.threshold is not None:
             product.calibration = self._calibration(None)
         return product
 
-    def _calibration(self, scores: torch.Tensor | None, rate: float | None = None) -> Calibration:
-        """Threshold (fixed, or at the rate) and review band from held-out good scores."""
+    def _calibration(
+        self,
+        scores: torch.Tensor | None,
+        rate: float | None = None,
+        tail: PixelTail | None = None,
+    ) -> Calibration:
+        """Threshold (fixed, or at the rate), review band and region threshold from the
+        held-out goods' scores and maps."""
+        return self._with_region(self._image_calibration(scores, rate), tail)
+
+    def _with_region(self, cal: Calibration, tail: PixelTail | None) -> Calibration:
+        cfg = self.config
+        if cfg.region_threshold is not None:
+            return cal.with_region(threshold=cfg.region_threshold)
+        if cfg.region_false_alarm_rate is not None and tail is not None:
+            return cal.with_region(rate=cfg.region_false_alarm_rate, tail=tail)
+        return cal.with_region()
+
+    def _image_calibration(self, scores: torch.Tensor | None, rate: float | None) -> Calibration:
         cfg = self.config
         if cfg.threshold is not None:
             cal = Calibration.fixed(cfg.threshold, scores)
@@ -787,6 +843,7 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         with good samples only, the one estimated to flag ``target_false_alarm_rate`` of
         goods (default: the config's), and the config's ``target_false_alarm_rate``
         becomes that rate, so a saved pipeline states the rate its threshold was set at.
+        The region threshold is set on the good samples' maps as in :meth:`fit`.
 
         Example:
             >>> det.calibrate(held_out_good, target_false_alarm_rate=0.01)  # doctest: +SKIP
@@ -800,25 +857,64 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         )
         keys = self._keys(data)
         new: dict[str, Calibration] = {}
+        tails: dict[str, PixelTail] = {}
         at_rate = False
         for key, idx in self._route(keys):
             product = self.products[key]
             sub = data.subset(idx) if self.config.group_by else data
-            scores, _ = self._score_images(product.detector, self._prepare(sub, product))
+            scores, maps = self._score_images(product.detector, self._prepare(sub, product))
             bad = torch.tensor([is_defective(s, self.config.good_labels) for s in sub.samples])
             if bad.all():
                 raise DataError("calibration data holds only defective samples; add good ones")
+            tails[key] = PixelTail.of(maps[~bad])
             if bad.any():
-                new[key] = Calibration.f1_optimal(scores, bad)
+                cal = Calibration.f1_optimal(scores, bad)
             else:
-                new[key] = Calibration.estimate(scores, rate)
+                cal = Calibration.estimate(scores, rate)
                 at_rate = True
+            new[key] = self._with_region(cal, tails[key])
         for key, cal in new.items():
             self.products[key].calibration = cal
+            self.products[key].calibration_tail = tails[key]
         if at_rate and rate != self.config.target_false_alarm_rate:
             self.config = self.Config(
                 **{**self.config.model_dump(), "target_false_alarm_rate": rate}
             )
+        return self
+
+    def set_region(
+        self, *, rate: float | None = None, threshold: float | None = None
+    ) -> AnomalyDetector:
+        """Re-set every product's region threshold: at a share ``rate`` of the held-out
+        goods' map pixels (from the values kept since :meth:`fit` / :meth:`calibrate` in
+        this process; no image is scored again), or at a fixed map value ``threshold``.
+        The config then says the same, so a saved pipeline states what its regions rest
+        on. Neither: the image threshold draws regions.
+
+        Raises:
+            NotFittedError: not fitted, or not calibrated.
+            DataError: ``rate`` on a detector loaded from disk (its held-out maps are not
+                kept there: :meth:`calibrate` on held-out goods, or a ``threshold``).
+        """
+        self.check_fitted()
+        if rate is not None and threshold is not None:
+            raise ConfigError("a region threshold is set by rate or by threshold, not both")
+        updates = {"region_false_alarm_rate": rate, "region_threshold": threshold}
+        config = self.Config(**{**self.config.model_dump(), **updates})
+        cals: dict[str, Calibration] = {}
+        for key, product in self.products.items():
+            if product.calibration is None:
+                raise NotFittedError("calibrate the detector before setting its region threshold")
+            tail = product.calibration_tail
+            if rate is not None and tail is None:
+                raise DataError(
+                    "the held-out goods' maps are not kept in a loaded detector: calibrate() "
+                    "it on held-out good images, or give a region threshold"
+                )
+            cals[key] = product.calibration.with_region(threshold=threshold, rate=rate, tail=tail)
+        for key, cal in cals.items():
+            self.products[key].calibration = cal
+        self.config = config
         return self
 
     def _route(self, keys: list[str]) -> Iterator[tuple[str, list[int]]]:
@@ -849,6 +945,7 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
         normalized = torch.full((n,), 0.5)
         anomalous = torch.zeros(n, dtype=torch.bool)
         review = torch.zeros(n, dtype=torch.bool)
+        region = torch.full((n,), float("nan"), dtype=torch.float64)
         seen = torch.zeros(n, dtype=torch.bool)
         for key, idx in self._route(keys):
             product = self.products[key]
@@ -861,6 +958,9 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
                 normalized[pos] = cal.normalize(s)
                 anomalous[pos] = cal.verdict(s)
                 review[pos] = cal.in_review(s)
+                region[pos] = (
+                    cal.threshold if cal.region_threshold is None else cal.region_threshold
+                )
         review |= ~seen  # unknown products (on_unknown_group="review"), not scored
         fields: dict[str, Any] = {"scores": scores, "maps": self._maps_out(data, maps)}
         cal = self.calibration
@@ -868,6 +968,7 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
             fields["threshold"] = cal.threshold
             fields["normalized"] = normalized
             fields["is_anomalous"] = anomalous
+            fields["region_threshold"] = region
             if bool(review.any()) or any(
                 p.calibration is not None and p.calibration.review_threshold is not None
                 for p in self.products.values()

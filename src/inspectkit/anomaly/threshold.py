@@ -24,6 +24,15 @@ How a threshold at a false-alarm rate is estimated from ``n`` held-out goods
 A ``review`` band is a second, lower threshold: scores in ``(review_threshold,
 threshold]`` go to a person, those above are defects (:meth:`Calibration.verdicts`).
 
+Where a flagged part's defect lies is its *region*: the anomaly-map pixels above the
+``region_threshold``, set on the held-out goods' maps so that a share
+``region_false_alarm_rate`` of their pixels would lie in a region (:class:`PixelTail`,
+:meth:`Calibration.with_region`). The image threshold rests on each good image's highest
+map value, so the map above it shows only the strongest spot of a part with several
+defects; the region threshold is a pixel-level one, as low as the goods' maps allow.
+Regions are drawn for parts flagged or sent to review, never for good ones
+(:meth:`Calibration.regions`).
+
 Example:
     >>> import torch
     >>> good = torch.arange(1000, dtype=torch.float32)
@@ -54,6 +63,12 @@ MIN_EXPECTED_ALARMS = 10
 TAIL_SHARE = 0.2
 #: The three verdicts of a detector with a review band.
 VERDICTS = ("good", "review", "defect")
+#: Share of the calibration goods' map pixels a :class:`PixelTail` keeps (its highest):
+#: the largest region false-alarm rate it can serve.
+REGION_TAIL_SHARE = 0.01
+#: At most this many pixel values are kept, so a tail of many large maps stays small (a
+#: rate then needs ``rate × pixels`` within it).
+REGION_TAIL_MAX = 2_000_000
 
 
 def check_rate(rate: float) -> float:
@@ -156,6 +171,56 @@ def f1_optimal_threshold(scores: torch.Tensor, is_defective: torch.Tensor) -> fl
     return float(below.max()) if below.size else float(np.nextafter(t, -np.inf))
 
 
+@dataclass(frozen=True)
+class PixelTail:
+    """The highest map values of the calibration goods, enough to place a region threshold
+    at any pixel false-alarm rate up to :data:`REGION_TAIL_SHARE` without keeping the maps.
+
+    Attributes:
+        values: The highest ``⌊REGION_TAIL_SHARE · pixels⌋ + 1`` values (at most
+            :data:`REGION_TAIL_MAX`), descending, float64: the order statistic at every
+            rate up to the share.
+        pixels: How many map pixels they were taken from.
+
+    Example:
+        >>> tail = PixelTail.of(torch.arange(10_000.0).reshape(1, 100, 100))
+        >>> tail.threshold(0.001)  # 10 of the 10,000 pixels lie above it
+        9989.0
+    """
+
+    values: torch.Tensor
+    pixels: int
+
+    @classmethod
+    def of(cls, maps: torch.Tensor) -> PixelTail:
+        """The tail of ``maps`` (``N×H×W``, the calibration goods' anomaly maps)."""
+        flat = torch.as_tensor(maps).detach().flatten()
+        n = flat.numel()
+        if n == 0:
+            raise DataError("no calibration maps to set a region threshold on")
+        if not bool(torch.isfinite(flat).all()):
+            raise DataError("calibration maps contain NaN/inf")
+        k = min(n, REGION_TAIL_MAX, math.floor(REGION_TAIL_SHARE * n + 1e-9) + 1)
+        return cls(flat.float().topk(k).values.double(), n)
+
+    @property
+    def max_rate(self) -> float:
+        """The largest rate :meth:`threshold` can serve from the kept values."""
+        return 1.0 if self.values.numel() == self.pixels else self.values.numel() / self.pixels
+
+    def threshold(self, rate: float) -> float:
+        """Smallest map value above which at most ``rate`` of the pixels lie (the order
+        statistic, as :func:`threshold_at_false_alarm_rate` for images)."""
+        rate = check_rate(rate)
+        k = int(np.floor(rate * self.pixels + 1e-9))
+        if k >= self.values.numel() and self.values.numel() < self.pixels:
+            raise ConfigError(
+                f"a region false-alarm rate of {rate:g} is above the {self.max_rate:g} this "
+                "calibration kept; choose a smaller rate"
+            )
+        return float(self.values[min(k, self.values.numel() - 1)])
+
+
 def verdict(scores: torch.Tensor, threshold: float) -> torch.Tensor:
     """Anomalous or not: ``score > threshold``, compared in float64 — the one rule.
 
@@ -164,6 +229,28 @@ def verdict(scores: torch.Tensor, threshold: float) -> torch.Tensor:
         [False, False, True]
     """
     return torch.as_tensor(scores).double() > float(threshold)
+
+
+def region_masks(
+    maps: torch.Tensor, lines: torch.Tensor, shown: torch.Tensor, *, peak: bool = True
+) -> torch.Tensor:
+    """Per part, the map pixels above its ``lines`` value, for the parts ``shown`` (flagged
+    or in review; the rest get none). With ``peak``, a shown part with no pixel above its
+    line gets its highest pixel. The one rule for regions, shared with the torch-free
+    runtime (:func:`inspectkit_runtime.regions.region_masks`).
+
+    Example:
+        >>> m = torch.tensor([[[0.5, 1.5, 3.0]], [[0.5, 1.5, 1.8]], [[0.1, 0.2, 0.3]]])
+        >>> shown = torch.tensor([True, True, False])
+        >>> region_masks(m, torch.tensor([1.0, 2.0, 0.0]), shown).int().tolist()
+        [[[0, 1, 1]], [[0, 0, 1]], [[0, 0, 0]]]
+    """
+    from inspectkit_runtime.regions import region_masks as masks_np
+
+    m = torch.as_tensor(maps).detach().cpu().numpy()
+    lines_np = torch.as_tensor(lines, dtype=torch.float64).cpu().numpy()
+    shown_np = torch.as_tensor(shown, dtype=torch.bool).cpu().numpy()
+    return torch.from_numpy(masks_np(m, lines_np, shown_np, peak=peak))
 
 
 def normalize(scores: torch.Tensor, threshold: float, low: float, high: float) -> torch.Tensor:
@@ -222,6 +309,10 @@ class Calibration:
         interval: 95 % interval ``(low, high)`` of the threshold estimate, or ``None``.
         review_threshold: Scores above it and at most ``threshold`` get the verdict
             ``"review"`` (``None``: no review band).
+        region_threshold: Map pixels above it form the defect region of a flagged part
+            (:meth:`regions`; ``None``: the image threshold draws it).
+        region_false_alarm_rate: The share of calibration goods' map pixels above
+            ``region_threshold`` (``None`` when set by hand or not set).
 
     Example:
         >>> cal = Calibration.at_false_alarm_rate(torch.arange(100.0), 0.05)
@@ -240,6 +331,8 @@ class Calibration:
     estimator: str | None = None
     interval: tuple[float, float] | None = None
     review_threshold: float | None = None
+    region_threshold: float | None = None
+    region_false_alarm_rate: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("threshold", "low", "high"):
@@ -277,6 +370,14 @@ class Calibration:
                     "the review band sits below it"
                 )
             object.__setattr__(self, "review_threshold", float(r))
+        r = self.region_threshold
+        if r is not None:
+            if isinstance(r, bool) or not isinstance(r, int | float) or not math.isfinite(r):
+                raise DataError(f"region threshold must be a finite number, got {r!r}")
+            object.__setattr__(self, "region_threshold", float(r))
+        if self.region_false_alarm_rate is not None:
+            rate = check_rate(self.region_false_alarm_rate)
+            object.__setattr__(self, "region_false_alarm_rate", rate)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -365,6 +466,25 @@ class Calibration:
             )
         return replace(self, review_threshold=float(threshold))
 
+    def with_region(
+        self,
+        *,
+        threshold: float | None = None,
+        rate: float | None = None,
+        tail: PixelTail | None = None,
+    ) -> Calibration:
+        """This calibration with a region threshold: at ``threshold``, or at the map value
+        that a share ``rate`` of the calibration goods' pixels exceed (``tail``:
+        :meth:`PixelTail.of` their maps). Neither: no region threshold (the image
+        threshold draws regions)."""
+        if threshold is not None:
+            return replace(self, region_threshold=float(threshold), region_false_alarm_rate=None)
+        if rate is None:
+            return replace(self, region_threshold=None, region_false_alarm_rate=None)
+        if tail is None:
+            raise DataError("a region threshold at a rate needs the calibration goods' maps")
+        return replace(self, region_threshold=tail.threshold(rate), region_false_alarm_rate=rate)
+
     @classmethod
     def f1_optimal(cls, scores: torch.Tensor, is_defective: torch.Tensor) -> Calibration:
         """F1-optimal threshold on labelled ``scores`` (:func:`f1_optimal_threshold`);
@@ -394,6 +514,25 @@ class Calibration:
             return torch.zeros(s.shape, dtype=torch.bool)
         return (s > self.review_threshold) & ~verdict(s, self.threshold)
 
+    def regions(
+        self, maps: torch.Tensor, scores: torch.Tensor, *, peak: bool = True
+    ) -> torch.Tensor:
+        """Per part, its defect region: map pixels above ``region_threshold`` (the image
+        threshold without one), for parts flagged or in the review band; empty for good
+        ones. With ``peak``, a flagged part with no pixel above it (an image score that is
+        not the map's maximum, or a map resized after scoring) gets its highest pixel, so
+        every flagged part shows where. Returns a bool ``N×H×W`` tensor.
+
+        Example:
+            >>> cal = Calibration(2.0, 0.0, 4.0, region_threshold=1.0)
+            >>> m = torch.tensor([[[0.5, 1.5, 3.0]], [[0.5, 1.5, 1.8]]])
+            >>> cal.regions(m, m.flatten(1).amax(1)).int().tolist()
+            [[[0, 1, 1]], [[0, 0, 0]]]
+        """
+        line = self.threshold if self.region_threshold is None else self.region_threshold
+        shown = self.verdict(scores) | self.in_review(scores)
+        return region_masks(maps, torch.full(shown.shape, line), shown, peak=peak)
+
     def verdicts(self, scores: torch.Tensor) -> list[str]:
         """``"good"``, ``"review"`` or ``"defect"`` per score (:data:`VERDICTS`)."""
         bad, review = self.verdict(scores).tolist(), self.in_review(scores).tolist()
@@ -415,7 +554,16 @@ class Calibration:
         missing = sorted(fields - set(state))
         if missing:
             raise DataError(f"the saved calibration lacks {', '.join(missing)}")
-        optional = {k: state[k] for k in ("estimator", "review_threshold") if k in state}
+        optional = {
+            k: state[k]
+            for k in (
+                "estimator",
+                "review_threshold",
+                "region_threshold",
+                "region_false_alarm_rate",
+            )
+            if k in state
+        }
         if state.get("interval") is not None:
             interval = state["interval"]
             if not isinstance(interval, list | tuple) or len(interval) != 2:
@@ -444,14 +592,18 @@ def _span(good_scores: torch.Tensor, threshold: float) -> tuple[float, float]:
 __all__ = [
     "ESTIMATORS",
     "MIN_EXPECTED_ALARMS",
+    "REGION_TAIL_MAX",
+    "REGION_TAIL_SHARE",
     "RULES",
     "VERDICTS",
     "Calibration",
+    "PixelTail",
     "check_rate",
     "f1_optimal_threshold",
     "goods_needed",
     "normalize",
     "order_statistic_interval",
+    "region_masks",
     "tail_threshold",
     "threshold_at_false_alarm_rate",
     "verdict",

@@ -1,7 +1,9 @@
 """``inspectkit predict``: class probabilities, or anomaly score and verdict, per input.
 
 A detector's verdict is ``ANOMALOUS``, ``good`` or, with a review band, ``REVIEW`` (the
-``--json`` rows then carry ``review``, as the exported runtime's do).
+``--json`` rows then carry ``review``, as the exported runtime's do). A flagged part's
+``--json`` row also carries ``regions``: boxes ``[xmin, ymin, xmax, ymax]`` around its
+defect region, in the image's pixels.
 
 Inputs are read lazily (:func:`inspectkit.sources.load_inputs`) and run through
 ``Pipeline.iter_run`` :data:`PREDICT_BATCH` at a time, printing text rows per batch, so
@@ -94,7 +96,15 @@ def skipped_rows(skipped: list[str]) -> None:
 
 
 def prediction_rows(result: Any, task: str) -> list[dict[str, Any]]:
-    """The ``predictions`` entries of ``inspectkit predict --json`` for one batch."""
+    """The ``predictions`` entries of ``inspectkit predict --json`` for one batch. A
+    calibrated detector's rows carry ``regions``: the boxes of the part's defect region
+    in its image's pixels (:func:`inspectkit.metrics.anomaly.defect_regions`; empty for
+    a good part), as the exported runtime's rows do."""
+    regions = None
+    if task != "classify" and result.maps is not None and result.threshold is not None:
+        from inspectkit.metrics.anomaly import defect_regions
+
+        regions = defect_regions(result)
     rows: list[dict[str, Any]] = []
     for i, s in enumerate(result.samples):
         row: dict[str, Any] = {"input": s.source or s.id, "id": s.id}
@@ -110,6 +120,11 @@ def prediction_rows(result: Any, task: str) -> list[dict[str, Any]]:
             row["threshold"] = result.threshold
             if result.review is not None:  # a review band: as the torch-free runtime's rows
                 row["review"] = bool(result.review[i])
+            if regions is not None:
+                from inspectkit.metrics.anomaly import region_boxes
+
+                size = tuple(result.images[i].shape[-2:])
+                row["regions"] = region_boxes(regions[i], size) if regions[i].any() else []
         rows.append(row)
     return rows
 

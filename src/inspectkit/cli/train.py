@@ -93,6 +93,18 @@ def _rate(text: str) -> float:
     return v
 
 
+def _region_rate(text: str) -> float:
+    """argparse type: a share of good map pixels, in (0, REGION_TAIL_SHARE]."""
+    from inspectkit.anomaly.threshold import REGION_TAIL_SHARE
+
+    v = _rate(text)
+    if v > REGION_TAIL_SHARE:
+        raise argparse.ArgumentTypeError(
+            f"expected a share of good pixels of at most {REGION_TAIL_SHARE}, got {v}"
+        )
+    return v
+
+
 def _seed_of(pipe: Any, given: int | None) -> int:
     if given is not None:
         return given
@@ -176,6 +188,14 @@ class Train(Command):
             help="detector: review band from this score up to the threshold (not with --review-rate)",
         )  # fmt: skip
         detector.add_argument(
+            "--region-rate", type=_region_rate, default=None, metavar="R",
+            help="detector: share of good map pixels inside a defect region (default 0.001)",
+        )  # fmt: skip
+        detector.add_argument(
+            "--region-threshold", type=float, default=None, metavar="VALUE",
+            help="detector: map value above which a flagged part's pixels form its region",
+        )  # fmt: skip
+        detector.add_argument(
             "--tile", type=positive_int, default=None, metavar="PX",
             help="detector: inspect PX×PX tiles at native resolution",
         )  # fmt: skip
@@ -245,6 +265,8 @@ class Train(Command):
             threshold=args.threshold,
             review_rate=args.review_rate,
             review_threshold=args.review_threshold,
+            region_rate=args.region_rate,
+            region_threshold=args.region_threshold,
             tile=args.tile,
             group_by=args.group_by,
         )

@@ -17,6 +17,8 @@ _LAZY: dict[str, str] = {
     "aupro": "inspectkit.metrics.anomaly",
     "anomaly_report": "inspectkit.metrics.anomaly",
     "threshold_metrics": "inspectkit.metrics.anomaly",
+    "defect_regions": "inspectkit.metrics.anomaly",
+    "region_boxes": "inspectkit.metrics.anomaly",
     # explanations (xai issue)
     "energy_pointing_game": "inspectkit.xai.metrics",
     "mask_l1": "inspectkit.xai.metrics",

@@ -129,7 +129,7 @@ class PixelRanks:
 
     Example:
         >>> r = PixelRanks(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1], bool))
-        >>> r.auroc(), r.good_at_or_above(np.array([0.35]))[0]
+        >>> r.auroc(), int(r.good_at_or_above(np.array([0.35]))[0])
         (0.75, 1)
     """
 
@@ -295,6 +295,47 @@ def sent_to_review(result: AnomalyScores, flags: np.ndarray) -> np.ndarray | Non
     return result.review.numpy().astype(bool) & ~flags
 
 
+def defect_regions(result: AnomalyScores, *, peak: bool = True) -> torch.Tensor:
+    """Per sample, its defect region on ``result.maps``: pixels above its region threshold
+    (``result.region_threshold``, else the image threshold), for the parts flagged or sent
+    to review; empty for the rest (:func:`inspectkit.anomaly.threshold.region_masks`).
+
+    Raises:
+        DataError: no maps, or no threshold.
+    """
+    if result.maps is None:
+        raise DataError("this anomaly model produces no anomaly maps to find regions on")
+    flags = flagged(result)
+    review = sent_to_review(result, flags)
+    shown = flags if review is None else flags | review
+    if result.region_threshold is not None:
+        lines = result.region_threshold.double()
+    else:
+        assert result.threshold is not None  # flagged() refused scores without one
+        lines = torch.full((len(result),), float(result.threshold), dtype=torch.float64)
+    shown &= ~torch.isnan(lines).numpy()
+    from inspectkit.anomaly.threshold import region_masks  # the package imports this module
+
+    return region_masks(result.maps, lines.nan_to_num(0.0), torch.from_numpy(shown), peak=peak)
+
+
+def region_boxes(region: torch.Tensor, image_size: Sequence[int] | None = None) -> list[list[int]]:
+    """Bounding boxes ``[xmin, ymin, xmax, ymax]`` (inclusive pixels) of the connected
+    parts (8-connected) of one ``H×W`` region, largest first, at most
+    :data:`inspectkit_runtime.regions.MAX_REGIONS` (the boxes ``predict`` rows carry);
+    scaled to ``image_size`` ``(H, W)`` when the map has another size.
+
+    Example:
+        >>> r = torch.zeros(4, 6, dtype=torch.bool)
+        >>> r[0, 0] = r[1, 1] = True; r[2:4, 3:6] = True
+        >>> region_boxes(r)
+        [[3, 2, 5, 3], [0, 0, 1, 1]]
+    """
+    from inspectkit_runtime.regions import region_boxes as boxes_np
+
+    return boxes_np(torch.as_tensor(region).bool().cpu().numpy(), image_size)
+
+
 def threshold_metrics(
     result: AnomalyScores, *, good_labels: Sequence[str] = DEFAULT_GOOD_LABELS
 ) -> dict[str, float]:
@@ -374,11 +415,13 @@ __all__ = [
     "anomaly_report",
     "anomaly_truth",
     "aupro",
+    "defect_regions",
     "flagged",
     "image_auroc",
     "is_defective",
     "pixel_auroc",
     "ranked_auroc",
+    "region_boxes",
     "sent_to_review",
     "threshold_metrics",
 ]

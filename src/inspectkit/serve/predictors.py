@@ -119,7 +119,8 @@ class RuntimePredictor:
 
     def predict(self, items: Sequence[Item]) -> tuple[list[dict[str, Any]], np.ndarray | None]:
         outputs = self.model.run_arrays([a for _, _, a in items])
-        rows = self.model.rows(outputs, [i for i, _, _ in items], [s for _, s, _ in items])
+        ids, sources = [i for i, _, _ in items], [s for _, s, _ in items]
+        rows = self.model.rows(outputs, ids, sources, [a.shape[:2] for _, _, a in items])
         return rows, outputs.get("score")
 
 

@@ -377,9 +377,19 @@ def _overlays(task: str, data: Any, result: Any, explain: str | None) -> list[st
 
     n = len(result)
     if task == "anomaly" and getattr(result, "maps", None) is not None:
+        from inspectkit.metrics.anomaly import defect_regions
+
         lo, hi = anomaly_scale(result.maps, result.threshold)
+        regions = None if result.threshold is None else defect_regions(result)
         return [
-            png_data_url(overlay(data.images[i], scale_map(result.maps[i], lo, hi), kind=data.kind))
+            png_data_url(
+                overlay(
+                    data.images[i],
+                    scale_map(result.maps[i], lo, hi),
+                    kind=data.kind,
+                    region=None if regions is None else regions[i],
+                )
+            )
             for i in range(n)
         ]
     if task == "classify" and explain and getattr(result, "heatmaps", None) is not None:

@@ -3,7 +3,9 @@
 Explanation heatmaps are already in [0, 1]; anomaly maps are in a detector's own units
 and go through :func:`anomaly_scale`, the one colour scale that the overlays written
 here and the thumbnails of :mod:`inspectkit.report` share, so a map looks the same in
-both.
+both. A flagged part's defect region (:func:`inspectkit.metrics.anomaly.defect_regions`)
+is outlined in :data:`REGION_COLOUR` (:func:`draw_outline`), a colour the jet map never
+takes.
 
 Example:
     >>> import numpy as np
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from inspectkit.atomic import atomic_write
 from inspectkit.errors import DataError
@@ -40,6 +43,8 @@ DEFAULT_ALPHA = 0.5
 SCALE_QUANTILE = 0.995
 #: Values the quantile is estimated from (``torch.quantile`` has an input size limit).
 SCALE_SAMPLE = 1_000_000
+#: Outline colour of a defect region (magenta: not on the jet scale).
+REGION_COLOUR = (255, 0, 255)
 
 
 def jet(values: np.ndarray) -> np.ndarray:
@@ -83,12 +88,47 @@ def scale_map(m: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     return out.float()
 
 
+def draw_outline(
+    img: Image.Image,
+    mask: torch.Tensor | np.ndarray,
+    colour: tuple[int, int, int],
+    width: int | None = None,
+) -> Image.Image:
+    """``img`` with the edge of ``mask`` (``H×W``, resized with nearest to the image)
+    drawn ``width`` pixels wide inside it (default: about 1/200 of the longer side, at
+    least 1), in ``colour``.
+
+    Example:
+        >>> m = np.zeros((8, 8), bool); m[2:6, 2:6] = True
+        >>> im = draw_outline(Image.new("RGB", (8, 8)), m, (255, 0, 255), width=1)
+        >>> int((np.asarray(im)[..., 0] == 255).sum())  # the 4×4 square's 12 edge pixels
+        12
+    """
+    m = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask)
+    m = m.detach().cpu().bool()
+    if m.ndim != 2:
+        raise DataError(f"an outline mask must be H×W, got {tuple(m.shape)}")
+    if not bool(m.any()):
+        return img
+    w, h = img.size
+    if tuple(m.shape) != (h, w):
+        m = torch.nn.functional.interpolate(m[None, None].float(), size=(h, w), mode="nearest")
+        m = m[0, 0].bool()
+    width = width or max(1, round(max(w, h) / 200))
+    inside = m.numpy()
+    edge = inside & ~ndimage.binary_erosion(inside, iterations=width, border_value=0)
+    arr = np.asarray(img.convert("RGB")).copy()
+    arr[edge] = colour
+    return Image.fromarray(arr, "RGB")
+
+
 def overlay(
     image: torch.Tensor,
     heatmap: torch.Tensor,
     *,
     alpha: float = DEFAULT_ALPHA,
     kind: str = "image",
+    region: torch.Tensor | None = None,
 ) -> Image.Image:
     """Blend a jet-coloured heatmap over an image.
 
@@ -97,6 +137,8 @@ def overlay(
         heatmap: ``H×W`` in [0, 1]; resized bilinearly when its size differs from the image.
         alpha: Weight of the heatmap colour (0 = image only, 1 = heatmap only).
         kind: ``"wafer"`` when ``image`` holds 0/1/2 wafer codes.
+        region: ``H×W`` bool defect region, outlined in :data:`REGION_COLOUR`
+            (:func:`draw_outline`), or ``None``.
 
     Returns:
         An RGB :class:`PIL.Image.Image`.
@@ -117,7 +159,8 @@ def overlay(
     colour = jet(hm.clamp(0, 1).numpy()).astype(np.float64) / 255.0
     base = img.permute(1, 2, 0).numpy().astype(np.float64)
     blend = (1 - alpha) * base + alpha * colour
-    return Image.fromarray(np.round(blend * 255).astype(np.uint8), mode="RGB")
+    img = Image.fromarray(np.round(blend * 255).astype(np.uint8), mode="RGB")
+    return img if region is None else draw_outline(img, region, REGION_COLOUR)
 
 
 def _safe(text: str) -> str:
@@ -203,10 +246,12 @@ def write_anomaly_overlays(
     """Write one anomaly-map-on-image PNG per sample plus a sidecar JSON index.
 
     Every map is coloured on one scale (:func:`anomaly_scale` over the whole set, the
-    scale of the report's thumbnails too). File names are
+    scale of the report's thumbnails too); a flagged part's defect region is outlined
+    (:data:`REGION_COLOUR`). File names are
     ``<index>_<id>_<anomalous|good|scored>_<score>.png``; ``overlays.json`` holds the
     method (``"anomaly_map"``), the threshold, the colour scale and, per file, the sample
-    id, score and verdict. Files are written atomically.
+    id, score, verdict and the region's boxes (``[xmin, ymin, xmax, ymax]`` on the map).
+    Files are written atomically.
 
     Raises:
         DataError: ``scores`` is not an ``AnomalyScores`` record or carries no maps.
@@ -220,20 +265,27 @@ def write_anomaly_overlays(
         )
     if scores.maps is None:
         raise DataError("this anomaly model produces no anomaly maps to draw")
+    from inspectkit.metrics.anomaly import defect_regions, region_boxes
+
     out = _out_dir(out_dir)
     lo, hi = anomaly_scale(scores.maps, scores.threshold)
+    regions = None if scores.threshold is None else defect_regions(scores)
     paths: list[Path] = []
     entries: list[dict[str, Any]] = []
     for i, s in enumerate(scores.samples):
         heat = scale_map(scores.maps[i], lo, hi)
-        img = overlay(scores.images[i], heat, alpha=alpha, kind=scores.kind)
+        region = None if regions is None else regions[i]
+        img = overlay(scores.images[i], heat, alpha=alpha, kind=scores.kind, region=region)
         verdict = None if scores.is_anomalous is None else bool(scores.is_anomalous[i])
         tag = {True: "anomalous", False: "good", None: "scored"}[verdict]
         score = float(scores.scores[i])
         name = f"{i:05d}_{_safe(s.id)[-60:]}_{tag}_{score:.3g}.png"
         _save_png(out / name, img)
         paths.append(out / name)
-        entries.append({"file": name, "id": s.id, "score": score, "anomalous": verdict})
+        boxes = None if region is None else region_boxes(region)
+        entries.append(
+            {"file": name, "id": s.id, "score": score, "anomalous": verdict, "regions": boxes}
+        )
     index = {
         "method": "anomaly_map",
         "threshold": scores.threshold,
@@ -247,7 +299,9 @@ def write_anomaly_overlays(
 
 __all__ = [
     "DEFAULT_ALPHA",
+    "REGION_COLOUR",
     "anomaly_scale",
+    "draw_outline",
     "jet",
     "overlay",
     "scale_map",
