@@ -99,6 +99,22 @@ def test_region_boxes_cover_the_region_and_scale_into_the_image(mask, scale):
         assert a1 < size[1] and b1 < size[0]
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    mask=st.tuples(st.integers(1, 30), st.integers(1, 30), st.floats(0.05, 0.95)).flatmap(
+        lambda t: st.lists(st.floats(0, 1), min_size=t[0] * t[1], max_size=t[0] * t[1]).map(
+            lambda v: np.array(v).reshape(t[:2]) < t[2]
+        )
+    )
+)
+def test_the_runtime_labelling_is_scipys(mask):
+    from scipy import ndimage
+
+    ours, n = runtime_regions.label(mask)
+    theirs, m = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    assert n == m and np.array_equal(ours, theirs)
+
+
 def test_region_calibration_is_saved_and_checked():
     cal = Calibration.estimate(torch.arange(100.0), 0.05)
     tail = PixelTail.of(torch.arange(10_000.0).reshape(4, 50, 50))

@@ -1,5 +1,5 @@
-"""inspectkit-runtime: run a model exported by inspectkit with ONNX Runtime, NumPy,
-Pillow and SciPy only (no torch).
+"""inspectkit-runtime: run a model exported by inspectkit with ONNX Runtime, NumPy and
+Pillow only (no torch).
 
 Example:
     >>> import inspectkit_runtime as ikr                 # doctest: +SKIP
