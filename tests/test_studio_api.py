@@ -577,6 +577,12 @@ def test_anomaly_flow_on_magnetic_tiles(client: TestClient, magnetic_tile_dir: P
     assert stage.threshold == pytest.approx(chosen) and stage.config.threshold == pytest.approx(
         chosen
     )
+    trained = Pipeline.load(home / "tiles/models/model.prev").stages[-1].calibration
+    assert trained.region_threshold is not None  # set on the held-out goods' maps
+    assert (stage.calibration.region_threshold, stage.calibration.region_false_alarm_rate) == (
+        trained.region_threshold,
+        trained.region_false_alarm_rate,
+    )  # moving the threshold keeps where regions end
     after = client.get("/api/projects/tiles/threshold").json()
     assert after["threshold"] == pytest.approx(chosen)
     assert after["review_threshold"] is None

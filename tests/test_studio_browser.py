@@ -281,8 +281,12 @@ def test_anomaly_project_on_magnetic_tiles(
     page.click("[data-step=test]")
     page.locator(".drop input[type=file]").set_input_files([str(cracks[5])])
     page.wait_for_selector(".result .verdict")
-    assert page.locator(".result .verdict").inner_text() in ("GOOD", "DEFECT")
+    verdict = page.locator(".result .verdict").inner_text()
+    assert verdict in ("GOOD", "DEFECT")
     assert page.locator(".result img").get_attribute("src").startswith("data:image/png")
+    # a flagged part's defect regions are counted under it (and outlined on its map)
+    said = page.locator(".result .regions").inner_text()
+    assert ("outlined in magenta" in said) == (verdict == "DEFECT"), said
     # threshold: the histogram of held-out scores with live rates
     page.wait_for_selector("#threshold-slider")
     page.wait_for_selector("#false-alarm-rate")

@@ -443,7 +443,10 @@ def save_threshold(project: StudioProject, value: Any, review: Any = None) -> di
     """Fix the detector's threshold at ``value`` and its review band's lower threshold
     at ``review`` (``None``: no band) through the stage's API (its ``threshold`` and
     ``review_threshold`` settings and a ``Calibration.fixed`` normalised on the held-out
-    good scores) and save it as a new model version (the previous one kept)."""
+    good scores; the region threshold is kept) and save it as a new model version (the
+    previous one kept)."""
+    from dataclasses import replace
+
     from inspectkit.anomaly.threshold import Calibration
     from inspectkit.cli.card import CARD_FILE, load_model
 
@@ -466,6 +469,14 @@ def save_threshold(project: StudioProject, value: Any, review: Any = None) -> di
         # a band set here replaces one set at a rate in training (`--review-rate`)
         stage.set_params(threshold=float(value), review_threshold=rv, review_false_alarm_rate=None)
         cal = Calibration.fixed(float(value), _tensor(good) if good else None)
+        before = stage.calibration
+        if before is not None and before.region_threshold is not None:
+            # the defect regions rest on the held-out goods' maps, not on this threshold
+            cal = replace(
+                cal,
+                region_threshold=before.region_threshold,
+                region_false_alarm_rate=before.region_false_alarm_rate,
+            )
         stage.calibration = cal.with_review(threshold=rv)
     except (ConfigError, DataError) as exc:
         raise StudioError(str(exc)) from None

@@ -574,7 +574,9 @@ function resultCard(row, url) {
       h("div", { class: "prob best" }, h("span", { class: "lab", text: "score" }),
         h("span", { class: "track" }, h("span", { style: `width:${Math.min(100, 100 * (row.normalized ?? 0)).toFixed(1)}%;background:${bad ? "#c0392b" : "#1b8a4b"}` })),
         h("span", { class: "pct", text: fmt(row.score, 3) })),
-      h("div", { class: "small muted", text: `threshold ${fmt(row.threshold, 3)} · the map shows where it looks unusual` }));
+      h("div", { class: "small muted regions", text: `threshold ${fmt(row.threshold, 3)} · ` + (row.regions && row.regions.length
+        ? `${row.regions.length} defect region${row.regions.length > 1 ? "s" : ""} outlined in magenta`
+        : "the map shows where it looks unusual") }));
   }
   return h("div", { class: "card result" }, pic, h("div", {}, h("div", { class: "name", text: row.input }), body));
 }
