@@ -223,3 +223,36 @@ def test_anomaly_overlays_outline_the_region_of_flagged_parts_only(fitted, tmp_p
     assert all((m > 20) if f else m == 0 for m, f in zip(magenta, flags)), (magenta, flags)
     index = json.loads((tmp_path / "maps" / "overlays.json").read_text())["overlays"]
     assert [bool(e["regions"]) for e in index] == flags
+
+
+def test_region_metrics_count_defects_touched_and_region_pixels_on_defects():
+    from inspectkit.metrics.anomaly import anomaly_report, region_metrics
+    from inspectkit.records import AnomalyScores, Box, SampleMeta
+
+    maps = torch.zeros(3, 10, 10)
+    maps[0, 1:3, 1:3] = 5.0  # defect 1 of part 0, found
+    maps[0, 8, 8] = 5.0  # a region pixel on no defect
+    maps[1, 5, 5] = 0.5  # part 1: below the threshold, passed as good
+    maps[2, 0, 0] = 5.0  # a good part flagged: its region lies on no defect
+    masks = torch.zeros(3, 1, 10, 10, dtype=torch.uint8)
+    masks[0, 0, 1:3, 1:3] = 1
+    masks[0, 0, 6:8, 0:2] = 1  # defect 2 of part 0, missed
+    masks[1, 0, 4:7, 4:7] = 1
+    samples = [SampleMeta(id=str(i), label=lab) for i, lab in enumerate(["bad", "bad", "good"])]
+    scores = maps.flatten(1).amax(1)
+    res = AnomalyScores(
+        images=torch.zeros(3, 1, 10, 10, dtype=torch.uint8), samples=samples, scores=scores,
+        classes=["good", "bad"],
+        maps=maps, masks=masks, threshold=1.0, is_anomalous=scores > 1.0,
+        region_threshold=torch.full((3,), 1.0, dtype=torch.float64),
+    )  # fmt: skip
+    m = region_metrics(res)
+    assert m["defects_touched"] == pytest.approx(1 / 3)  # of 3 defects, one touched
+    assert m["region_precision"] == pytest.approx(4 / 6)  # 4 of 6 region pixels on defects
+    assert anomaly_report(res).metrics["defects_touched"] == pytest.approx(1 / 3)
+    # boxes say where instead of masks (DeepPCB, VOC): each box is a defect
+    boxes = [[Box(label="d", xmin=1, ymin=1, xmax=3, ymax=3), Box(label="d", xmin=0, ymin=6, xmax=2, ymax=8)],
+             [Box(label="d", xmin=4, ymin=4, xmax=7, ymax=7)], []]  # fmt: skip
+    by_box = region_metrics(res.replace(masks=None, boxes=boxes))
+    assert by_box == pytest.approx(m)
+    assert region_metrics(res.replace(masks=None)) == {}  # nothing says where

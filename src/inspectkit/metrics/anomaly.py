@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -336,6 +336,62 @@ def region_boxes(region: torch.Tensor, image_size: Sequence[int] | None = None) 
     return boxes_np(torch.as_tensor(region).bool().cpu().numpy(), image_size)
 
 
+def _defect_parts(real: AnomalyScores, size: tuple[int, int]) -> Iterator[np.ndarray] | None:
+    """Per sample, its defects as an ``H×W`` int array at the maps' ``size`` (0 = none,
+    ``k`` = defect ``k``; overlapping boxes: the later box): the connected parts of its
+    mask, else its boxes; ``None`` when the set says neither."""
+    if real.masks is not None:
+        _, gt = _pixel_arrays(real, None)
+        eight = np.ones((3, 3), dtype=bool)
+        return (ndimage.label(g.numpy(), structure=eight)[0] for g in gt)
+    if real.boxes is None:
+        return None
+
+    def boxes() -> Iterator[np.ndarray]:
+        for i, image_boxes in enumerate(real.boxes or []):
+            h, w = real.size or tuple(real.images[i].shape[-2:])
+            sy, sx = size[0] / h, size[1] / w
+            out = np.zeros(size, dtype=np.int64)
+            for k, b in enumerate(image_boxes, start=1):
+                y0, x0 = max(0, math.floor(b.ymin * sy)), max(0, math.floor(b.xmin * sx))
+                y1 = min(size[0], max(math.ceil(b.ymax * sy), y0 + 1))
+                x1 = min(size[1], max(math.ceil(b.xmax * sx), x0 + 1))
+                out[y0:y1, x0:x1] = k
+            yield out
+
+    return boxes()
+
+
+def region_metrics(
+    result: AnomalyScores, *, good_labels: Sequence[str] = DEFAULT_GOOD_LABELS
+) -> dict[str, float]:
+    """How well the defect regions (:func:`defect_regions`) say where the defects are,
+    where masks or boxes tell it: ``defects_touched``, the share of the defective parts'
+    defects (the connected parts of a mask, else each box) that a region touches (a
+    missed part's count as untouched), and ``region_precision``, the share of all region
+    pixels that lie on a defect. Empty without maps, a threshold, or masks and boxes."""
+    real = result.real()
+    if real.maps is None or (real.threshold is None and real.is_anomalous is None):
+        return {}
+    parts = _defect_parts(real, tuple(real.maps.shape[-2:]))
+    if parts is None:
+        return {}
+    region = defect_regions(real).numpy()
+    y = anomaly_truth(real, good_labels)
+    touched = total = inside = 0
+    for i, labelled in enumerate(parts):
+        inside += int((region[i] & (labelled > 0)).sum())
+        if y[i]:
+            n = int(labelled.max())
+            touched += len(np.setdiff1d(np.unique(labelled[region[i]]), [0]))
+            total += len(np.unique(labelled)) - 1 if n else 0
+    shown = int(region.sum())
+    return {
+        "defects_touched": touched / total if total else float("nan"),
+        "region_precision": inside / shown if shown else float("nan"),
+    }
+
+
 def threshold_metrics(
     result: AnomalyScores, *, good_labels: Sequence[str] = DEFAULT_GOOD_LABELS
 ) -> dict[str, float]:
@@ -392,6 +448,7 @@ def anomaly_report(
         metrics.update(threshold_metrics(real, good_labels=good_labels))
         assert real.threshold is not None
         metrics["threshold"] = float(real.threshold)
+        metrics.update(region_metrics(real, good_labels=good_labels))
     else:
         notes.append("no threshold: F1 and false-alarm rate not computed")
     counts = {"good": int((~y).sum()), "defective": int(y.sum())}
@@ -422,6 +479,7 @@ __all__ = [
     "pixel_auroc",
     "ranked_auroc",
     "region_boxes",
+    "region_metrics",
     "sent_to_review",
     "threshold_metrics",
 ]
