@@ -4,7 +4,8 @@ default, then ``inspectkit evaluate --json`` on the test split (issue #17's firs
 Split as in ``bench_anomaly.py`` (seed 0): the 500 training goods go into a training
 folder (the detector holds 20 % of them out to set its threshold), the other 452 goods
 and all 392 defects into a test folder (symbolic links, magnetic-tile layout). Reported:
-image AUROC, miss rate and false-alarm rate at the calibrated threshold, train and
+image AUROC, miss rate and false-alarm rate at the calibrated threshold, how much of the
+defects the defect regions touch and how much of the regions lies on defects, train and
 evaluate wall / CPU seconds (children's CPU time), images per second of evaluate (decode
 and the pixel metrics included) and of ``inspectkit predict --json`` over the test images
 (what a line runs: model load, decode, score, verdicts), the recipe the model card
@@ -103,6 +104,8 @@ def main() -> None:
                 "miss_rate": m.get("miss_rate"),
                 "false_alarm_rate": m.get("false_alarm_rate"),
                 "threshold": m.get("threshold"),
+                "defects_touched": m.get("defects_touched"),
+                "region_precision": m.get("region_precision"),
                 "counts": summary["counts"],
                 "train_s": round(train_s, 1),
                 "train_cpu_s": round(train_cpu, 1),

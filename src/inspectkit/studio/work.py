@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -445,8 +445,6 @@ def save_threshold(project: StudioProject, value: Any, review: Any = None) -> di
     ``review_threshold`` settings and a ``Calibration.fixed`` normalised on the held-out
     good scores; the region threshold is kept) and save it as a new model version (the
     previous one kept)."""
-    from dataclasses import replace
-
     from inspectkit.anomaly.threshold import Calibration
     from inspectkit.cli.card import CARD_FILE, load_model
 
