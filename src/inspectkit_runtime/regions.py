@@ -37,12 +37,20 @@ def region_masks(
     """Per part, map pixels above its ``lines`` value, for the parts ``shown``; with
     ``peak``, a shown part with no pixel above its line gets its highest pixel(s)."""
     m = np.asarray(maps)
-    line = np.asarray(lines, dtype=np.float64)[:, None, None]
-    region = m.astype(np.float64) > line
+    show = np.flatnonzero(np.asarray(shown, dtype=bool))
+    out = np.zeros(m.shape, dtype=bool)
+    if show.size == 0:
+        return out
+    sub = m[show]  # only the parts shown: most parts of a line are good
+    # a float32 map against a float64 line: compared exactly, without a float64 copy
+    region = sub > np.asarray(lines, dtype=np.float64)[show, None, None]
     if peak:
-        top = m.reshape(len(m), -1).max(axis=1)[:, None, None]
-        region |= (m >= top) & ~region.reshape(len(m), -1).any(axis=1)[:, None, None]
-    return region & np.asarray(shown, dtype=bool)[:, None, None]
+        empty = ~region.reshape(len(sub), -1).any(axis=1)
+        if empty.any():
+            top = sub[empty].reshape(int(empty.sum()), -1).max(axis=1)[:, None, None]
+            region[empty] = sub[empty] >= top
+    out[show] = region
+    return out
 
 
 def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
