@@ -382,9 +382,9 @@ def region_metrics(
     for i, labelled in enumerate(parts):
         inside += int((region[i] & (labelled > 0)).sum())
         if y[i]:
-            n = int(labelled.max())
-            touched += len(np.setdiff1d(np.unique(labelled[region[i]]), [0]))
-            total += len(np.unique(labelled)) - 1 if n else 0
+            defects = np.setdiff1d(np.unique(labelled), [0])
+            touched += len(np.intersect1d(defects, labelled[region[i]]))
+            total += len(defects)
     shown = int(region.sum())
     return {
         "defects_touched": touched / total if total else float("nan"),

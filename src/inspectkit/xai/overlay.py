@@ -250,7 +250,8 @@ def write_anomaly_overlays(
     (:data:`REGION_COLOUR`). File names are
     ``<index>_<id>_<anomalous|good|scored>_<score>.png``; ``overlays.json`` holds the
     method (``"anomaly_map"``), the threshold, the colour scale and, per file, the sample
-    id, score, verdict and the region's boxes (``[xmin, ymin, xmax, ymax]`` on the map).
+    id, score, verdict and the region's boxes (``[xmin, ymin, xmax, ymax]`` in the image's
+    pixels, as ``predict`` rows give them).
     Files are written atomically.
 
     Raises:
@@ -282,7 +283,7 @@ def write_anomaly_overlays(
         name = f"{i:05d}_{_safe(s.id)[-60:]}_{tag}_{score:.3g}.png"
         _save_png(out / name, img)
         paths.append(out / name)
-        boxes = None if region is None else region_boxes(region)
+        boxes = None if region is None else region_boxes(region, scores.images[i].shape[-2:])
         entries.append(
             {"file": name, "id": s.id, "score": score, "anomalous": verdict, "regions": boxes}
         )
