@@ -118,7 +118,7 @@ def test_a_review_line_above_the_calibrated_threshold_is_said(caplog):
 @settings(max_examples=60, deadline=None)
 @given(
     value=st.floats(allow_nan=True, allow_infinity=True),
-    field=st.sampled_from(["threshold", "review_threshold"]),
+    field=st.sampled_from(["threshold", "review_threshold", "region_threshold"]),
 )
 def test_thresholds_are_finite_numbers_or_refused_when_set(value, field):
     if math.isfinite(value):

@@ -203,10 +203,15 @@ def test_set_region_and_a_saved_model_keep_what_regions_rest_on(fitted, tmp_path
     assert any("defect regions: the map above 123 (fixed)" in n for n in loaded.recipe_notes())
 
 
-@pytest.mark.parametrize("rate", [0.0, 0.02, 1.5, -1e-3])
-def test_a_region_rate_outside_the_kept_tail_is_refused(rate):
-    with pytest.raises(ValueError, match="region false-alarm rate"):
-        AnomalyDetector(method="padim", region_false_alarm_rate=rate)
+@settings(max_examples=80, deadline=None)
+@given(rate=st.floats(allow_nan=True, allow_infinity=True))
+def test_a_region_rate_is_a_share_of_good_pixels_within_the_kept_tail(rate):
+    if 0 < rate <= REGION_TAIL_SHARE:
+        det = AnomalyDetector(method="padim", region_false_alarm_rate=rate)
+        assert det.config.region_false_alarm_rate == rate
+    else:
+        with pytest.raises(ConfigError, match="region false-alarm rate"):
+            AnomalyDetector(method="padim", region_false_alarm_rate=rate)
 
 
 def test_anomaly_overlays_outline_the_region_of_flagged_parts_only(fitted, tmp_path):
