@@ -336,6 +336,11 @@ def test_an_exported_model_scores_in_onnx_runtime(tiles: dict[str, Path], tmp_pa
         assert rows[f]["score"] == float(ref["score"][i])
         assert (rows[f]["verdict"] == "defect") == bool(ref["anomalous"][i])
         assert rows[f]["threshold"] == model.threshold
+    # the runtime's region boxes, in each file's pixels
+    sizes = [decode_image(f, 1).shape[:2] for f in files]
+    for f, boxes in zip(files, model.regions(ref, sizes)):
+        assert rows[f]["regions"] == boxes
+        assert bool(boxes) == (rows[f]["verdict"] != "good")
 
 
 def test_ray_missing_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

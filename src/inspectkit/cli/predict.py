@@ -101,10 +101,10 @@ def prediction_rows(result: Any, task: str) -> list[dict[str, Any]]:
     in its image's pixels (:func:`inspectkit.metrics.anomaly.defect_regions`; empty for
     a good part), as the exported runtime's rows do."""
     regions = None
-    if task != "classify" and result.maps is not None and result.threshold is not None:
-        from inspectkit.metrics.anomaly import defect_regions
+    if task != "classify":
+        from inspectkit.metrics.anomaly import part_regions
 
-        regions = defect_regions(result)
+        regions = part_regions(result)
     rows: list[dict[str, Any]] = []
     for i, s in enumerate(result.samples):
         row: dict[str, Any] = {"input": s.source or s.id, "id": s.id}
@@ -121,10 +121,7 @@ def prediction_rows(result: Any, task: str) -> list[dict[str, Any]]:
             if result.review is not None:  # a review band: as the torch-free runtime's rows
                 row["review"] = bool(result.review[i])
             if regions is not None:
-                from inspectkit.metrics.anomaly import region_boxes
-
-                size = tuple(result.images[i].shape[-2:])
-                row["regions"] = region_boxes(regions[i], size) if regions[i].any() else []
+                row["regions"] = regions[i]
         rows.append(row)
     return rows
 

@@ -336,6 +336,19 @@ def region_boxes(region: torch.Tensor, image_size: Sequence[int] | None = None) 
     return boxes_np(torch.as_tensor(region).bool().cpu().numpy(), image_size)
 
 
+def part_regions(result: AnomalyScores) -> list[list[list[int]]] | None:
+    """Per part, the boxes of its defect region (:func:`region_boxes`) in its image's
+    pixels, empty for a part without one: what ``predict`` rows and archive rows carry as
+    ``regions``. ``None`` without maps or a threshold."""
+    if result.maps is None or result.threshold is None:
+        return None
+    regions = defect_regions(result)
+    return [
+        region_boxes(regions[i], tuple(result.images[i].shape[-2:])) if regions[i].any() else []
+        for i in range(len(result))
+    ]
+
+
 def _defect_parts(real: AnomalyScores, size: tuple[int, int]) -> Iterator[np.ndarray] | None:
     """Per sample, its defects as an ``H×W`` int array at the maps' ``size`` (0 = none,
     ``k`` = defect ``k``; overlapping boxes: the later box): the connected parts of its
@@ -476,6 +489,7 @@ __all__ = [
     "flagged",
     "image_auroc",
     "is_defective",
+    "part_regions",
     "pixel_auroc",
     "ranked_auroc",
     "region_boxes",

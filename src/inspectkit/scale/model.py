@@ -163,10 +163,13 @@ def torch_rows(result: Any, task: str) -> list[dict[str, Any]]:
         for i, top in enumerate(result.predicted):
             rows.append(_class_row(result.classes, probs[i], top))
         return rows
+    from inspectkit.metrics.anomaly import part_regions
+
     scores = result.scores.double().tolist()
     norm = None if result.normalized is None else result.normalized.double().tolist()
     flags = None if result.is_anomalous is None else result.is_anomalous.tolist()
     review = None if result.review is None else result.review.tolist()
+    regions = part_regions(result)
     for i, score in enumerate(scores):
         rows.append(
             _anomaly_row(
@@ -175,6 +178,7 @@ def torch_rows(result: Any, task: str) -> list[dict[str, Any]]:
                 result.threshold,
                 None if flags is None else flags[i],
                 None if review is None else review[i],
+                None if regions is None else regions[i],
             )
         )
     return rows
@@ -190,7 +194,12 @@ def _class_row(classes: Sequence[str], probs: Sequence[float], top: str | None) 
 
 
 def _anomaly_row(
-    score: float, norm: float | None, threshold: float | None, bad: bool | None, review: bool | None
+    score: float,
+    norm: float | None,
+    threshold: float | None,
+    bad: bool | None,
+    review: bool | None,
+    regions: list[list[int]] | None,
 ) -> dict[str, Any]:
     verdict = None if bad is None else "defect" if bad else REVIEW if review else "good"
     return {
@@ -198,6 +207,7 @@ def _anomaly_row(
         "score": score,
         "normalized": norm,
         "threshold": None if threshold is None else float(threshold),
+        "regions": regions,
     }
 
 
@@ -230,6 +240,7 @@ class OnnxScorer(Scorer):
         norm = out.get("normalized")
         flag = out.get("anomalous")
         review = out.get("review")
+        regions = self.model.regions(out, [a.shape[:2] for a in images])
         for i in range(n):
             rows.append(
                 _anomaly_row(
@@ -238,6 +249,7 @@ class OnnxScorer(Scorer):
                     self.model.threshold,
                     None if flag is None else bool(flag[i]),
                     None if review is None else bool(review[i]),
+                    None if regions is None else regions[i],
                 )
             )
         return rows

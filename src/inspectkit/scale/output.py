@@ -39,6 +39,12 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("score", "raw anomaly score"),
     ("normalized", "anomaly score mapped to [0, 1], 0.5 at the threshold"),
     ("threshold", "the detector's raw-score threshold"),
+    (
+        "regions",
+        "boxes [xmin, ymin, xmax, ymax] of a flagged or review part's defect region, in the "
+        "image's pixels (empty for a good part; null for a classifier, or in parts written "
+        "before regions existed)",
+    ),
     ("predicted", "top class; null when the classifier sends the input to review"),
     ("probability", "probability of the top class"),
     ("probs", "class -> probability"),
@@ -67,6 +73,7 @@ def result_schema() -> Any:
         "score": pa.float64(),
         "normalized": pa.float64(),
         "threshold": pa.float64(),
+        "regions": pa.list_(pa.list_(pa.int64())),
         "predicted": pa.string(),
         "probability": pa.float64(),
         "probs": pa.map_(pa.string(), pa.float64()),
