@@ -261,3 +261,26 @@ def test_region_metrics_count_defects_touched_and_region_pixels_on_defects():
     by_box = region_metrics(res.replace(masks=None, boxes=boxes))
     assert by_box == pytest.approx(m)
     assert region_metrics(res.replace(masks=None)) == {}  # nothing says where
+
+
+def test_each_product_draws_its_regions_by_its_own_line():
+    def of(group: str, data: ImageSet) -> ImageSet:
+        samples = [
+            s.model_copy(update={"group": group, "id": f"{group}/{s.id}"}) for s in data.samples
+        ]
+        return data.replace(samples=samples)
+
+    bright = flat_parts(24, 1, size=64, noise=0.02)
+    bright = bright.replace(images=(bright.images.float() * 1.6).clamp(0, 255).to(torch.uint8))
+    det = AnomalyDetector(
+        method="padim", size=64, options={"n_features": 16}, progress=False, device="cpu",
+        group_by="group", calibration_fraction=0.25,
+    ).fit(ImageSet.concat([of("a", flat_parts(24, 0, size=64, noise=0.02)), of("b", bright)]))  # fmt: skip
+    lines = {k: p.calibration.region_threshold for k, p in det.products.items()}
+    assert len(set(lines.values())) == 2  # one line per product, from its own goods
+    res = det.run(ImageSet.concat([of("b", two_defects(1, 3)), of("a", two_defects(1, 4))]))
+    assert res.region_threshold.tolist() == [lines["b"], lines["a"]]
+    assert res.is_anomalous.all()
+    region = defect_regions(res)
+    for i, key in enumerate(["b", "a"]):
+        assert torch.equal(region[i], res.maps[i].double() > lines[key])
