@@ -328,3 +328,16 @@ def test_continual_classifier_exports_its_latest_model_or_its_members(
     assert model.classes == clf.classes
     with pytest.raises(ikr.InputError, match="trained on 16×16 and takes no other size"):
         model.run_arrays([np.zeros((20, 16), dtype=np.uint8)])
+
+
+def test_a_sidecar_region_threshold_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
+    pipe = detector_pipeline("padim")
+    pipe.export(tmp_path / "line.onnx")
+    side = tmp_path / "line.json"
+    doc = json.loads(side.read_text())
+    assert doc["calibration"]["region_threshold"] == pipe[0].calibration.region_threshold
+    doc["calibration"]["region_threshold"] = "high"
+    side.write_text(json.dumps(doc))
+    test = parts(2, seed=7)
+    with pytest.raises(ikr.RuntimeModelError, match="region threshold is not a finite number"):
+        ikr.load(tmp_path / "line.onnx").predict_arrays(as_arrays(test))

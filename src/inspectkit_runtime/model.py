@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -191,7 +192,12 @@ class InspectionModel:
         if cal is None or "map" not in outputs or "anomalous" not in outputs:
             return None
         line = cal.get("region_threshold")
-        line = cal["threshold"] if line is None else line
+        line = cal.get("threshold") if line is None else line
+        if isinstance(line, bool) or not isinstance(line, int | float) or not math.isfinite(line):
+            raise RuntimeModelError(
+                f"{self.sidecar_path}: the calibration's region threshold is not a finite "
+                f"number ({line!r}); export the model again"
+            )
         shown = outputs["anomalous"].astype(bool)
         if "review" in outputs:
             shown = shown | outputs["review"].astype(bool)
