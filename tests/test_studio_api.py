@@ -587,6 +587,22 @@ def test_anomaly_flow_on_magnetic_tiles(client: TestClient, magnetic_tile_dir: P
     assert after["threshold"] == pytest.approx(chosen)
     assert after["review_threshold"] is None
     assert all(score > chosen for score in after["defect"])  # no crack missed any more
+    # where defect regions end: offered as shares of good pixels, set on the held-out goods
+    assert after["region_rate"] == 0.001 and 0.001 in after["region_rates"]
+    for refused in (
+        {"threshold": chosen, "region_rate": 0.5},
+        {"threshold": chosen, "region_rate": "x"},
+    ):
+        r = client.post("/api/projects/tiles/threshold", json=refused)
+        assert r.status_code == 400 and "region rate" in r.json()["error"], r.text
+    wider = client.post(
+        "/api/projects/tiles/threshold", json={"threshold": chosen, "region_rate": 0.01}
+    )
+    assert wider.status_code == 200 and wider.json()["region_rate"] == 0.01, wider.text
+    stage = Pipeline.load(home / "tiles/models/model").stages[-1]
+    assert stage.config.region_false_alarm_rate == 0.01 == stage.calibration.region_false_alarm_rate
+    assert stage.calibration.region_threshold != trained.region_threshold
+    assert stage.threshold == pytest.approx(chosen)
     # a review band below it: saved into the stage's settings and calibration, so the
     # parts between the two lines get the verdict "review"
     high, low = max(view["defect"]) + 1.0, min(view["good"]) - 1.0
@@ -600,7 +616,9 @@ def test_anomaly_flow_on_magnetic_tiles(client: TestClient, magnetic_tile_dir: P
         "/api/projects/tiles/threshold", json={"threshold": high, "review_threshold": low}
     )
     assert banded.status_code == 200, banded.text
-    assert banded.json() == pytest.approx({"threshold": high, "review_threshold": low})
+    assert banded.json() == pytest.approx(
+        {"threshold": high, "review_threshold": low, "region_rate": 0.01}
+    )  # the region line chosen before is kept
     stage = Pipeline.load(home / "tiles/models/model").stages[-1]
     assert stage.config.review_threshold == pytest.approx(low)
     assert stage.calibration.review_threshold == pytest.approx(low)

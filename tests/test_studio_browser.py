@@ -329,6 +329,22 @@ def test_anomaly_project_on_magnetic_tiles(
     assert saved.threshold == pytest.approx(
         float(page.eval_on_selector("#threshold-slider", "el => el.value"))
     )
+    # where defect regions end: the library's 0.1 % of good pixels, then 1 % chosen here
+    assert page.locator("#region-rate").input_value() == "0.001"
+    assert saved.calibration.region_false_alarm_rate == 0.001
+    page.select_option("#region-rate", "0.01")
+    page.click("#save-threshold")
+    from inspectkit.studio.work import MODEL_LOCK
+
+    for _ in range(200):  # the save runs in the server's thread; wait for the new version
+        with MODEL_LOCK:  # building a model is not thread-safe (torch.fx): one at a time
+            widened = load_model(model_dir)[0].stages[-1]
+        if widened.calibration.region_false_alarm_rate == 0.01:
+            break
+        page.wait_for_timeout(100)
+    assert widened.config.region_false_alarm_rate == 0.01
+    assert widened.calibration.region_false_alarm_rate == 0.01
+    assert widened.calibration.review_threshold == pytest.approx(low)  # the band stays
     # a review band set outside the studio (`inspectkit train --review-rate` into the
     # project) is shown as REVIEW for a part inside it
     from inspectkit.anomaly import Calibration

@@ -433,7 +433,12 @@ def _routes(app: FastAPI, studio: Studio) -> None:
         _no_job(studio, p)
         body = await _json_body(request)
         return await asyncio.to_thread(
-            _turn, work.save_threshold, p, body.get("threshold"), body.get("review_threshold")
+            _turn,
+            work.save_threshold,
+            p,
+            body.get("threshold"),
+            body.get("review_threshold"),
+            body.get("region_rate"),
         )
 
     @app.get("/api/projects/{name}/report")

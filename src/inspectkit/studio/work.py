@@ -31,6 +31,9 @@ MIN_VALIDATION = 20
 DEFAULT_EPOCHS = 10
 #: Most images one "Generate" asks for.
 MAX_GENERATE = 1000
+#: Shares of good map pixels the threshold screen offers for where defect regions end
+#: (the library's default, 0.001, in the middle).
+REGION_RATES = (0.0001, 0.0003, 0.001, 0.003, 0.01)
 
 #: Held while the library builds or runs a model: building a feature extractor traces the
 #: network with torch.fx, which is not thread-safe, so two at once in one process fail.
@@ -416,21 +419,30 @@ def threshold_view(project: StudioProject) -> dict[str, Any]:
         "threshold": stage.threshold,
         # the lower threshold of a review band (parts between the two go to a person)
         "review_threshold": getattr(cal, "review_threshold", None),
+        # where a flagged part's defect region ends: a share of good map pixels
+        "region_rate": getattr(cal, "region_false_alarm_rate", None),
+        "region_rates": list(REGION_RATES),
         "good": good,
         "defect": defect,
         "can_save": can_set_threshold(stage),
     }
 
 
-def _held_out_scores(project: StudioProject, pipe: Any, card: dict[str, Any]) -> tuple[list, list]:
+def _held_out_run(project: StudioProject, pipe: Any, card: dict[str, Any]) -> tuple[Any, list]:
+    """The model's scores (and maps) of the project's held-out images, and which of them
+    are defective."""
     from inspectkit.metrics.anomaly import is_defective
 
     data = load_project_data(project, channels=card.get("channels"))
     if not project.paths.split_file.is_file():
         raise StudioError("no held-out images yet: give 'good' at least 10 images and train again")
     held, _ = held_out_part(project, pipe, data)
-    scores = [float(s) for s in pipe.run(held).scores]
-    bad = [is_defective(s) for s in held.samples]
+    return pipe.run(held), [is_defective(s) for s in held.samples]
+
+
+def _held_out_scores(project: StudioProject, pipe: Any, card: dict[str, Any]) -> tuple[list, list]:
+    result, bad = _held_out_run(project, pipe, card)
+    scores = [float(s) for s in result.scores]
     return [s for s, b in zip(scores, bad) if not b], [s for s, b in zip(scores, bad) if b]
 
 
@@ -439,19 +451,28 @@ def can_set_threshold(stage: Any) -> bool:
     return "threshold" in getattr(type(getattr(stage, "config", None)), "model_fields", {})
 
 
-def save_threshold(project: StudioProject, value: Any, review: Any = None) -> dict[str, Any]:
+def save_threshold(
+    project: StudioProject, value: Any, review: Any = None, region_rate: Any = None
+) -> dict[str, Any]:
     """Fix the detector's threshold at ``value`` and its review band's lower threshold
     at ``review`` (``None``: no band) through the stage's API (its ``threshold`` and
     ``review_threshold`` settings and a ``Calibration.fixed`` normalised on the held-out
-    good scores; the region threshold is kept) and save it as a new model version (the
-    previous one kept)."""
-    from inspectkit.anomaly.threshold import Calibration
+    good scores) and save it as a new model version (the previous one kept). The defect
+    regions' line is kept, or with ``region_rate`` set anew on the held-out good images'
+    maps (the stage's ``region_false_alarm_rate``)."""
+    from inspectkit.anomaly.threshold import REGION_TAIL_SHARE, Calibration, PixelTail
     from inspectkit.cli.card import CARD_FILE, load_model
 
     named = {"threshold": value} | ({} if review is None else {"review threshold": review})
+    if region_rate is not None:
+        named["region rate"] = region_rate
     for name, x in named.items():
         if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
             raise StudioError(f"{name} must be a finite number, got {x!r}")
+    if region_rate is not None and not 0 < region_rate <= REGION_TAIL_SHARE:
+        raise StudioError(
+            f"region rate {region_rate} is not a share of good pixels in (0, {REGION_TAIL_SHARE}]"
+        )
     if review is not None and review > value:
         raise StudioError(
             f"review threshold {review} lies above the threshold {value}: the review band "
@@ -461,14 +482,22 @@ def save_threshold(project: StudioProject, value: Any, review: Any = None) -> di
     stage = pipe.stages[-1]
     if card["task"] != "anomaly" or not can_set_threshold(stage):
         raise StudioError("this model's threshold cannot be set here")
-    good, _ = _held_out_scores(project, pipe, card)
+    held, bad = _held_out_run(project, pipe, card)
+    good = [float(s) for s, b in zip(held.scores, bad) if not b]
     rv = None if review is None else float(review)
     try:
         # a band set here replaces one set at a rate in training (`--review-rate`)
         stage.set_params(threshold=float(value), review_threshold=rv, review_false_alarm_rate=None)
         cal = Calibration.fixed(float(value), _tensor(good) if good else None)
         before = stage.calibration
-        if before is not None and before.region_threshold is not None:
+        if region_rate is not None:
+            goods = [i for i, b in enumerate(bad) if not b]
+            if not goods or held.maps is None:
+                raise StudioError("no held-out good images to set the defect regions on")
+            tail = PixelTail.of(held.maps[goods])
+            cal = cal.with_region(rate=float(region_rate), tail=tail)
+            stage.set_params(region_false_alarm_rate=float(region_rate), region_threshold=None)
+        elif before is not None and before.region_threshold is not None:
             # the defect regions rest on the held-out goods' maps, not on this threshold
             cal = replace(
                 cal,
@@ -480,7 +509,12 @@ def save_threshold(project: StudioProject, value: Any, review: Any = None) -> di
         raise StudioError(str(exc)) from None
     card = {**card, "threshold_set_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     pipe.save(project.model_dir, attachments={**pipe.attachments, CARD_FILE: _json(card)}, keep=1)
-    return {"threshold": stage.threshold, "review_threshold": stage.calibration.review_threshold}
+    cal = stage.calibration
+    return {
+        "threshold": stage.threshold,
+        "review_threshold": cal.review_threshold,
+        "region_rate": cal.region_false_alarm_rate,
+    }
 
 
 def _tensor(values: list[float]) -> Any:

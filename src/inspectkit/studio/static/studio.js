@@ -596,6 +596,13 @@ function thresholdCard() {
     const band = h("input", { type: "checkbox", id: "review-toggle", checked: hasBand });
     const reviewSlider = h("input", { type: "range", id: "review-slider", ...range, value: hasBand ? t.review_threshold : t.threshold ?? hi });
     const reviewRow = h("div", { class: "stack" }, h("span", { class: "small muted", text: "Review band: parts scoring between this line and the threshold are sent to a person." }), reviewSlider);
+    // where a flagged part's defect region ends: a share of the held-out good parts' map pixels
+    const regions = t.region_rates && t.region_rates.length;
+    const regionRates = [...new Set([...(t.region_rates || []), ...(t.region_rate ? [t.region_rate] : [])])].sort((a, b) => a - b);
+    const region = h("select", { id: "region-rate" },
+      t.region_rate ? null : h("option", { value: "", text: "as the threshold", selected: true }),
+      regionRates.map((r) => h("option", { value: r, text: `${+(100 * r).toPrecision(3)} %`, selected: r === t.region_rate })));
+    const regionRow = h("label", { class: "row small" }, "Defect regions: outline where at most", region, "of good parts' pixels would be outlined (smaller: tighter outlines)");
     const rates = h("div", { class: "metrics" });
     const canvas = h("canvas", { id: "threshold-chart" });
     const save = h("button", { class: "primary", id: "save-threshold", text: "Save threshold as a new model version", disabled: !t.can_save });
@@ -622,16 +629,18 @@ function thresholdCard() {
     };
     for (const el of [slider, reviewSlider, band]) el.addEventListener("input", update);
     save.addEventListener("click", async () => {
-      const body = { threshold: Number(slider.value), review_threshold: band.checked ? Number(reviewSlider.value) : null };
+      const body = { threshold: Number(slider.value), review_threshold: band.checked ? Number(reviewSlider.value) : null,
+        region_rate: region.value === "" || Number(region.value) === t.region_rate ? null : Number(region.value) };
       const r = await attempt(() => api("POST", `${P()}/threshold`, body));
       if (r) {
         toast(`Threshold ${fmt(r.threshold, 4)}${r.review_threshold === null ? "" : `, review from ${fmt(r.review_threshold, 4)},`} saved; the previous model is kept`);
-        t.threshold = r.threshold; update();
+        t.threshold = r.threshold; t.region_rate = r.region_rate; update();
       }
     });
     card.replaceChildren(h("h2", { text: "Threshold" }),
       h("p", { class: "small muted", text: "Scores of the held-out images: good parts in green, defects in red. Move the line: parts scoring above it are flagged." }),
       canvas, slider, h("label", { class: "row small" }, band, "Send the parts just below the threshold to review"), reviewRow, rates,
+      regions ? regionRow : null,
       h("div", { class: "row" }, save, t.can_save ? null : h("span", { class: "small muted", text: "This installation cannot set a detector's threshold yet." })));
     requestAnimationFrame(update);
   }).then((ok) => { if (ok === null) card.querySelector("p").textContent = "No held-out scores: add good images (and defect classes) and train."; });
