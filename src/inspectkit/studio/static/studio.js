@@ -602,7 +602,8 @@ function thresholdCard() {
     const region = h("select", { id: "region-rate" },
       t.region_rate ? null : h("option", { value: "", text: "as the threshold", selected: true }),
       regionRates.map((r) => h("option", { value: r, text: `${+(100 * r).toPrecision(3)} %`, selected: r === t.region_rate })));
-    const regionRow = h("label", { class: "row small" }, "Defect regions: outline where at most", region, "of good parts' pixels would be outlined (smaller: tighter outlines)");
+    const regionRow = h("label", { class: "row small", title: "Share of good parts' pixels that would be outlined; smaller gives tighter outlines" },
+      "Outline defect regions: at most", region, "of good pixels");
     const rates = h("div", { class: "metrics" });
     const canvas = h("canvas", { id: "threshold-chart" });
     const save = h("button", { class: "primary", id: "save-threshold", text: "Save threshold as a new model version", disabled: !t.can_save });
