@@ -901,20 +901,18 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
             raise ConfigError("a region threshold is set by rate or by threshold, not both")
         updates = {"region_false_alarm_rate": rate, "region_threshold": threshold}
         config = self.Config(**{**self.config.model_dump(), **updates})
-        cals: dict[str, Calibration] = {}
-        for key, product in self.products.items():
+        for product in self.products.values():
             if product.calibration is None:
                 raise NotFittedError("calibrate the detector before setting its region threshold")
-            tail = product.calibration_tail
-            if rate is not None and tail is None:
+            if rate is not None and product.calibration_tail is None:
                 raise DataError(
                     "the held-out goods' maps are not kept in a loaded detector: calibrate() "
                     "it on held-out good images, or give a region threshold"
                 )
-            cals[key] = product.calibration.with_region(threshold=threshold, rate=rate, tail=tail)
-        for key, cal in cals.items():
-            self.products[key].calibration = cal
-        self.config = config
+        self.config = config  # what _with_region, like fit and calibrate, reads
+        for product in self.products.values():
+            assert product.calibration is not None
+            product.calibration = self._with_region(product.calibration, product.calibration_tail)
         return self
 
     def _route(self, keys: list[str]) -> Iterator[tuple[str, list[int]]]:
@@ -958,9 +956,7 @@ class AnomalyDetector(Stage[ImageSet, AnomalyScores]):
                 normalized[pos] = cal.normalize(s)
                 anomalous[pos] = cal.verdict(s)
                 review[pos] = cal.in_review(s)
-                region[pos] = (
-                    cal.threshold if cal.region_threshold is None else cal.region_threshold
-                )
+                region[pos] = cal.region_line
         review |= ~seen  # unknown products (on_unknown_group="review"), not scored
         fields: dict[str, Any] = {"scores": scores, "maps": self._maps_out(data, maps)}
         cal = self.calibration

@@ -31,7 +31,7 @@ Where a flagged part's defect lies is its *region*: the anomaly-map pixels above
 map value, so the map above it shows only the strongest spot of a part with several
 defects; the region threshold is a pixel-level one, as low as the goods' maps allow.
 Regions are drawn for parts flagged or sent to review, never for good ones
-(:meth:`Calibration.regions`).
+(:func:`region_masks`, at :attr:`Calibration.region_line`).
 
 Example:
     >>> import torch
@@ -514,24 +514,11 @@ class Calibration:
             return torch.zeros(s.shape, dtype=torch.bool)
         return (s > self.review_threshold) & ~verdict(s, self.threshold)
 
-    def regions(
-        self, maps: torch.Tensor, scores: torch.Tensor, *, peak: bool = True
-    ) -> torch.Tensor:
-        """Per part, its defect region: map pixels above ``region_threshold`` (the image
-        threshold without one), for parts flagged or in the review band; empty for good
-        ones. With ``peak``, a flagged part with no pixel above it (an image score that is
-        not the map's maximum, or a map resized after scoring) gets its highest pixel, so
-        every flagged part shows where. Returns a bool ``N×H×W`` tensor.
-
-        Example:
-            >>> cal = Calibration(2.0, 0.0, 4.0, region_threshold=1.0)
-            >>> m = torch.tensor([[[0.5, 1.5, 3.0]], [[0.5, 1.5, 1.8]]])
-            >>> cal.regions(m, m.flatten(1).amax(1)).int().tolist()
-            [[[0, 1, 1]], [[0, 0, 0]]]
-        """
-        line = self.threshold if self.region_threshold is None else self.region_threshold
-        shown = self.verdict(scores) | self.in_review(scores)
-        return region_masks(maps, torch.full(shown.shape, line), shown, peak=peak)
+    @property
+    def region_line(self) -> float:
+        """The map value regions are drawn above: ``region_threshold``, else the image
+        threshold (:func:`region_masks`)."""
+        return self.threshold if self.region_threshold is None else self.region_threshold
 
     def verdicts(self, scores: torch.Tensor) -> list[str]:
         """``"good"``, ``"review"`` or ``"defect"`` per score (:data:`VERDICTS`)."""
